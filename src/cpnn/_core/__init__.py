@@ -1,0 +1,16 @@
+"""Internal helpers shared by every layer: table access, input validation, writing results."""
+
+from ._table import get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
+from ._validate import check_counts, check_genes, check_key, check_obs_mask
+
+__all__ = [
+    "check_counts",
+    "check_genes",
+    "check_key",
+    "check_obs_mask",
+    "get_table",
+    "is_spatialdata",
+    "return_copy",
+    "to_uns",
+    "uns_cpnn",
+]

@@ -1,0 +1,67 @@
+"""Access to the annotated table of an ``AnnData | SpatialData`` input."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from anndata import AnnData
+
+from .._errors import CpnnError
+
+
+def is_spatialdata(data: Any) -> bool:
+    """Whether ``data`` is a :class:`~spatialdata.SpatialData` (without importing it eagerly)."""
+    return type(data).__name__ == "SpatialData" and hasattr(data, "tables")
+
+
+def get_table(data: AnnData | Any, table_key: str = "table") -> AnnData:
+    """Return the annotated table of ``data``.
+
+    Parameters
+    ----------
+    data
+        An AnnData, or a SpatialData holding the table under ``table_key``.
+    table_key
+        Key of the table in ``data.tables``.
+    """
+    if isinstance(data, AnnData):
+        return data
+    if is_spatialdata(data):
+        if table_key not in data.tables:
+            raise CpnnError(
+                f"table_key={table_key!r} is not a table of this SpatialData; "
+                f"its tables are {list(data.tables)}. Pass table_key=<one of them>."
+            )
+        return data.tables[table_key]
+    raise CpnnError(
+        f"data must be an AnnData or a SpatialData, got {type(data).__name__}. "
+        "Read Visium data with spatialdata_io.visium(...) or pass an AnnData."
+    )
+
+
+def return_copy(data: Any, copy: bool) -> Any:
+    """Return a deep copy of ``data`` when ``copy`` is true, else ``data`` itself."""
+    if not copy:
+        return data
+    if isinstance(data, AnnData):
+        return data.copy()
+    return deepcopy(data)
+
+
+def uns_cpnn(adata: AnnData) -> dict:
+    """The ``uns["cpnn"]`` dict of ``adata``, created when missing."""
+    if "cpnn" not in adata.uns or not isinstance(adata.uns["cpnn"], dict):
+        adata.uns["cpnn"] = {}
+    return adata.uns["cpnn"]
+
+
+def to_uns(obj: Any) -> Any:
+    """Make ``obj`` storable in ``uns`` (h5ad/zarr): ``None`` becomes ``""``, recursively."""
+    if obj is None:
+        return ""
+    if isinstance(obj, dict):
+        return {str(k): to_uns(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_uns(v) for v in obj]
+    return obj

@@ -1,0 +1,103 @@
+"""Input validation shared by every public function; each failure names the argument and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._errors import CpnnError
+
+
+def check_key(adata: AnnData, key: str, *, where: str = "obs", argument: str = "key") -> None:
+    """Raise when ``key`` is not a column of ``adata.obs`` (or a key of another slot)."""
+    container = getattr(adata, where)
+    keys = list(container.columns) if where in ("obs", "var") else list(container.keys())
+    if key not in keys:
+        raise CpnnError(f"{argument}={key!r} is not in {where}; available keys are {keys}.")
+
+
+def check_counts(X: Any, *, argument: str = "X", integer: bool = True) -> None:
+    """Raise when ``X`` holds NaN/inf, negative values, or (with ``integer``) non-integer counts."""
+    values = X.data if sparse.issparse(X) else np.asarray(X)
+    if values.size == 0:
+        return
+    if not np.isfinite(values).all():
+        raise CpnnError(f"{argument} contains NaN or infinite values; remove or fill them before calling cpnn.")
+    if (values < 0).any():
+        raise CpnnError(f"{argument} contains negative values; cpnn needs raw counts (non-negative).")
+    if integer and not np.allclose(values, np.round(values)):
+        raise CpnnError(
+            f"{argument} holds non-integer values, but raw counts are needed; "
+            "pass the raw counts (e.g. layer='counts' or adata.raw) instead of normalised data."
+        )
+
+
+def check_genes(found: Sequence[str], wanted: Sequence[str], *, argument: str) -> list[str]:
+    """Return the genes of ``wanted`` absent from ``found``, raising when none is present."""
+    present = pd.Index(found)
+    missing = [g for g in wanted if g not in present]
+    if len(missing) == len(wanted):
+        raise CpnnError(
+            f"None of the {len(wanted)} genes of {argument} is present (e.g. {list(wanted)[:5]}); "
+            f"the data's genes look like {list(found)[:5]}. Check the gene naming (symbols vs Ensembl IDs)."
+        )
+    return missing
+
+
+def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarray:
+    """Turn a spot selection into a boolean mask over ``adata.obs``.
+
+    ``selection`` is ``None`` (all), a boolean mask, a ``(column, value(s))`` tuple, region names
+    (values of the table's region column) or obs names.
+    """
+    n = adata.n_obs
+    if selection is None:
+        return np.ones(n, bool)
+    if isinstance(selection, tuple) and len(selection) == 2 and isinstance(selection[0], str):
+        col, values = selection
+        check_key(adata, col, argument=f"{argument}[0]")
+        values = [values] if np.isscalar(values) else list(values)
+        mask = adata.obs[col].isin(values).to_numpy()
+    else:
+        arr = np.asarray(selection)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise CpnnError(f"{argument} is a boolean mask of shape {arr.shape}; it must have shape ({n},).")
+            mask = arr.copy()
+        else:
+            values = [selection] if isinstance(selection, str) else list(selection)
+            mask = np.zeros(n, bool)
+            matched = False
+            for col in _region_columns(adata):
+                hit = adata.obs[col].astype(str).isin(values).to_numpy()
+                if hit.any():
+                    mask |= hit
+                    matched = True
+            hit = adata.obs_names.isin(values)
+            if hit.any():
+                mask |= hit
+                matched = True
+            if not matched:
+                raise CpnnError(
+                    f"{argument}={values[:5]} matches no region, section or spot name; "
+                    f"use a boolean mask, a (column, value) tuple, or names from {_region_columns(adata)}."
+                )
+    if not mask.any():
+        raise CpnnError(f"{argument} selects no spot; the selection is empty.")
+    return mask
+
+
+def _region_columns(adata: AnnData) -> list[str]:
+    cols = []
+    attrs = adata.uns.get("spatialdata_attrs", {})
+    if isinstance(attrs, dict) and attrs.get("region_key") in adata.obs:
+        cols.append(attrs["region_key"])
+    for c in ("section", "sample", "library_id"):
+        if c in adata.obs and c not in cols:
+            cols.append(c)
+    return cols

@@ -1,0 +1,81 @@
+"""Package-wide settings: compute device, data and cache folders, verbosity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pooch
+import scanpy as sc
+
+
+class CpnnSettings:
+    """Settings of cpnn, reachable as ``cp.settings``.
+
+    Attributes are read at call time, so changing one affects every later call.
+    """
+
+    def __init__(self) -> None:
+        self._datadir: Path | None = None
+        self._cachedir: Path | None = None
+        self.device: str = "auto"
+        self.num_workers: int = 0
+
+    @property
+    def datadir(self) -> Path:
+        """Folder holding the downloaded public files (may be read-only).
+
+        ``CPNN_DATA_DIR`` when set, else pooch's OS cache folder for cpnn.
+        """
+        if self._datadir is not None:
+            return self._datadir
+        env = os.environ.get("CPNN_DATA_DIR")
+        return Path(env) if env else Path(pooch.os_cache("cpnn")) / "data"
+
+    @datadir.setter
+    def datadir(self, value: str | os.PathLike | None) -> None:
+        self._datadir = None if value is None else Path(value)
+
+    @property
+    def cachedir(self) -> Path:
+        """Writable folder for files cpnn derives (zarr image stores, downloads when `datadir` is read-only).
+
+        ``CPNN_CACHE_DIR`` when set, else pooch's OS cache folder for cpnn.
+        """
+        if self._cachedir is not None:
+            return self._cachedir
+        env = os.environ.get("CPNN_CACHE_DIR")
+        return Path(env) if env else Path(pooch.os_cache("cpnn")) / "cache"
+
+    @cachedir.setter
+    def cachedir(self, value: str | os.PathLike | None) -> None:
+        self._cachedir = None if value is None else Path(value)
+
+    @property
+    def verbosity(self) -> int:
+        """Verbosity of cpnn's log messages; shared with scanpy (0 errors .. 4 debug)."""
+        return int(sc.settings.verbosity)
+
+    @verbosity.setter
+    def verbosity(self, value: int) -> None:
+        sc.settings.verbosity = value
+
+    def resolve_device(self, device: str | None = None) -> str:
+        """Return the torch device to use: ``"cuda"`` when available and asked for by ``"auto"``."""
+        import torch
+
+        device = self.device if device is None else device
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for, but CUDA is not available; use 'cpu' or 'auto'.")
+        return device
+
+    def __repr__(self) -> str:
+        return (
+            f"CpnnSettings(device={self.device!r}, datadir='{self.datadir}', "
+            f"cachedir='{self.cachedir}', verbosity={self.verbosity}, num_workers={self.num_workers})"
+        )
+
+
+settings = CpnnSettings()

@@ -1,0 +1,153 @@
+"""Where each annotated region's spots lie on which image, in image pixels and micrometres."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from .._errors import CpnnError
+
+
+@dataclass
+class RegionImage:
+    """The image chosen for one region, and the region's spots in that image's pixels."""
+
+    region: str
+    image_key: str
+    array: Any  # dask or numpy array, (c, y, x), full resolution
+    centers_px: np.ndarray  # spots x 2, (x, y) in image pixels
+    obs_index: np.ndarray  # positions of the spots in the table
+    um_per_px: float
+
+
+def _affine(element: Any, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+
+
+def _scale(affine: np.ndarray) -> float:
+    return float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
+
+
+def _level0(image: Any):
+    """Full-resolution data array of a (multiscale) image element."""
+    if hasattr(image, "children") and "scale0" in getattr(image, "children", {}):
+        node = image["scale0"]
+        return next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
+    return image
+
+
+def table_regions(adata: AnnData) -> tuple[list[str], str, str]:
+    """Regions annotated by the table, and its region and instance keys."""
+    attrs = adata.uns.get("spatialdata_attrs")
+    if not isinstance(attrs, dict) or "region_key" not in attrs:
+        raise CpnnError(
+            "The table is not annotating any SpatialData element (no uns['spatialdata_attrs']); "
+            "build it with spatialdata.models.TableModel.parse(..., region=..., region_key=..., instance_key=...)."
+        )
+    region = attrs["region"]
+    regions = [region] if isinstance(region, str) else list(region)
+    return regions, attrs["region_key"], attrs["instance_key"]
+
+
+def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: float | None) -> float:
+    spatial = adata.uns.get("cpnn_spatial", {})
+    per_region = spatial.get("um_per_px", {}) if isinstance(spatial, dict) else {}
+    if region in per_region:
+        return float(per_region[region])
+    diameter = spot_diameter_um or (spatial.get("spot_diameter_um") if isinstance(spatial, dict) else None)
+    if diameter is None:
+        raise CpnnError(
+            f"Cannot tell the physical scale of region {region!r}: pass spot_diameter_um= (55 for Visium, "
+            "100 for legacy ST) or set table.uns['cpnn_spatial']['um_per_px'][region]."
+        )
+    if "radius" not in shapes:
+        raise CpnnError(f"Region {region!r} has no 'radius' column, so its scale cannot be derived; pass mpp=.")
+    return float(diameter) / (2.0 * float(np.median(shapes["radius"])))
+
+
+def region_images(
+    sdata: Any,
+    adata: AnnData,
+    obs_mask: np.ndarray,
+    *,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    mpp: float | None = None,
+) -> list[RegionImage]:
+    """Find, for every region with selected spots, the sharpest image covering them.
+
+    Images are matched to a region through a shared coordinate system (never by name). Among
+    candidates the one with the most pixels per micrometre that covers all spot centres wins.
+    Spot centres are mapped into that image's pixels with the SpatialData transformations.
+
+    Parameters
+    ----------
+    sdata
+        The SpatialData.
+    adata
+        Its table annotating the regions.
+    obs_mask
+        Spots to locate.
+    image_key
+        Force this image element for every region.
+    spot_diameter_um
+        Spot diameter, used to derive the scale when the table does not record it.
+    mpp
+        Micrometres per unit of the spots' coordinates; overrides everything else.
+    """
+    regions, region_key, instance_key = table_regions(adata)
+    out: list[RegionImage] = []
+    obs_region = adata.obs[region_key].astype(str).to_numpy()
+    for region in regions:
+        idx = np.flatnonzero(obs_mask & (obs_region == region))
+        if len(idx) == 0:
+            continue
+        if region not in sdata.shapes:
+            raise CpnnError(f"Region {region!r} of the table is not a shapes element of the SpatialData.")
+        shapes = sdata.shapes[region]
+        ids = adata.obs[instance_key].to_numpy()[idx]
+        try:
+            geom = shapes.loc[ids].geometry
+        except KeyError as e:
+            raise CpnnError(
+                f"Some {instance_key!r} values of region {region!r} are not in its shapes index: {e}"
+            ) from e
+        xy = np.c_[geom.centroid.x.to_numpy(), geom.centroid.y.to_numpy()]
+        um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, spot_diameter_um)
+        from spatialdata.transformations import get_transformation
+
+        shape_cs = list(get_transformation(shapes, get_all=True))
+        candidates = [image_key] if image_key is not None else list(sdata.images)
+        best = None
+        for key in candidates:
+            if key not in sdata.images:
+                raise CpnnError(
+                    f"image_key={key!r} is not an image of the SpatialData; images are {list(sdata.images)}."
+                )
+            img = sdata.images[key]
+            common = [cs for cs in get_transformation(img, get_all=True) if cs in shape_cs]
+            if not common:
+                continue
+            cs = common[0]
+            a_shape, a_img = _affine(shapes, cs), _affine(img, cs)
+            pts = (np.linalg.inv(a_img) @ (a_shape @ np.c_[xy, np.ones(len(xy))].T)).T[:, :2]
+            arr = _level0(img)
+            h, w = arr.shape[-2], arr.shape[-1]
+            if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
+                continue
+            um_px = um_unit * _scale(a_img) / _scale(a_shape)
+            if best is None or um_px < best.um_per_px:
+                best = RegionImage(region, key, arr.data if hasattr(arr, "data") else arr, pts, idx, um_px)
+        if best is None:
+            raise CpnnError(
+                f"Region {region!r} has no image: no image element shares a coordinate system with it and "
+                f"covers its spots (images: {list(sdata.images)}). Add the H&E image, or deselect the region."
+            )
+        out.append(best)
+    return out

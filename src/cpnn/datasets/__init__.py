@@ -1,0 +1,17 @@
+"""Public datasets, fetched with pooch into ``cp.settings.datadir`` and verified by SHA-256."""
+
+from ._fetch import fetch, registry
+from ._genes import histogene_genes
+from ._her2st import HER2ST_IMAGED, her2st, her2st_proportions
+from ._wu2021 import wu2021_cid4465, wu2021_profiles
+
+__all__ = [
+    "HER2ST_IMAGED",
+    "fetch",
+    "her2st",
+    "her2st_proportions",
+    "histogene_genes",
+    "registry",
+    "wu2021_cid4465",
+    "wu2021_profiles",
+]

@@ -1,0 +1,1 @@
+"""Plotting (figures over the H&E)."""

@@ -1,0 +1,191 @@
+"""Patch embeddings of every spot, cached in ``obsm``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scanpy import logging as logg
+from tqdm.auto import tqdm
+
+from .._core import check_obs_mask, get_table, is_spatialdata, uns_cpnn
+from .._errors import CpnnError
+from .._settings import settings
+from ..data import PatchDataset, patch_loader, region_images
+from ..models import make_encoder
+
+
+def encoder_config(
+    encoder: str, *, weights: str | Path | None, pretrained: bool, seed: int, patch_size_um: float, patch_px: int
+) -> dict:
+    """The settings that determine an embedding; equal configs give equal embeddings."""
+    return {
+        "encoder": str(encoder),
+        "weights": "" if weights is None else str(Path(weights).resolve()),
+        "pretrained": bool(pretrained or weights is not None),
+        "seed": int(seed),
+        "patch_size_um": float(patch_size_um),
+        "patch_px": int(patch_px),
+    }
+
+
+def build_encoder(config: dict) -> torch.nn.Module:
+    """Create the encoder of ``config``; random initialisation is seeded, so it is reproducible."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        return make_encoder(config["encoder"], pretrained=config["pretrained"], weights=config["weights"] or None)
+
+
+@torch.no_grad()
+def embed_spots(
+    sdata: Any,
+    adata: AnnData,
+    mask: np.ndarray,
+    encoder: torch.nn.Module,
+    *,
+    patch_size_um: float,
+    patch_px: int,
+    device: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    mpp: float | None = None,
+    desc: str = "embedding",
+) -> np.ndarray:
+    """Embed the spots selected by ``mask``; returns an array aligned to ``np.flatnonzero(mask)``."""
+    regions = region_images(sdata, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um, mpp=mpp)
+    ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
+    encoder = encoder.to(device).eval()
+    rows = np.flatnonzero(mask)
+    where = np.full(adata.n_obs, -1)
+    where[rows] = np.arange(len(rows))
+    out = None
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.startswith("cuda")
+        else torch.autocast("cpu", enabled=False)
+    )
+    for idx, patches in tqdm(
+        patch_loader(ds, num_workers=num_workers), total=len(ds), desc=desc, disable=settings.verbosity < 2
+    ):
+        with autocast:
+            z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(rows), z.shape[1]), dtype=np.float32)
+        out[where[idx.numpy()]] = z
+    return out
+
+
+def embed(
+    data: Any,
+    *,
+    encoder: str = "resnet18",
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    patch_size_um: float = 112.0,
+    patch_px: int = 224,
+    spots: Any = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    seed: int = 0,
+    num_workers: int | None = None,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    table_key: str = "table",
+    key_added: str = "cpnn_embedding",
+) -> None:
+    """Embed a spot-centred patch of every spot with a frozen encoder.
+
+    Parameters
+    ----------
+    data
+        SpatialData with images, spot shapes and a table annotating them.
+    encoder
+        ``"handcrafted"`` (colour/texture features, no weights) or any timm architecture name.
+    weights
+        Local checkpoint file for the timm model (e.g. a pathology foundation model).
+    pretrained
+        Load timm's pretrained weights from its hub (networked machines only).
+    patch_size_um
+        Side of the patch around each spot centre, in micrometres.
+    patch_px
+        Side in pixels the patches are resized to (the encoder input).
+    spots
+        Spots to embed (mask, ``(column, values)`` or region names); default all.
+    batch_size
+        Patches per encoder call (and per image read).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed
+        Seed of the random initialisation when no weights are loaded.
+    num_workers
+        DataLoader workers reading patches (default ``cp.settings.num_workers``).
+    image_key
+        Use this image for every region instead of choosing automatically.
+    spot_diameter_um
+        Spot diameter when the table does not record the scale (55 for Visium).
+    table_key
+        Key of the table.
+    key_added
+        Key in ``obsm``.
+
+    Returns
+    -------
+    ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded) and
+    ``uns["cpnn"]["embedding"]`` (the encoder settings).
+    """
+    if not is_spatialdata(data):
+        raise CpnnError("data must be a SpatialData with images to embed patches; got an AnnData or other object.")
+    adata = get_table(data, table_key)
+    mask = check_obs_mask(adata, spots, argument="spots")
+    config = encoder_config(
+        encoder, weights=weights, pretrained=pretrained, seed=seed, patch_size_um=patch_size_um, patch_px=patch_px
+    )
+    start = logg.info(f"embedding {int(mask.sum())} spots with {encoder}")
+    dev = settings.resolve_device(device)
+    z = embed_spots(
+        data,
+        adata,
+        mask,
+        build_encoder(config),
+        patch_size_um=patch_size_um,
+        patch_px=patch_px,
+        device=dev,
+        batch_size=batch_size,
+        num_workers=settings.num_workers if num_workers is None else num_workers,
+        image_key=image_key,
+        spot_diameter_um=spot_diameter_um,
+    )
+    store_embedding(adata, z, mask, config, key_added)
+    logg.info(
+        "    finished", time=start, deep=f"added\n    {key_added!r} (adata.obsm)\n    'embedding' (adata.uns['cpnn'])"
+    )
+
+
+def store_embedding(adata: AnnData, z: np.ndarray, mask: np.ndarray, config: dict, key: str) -> None:
+    """Write embeddings of the ``mask`` spots, keeping other spots' rows when the config matches."""
+    info = uns_cpnn(adata)
+    same = (
+        info.get("embedding", {}).get("config") == config
+        and key in adata.obsm
+        and adata.obsm[key].shape[1] == z.shape[1]
+    )
+    full = (
+        np.array(adata.obsm[key], dtype=np.float32) if same else np.full((adata.n_obs, z.shape[1]), np.nan, np.float32)
+    )
+    full[mask] = z
+    adata.obsm[key] = full
+    info["embedding"] = {"config": config, "key": key, "dim": int(z.shape[1])}
+
+
+def cached_embedding(adata: AnnData, mask: np.ndarray, config: dict, key: str = "cpnn_embedding") -> np.ndarray | None:
+    """Embeddings of the ``mask`` spots when ``obsm`` holds them for the same config, else ``None``."""
+    info = uns_cpnn(adata).get("embedding", {})
+    if info.get("config") != config or key not in adata.obsm:
+        return None
+    z = np.asarray(adata.obsm[key])[mask]
+    return z if np.isfinite(z).all() else None

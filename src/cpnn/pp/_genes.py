@@ -1,0 +1,120 @@
+"""Choosing the gene panel that cpnn predicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._core import check_counts, check_genes, get_table, return_copy, uns_cpnn
+from .._errors import CpnnError
+
+
+def normalized_mean(X: Any, target_sum: float = 1e4) -> np.ndarray:
+    """Mean over rows of counts scaled to ``target_sum`` per row (no log)."""
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals, dtype=float), where=totals > 0)
+    if sparse.issparse(X):
+        return np.asarray((sparse.diags(scale) @ X).mean(axis=0)).ravel()
+    return (np.asarray(X) * scale[:, None]).mean(axis=0)
+
+
+def select_genes(
+    data: AnnData | Any,
+    *,
+    n_top_genes: int = 250,
+    flavor: Literal["mean", "hvg"] = "mean",
+    genes: Sequence[str] | None = None,
+    layer: str | None = None,
+    table_key: str = "table",
+    copy: bool = False,
+) -> AnnData | Any | None:
+    """Mark the gene panel that cpnn will predict.
+
+    Parameters
+    ----------
+    data
+        AnnData, or SpatialData holding the table under ``table_key``, with raw counts.
+    n_top_genes
+        Size of the panel for ``flavor="mean"`` and ``"hvg"``.
+    flavor
+        ``"mean"``: top genes by mean normalised expression (counts scaled to 1e4 per spot), the
+        paper's protocol. ``"hvg"``: :func:`scanpy.pp.highly_variable_genes` (seurat flavour on
+        log-normalised counts).
+    genes
+        An explicit panel (e.g. :func:`cpnn.datasets.histogene_genes`); overrides ``flavor``.
+        Genes absent from the table are reported and skipped.
+    layer
+        Layer holding the raw counts (default ``X``).
+    table_key
+        Key of the table when ``data`` is a SpatialData.
+    copy
+        Return a copy instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``data`` when ``copy=True``. Sets ``var["cpnn_selected"]`` (bool) and
+    ``uns["cpnn"]["panel"]`` (flavor, requested size, genes skipped).
+    """
+    start = logg.info("selecting the cpnn gene panel")
+    data = return_copy(data, copy)
+    adata = get_table(data, table_key)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise CpnnError(f"The table {table_key!r} is empty ({adata.n_obs} x {adata.n_vars}); nothing to select.")
+    X = adata.layers[layer] if layer is not None else adata.X
+    if layer is not None and layer not in adata.layers:
+        raise CpnnError(f"layer={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
+    check_counts(X, argument=f"layer {layer!r}" if layer else "X", integer=False)
+    if adata.var_names.has_duplicates:
+        raise CpnnError("The table's var_names have duplicates; call adata.var_names_make_unique() first.")
+
+    skipped: list[str] = []
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        skipped = check_genes(adata.var_names, genes, argument="genes")
+        selected = adata.var_names.isin(genes)
+        method = "explicit list"
+        if skipped:
+            logg.warning(
+                f"{len(skipped)} of {len(genes)} genes are not in the table and are skipped, e.g. {skipped[:5]}"
+            )
+    else:
+        if not 0 < n_top_genes:
+            raise CpnnError(f"n_top_genes={n_top_genes} must be positive.")
+        n = min(n_top_genes, adata.n_vars)
+        if flavor == "mean":
+            score = normalized_mean(X)
+            order = np.argsort(-score, kind="stable")[:n]
+            selected = np.zeros(adata.n_vars, bool)
+            selected[order] = True
+        elif flavor == "hvg":
+            tmp = AnnData(X.copy() if sparse.issparse(X) else np.asarray(X, dtype=np.float32))
+            tmp.var_names = adata.var_names
+            sc.pp.normalize_total(tmp, target_sum=1e4)
+            sc.pp.log1p(tmp)
+            sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
+            selected = tmp.var["highly_variable"].to_numpy()
+        else:
+            raise CpnnError(f"flavor={flavor!r}; use 'mean' or 'hvg', or pass genes=[...].")
+        method = flavor
+
+    adata.var["cpnn_selected"] = pd.Series(np.asarray(selected, bool), index=adata.var_names)
+    uns_cpnn(adata)["panel"] = {
+        "flavor": method,
+        "n_top_genes": int(n_top_genes) if genes is None else len(genes),
+        "n_selected": int(np.sum(selected)),
+        "n_skipped": len(skipped),
+        "skipped": skipped[:50],
+    }
+    logg.info(
+        f"    {int(np.sum(selected))} genes selected ({method})",
+        time=start,
+        deep="added\n    'cpnn_selected', boolean vector (adata.var)\n    'panel' (adata.uns['cpnn'])",
+    )
+    return data if copy else None

@@ -1,0 +1,8 @@
+"""Tools: fit, predict, evaluate."""
+
+from ._evaluate import evaluate
+from ._fit import fit
+from ._model import CPNN
+from ._predict import predict
+
+__all__ = ["CPNN", "evaluate", "fit", "predict"]

@@ -1,0 +1,307 @@
+"""cp.tl.fit: train the composition network (or the direct baseline) on spots with images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scanpy import logging as logg
+from torch import nn
+
+from .._core import check_obs_mask, get_table, is_spatialdata, uns_cpnn
+from .._errors import CpnnError
+from .._settings import settings
+from ..data import PatchDataset, region_images
+from ..models import HANDCRAFTED
+from ..pp._embed import build_encoder, encoder_config
+from ._inputs import (
+    finetuned_config,
+    panel_counts,
+    panel_genes,
+    panel_prototypes,
+    reference_composition,
+    spot_embeddings,
+)
+from ._model import CPNN, build_head
+from ._train import TrainData, run_training
+
+
+class _ToUnit(nn.Module):
+    """uint8 patches -> float in [0, 1] in front of a fine-tuned encoder."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.float() / 255.0 if x.dtype == torch.uint8 else x)
+
+
+def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_size) -> torch.Tensor:
+    regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    ds = PatchDataset(regions, patch_size_um=config["patch_size_um"], out_px=config["patch_px"], block_size=batch_size)
+    rows = np.flatnonzero(mask)
+    where = np.full(adata.n_obs, -1)
+    where[rows] = np.arange(len(rows))
+    out = torch.zeros((len(rows), 3, config["patch_px"], config["patch_px"]), dtype=torch.uint8)
+    for i in range(len(ds)):
+        idx, p = ds[i]
+        out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
+    return out
+
+
+def fit(
+    data: AnnData | Any,
+    *,
+    train: Any = None,
+    validation: Any = None,
+    head: Literal["cpnn", "direct"] = "cpnn",
+    encoder: str = "resnet18",
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    finetune: bool = False,
+    patch_size_um: float = 112.0,
+    patch_px: int = 224,
+    prototypes: Literal["learn", "freeze", "random"] = "learn",
+    correction: bool = True,
+    prototypes_key: str = "cpnn_prototypes",
+    composition_key: str | None = None,
+    proto_reg: float = 1e3,
+    comp_reg: float = 1e3,
+    hidden: tuple[int, ...] = (1024, 512),
+    dropout: float = 0.0,
+    epochs: int = 300,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    patience: int = 30,
+    layer: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    num_workers: int | None = None,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    table_key: str = "table",
+) -> CPNN:
+    """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
+
+    Needs a gene panel (:func:`cpnn.pp.select_genes`) and, for ``head="cpnn"``, prototypes
+    (:func:`cpnn.pp.build_prototypes`). With a frozen encoder (default) every spot is embedded once
+    into ``obsm["cpnn_embedding"]``, reused by later fits with the same encoder settings.
+
+    Parameters
+    ----------
+    data
+        SpatialData (images, spot shapes, table of raw counts), or an AnnData whose
+        ``obsm["cpnn_embedding"]`` was filled by :func:`cpnn.pp.embed`.
+    train
+        Training spots: a boolean mask, a ``(column, values)`` tuple, or region/section names.
+        Default: every spot not in ``validation``.
+    validation
+        Spots for early stopping (same forms). Default none: train for ``epochs`` epochs.
+    head
+        ``"cpnn"``: composition weights x cell-type prototypes (the paper). ``"direct"``: the same
+        MLP straight to the genes, trained with MSE on log-normalised expression (the baseline).
+    encoder
+        ``"resnet18"`` or any timm architecture, or ``"handcrafted"`` colour/texture features.
+    weights
+        Local checkpoint for the encoder (e.g. a pathology foundation model).
+    pretrained
+        Use timm's pretrained weights (downloaded from its hub; networked machines only).
+    finetune
+        Train the encoder end to end with the head (flips and 90-degree rotations as augmentation).
+    patch_size_um, patch_px
+        Patch side around each spot in micrometres, and the encoder input size in pixels.
+    prototypes
+        ``"learn"`` (initialised from the atlas), ``"freeze"`` or ``"random"`` (from scratch).
+    correction
+        Learn the per-gene modality correction ``exp(alpha) * e + exp(beta)``.
+    prototypes_key
+        ``varm`` key of the prototypes.
+    composition_key
+        ``obsm`` key of a reference composition (DataFrame with the cell types as columns) to
+        regularise the weights towards, when one exists.
+    proto_reg, comp_reg
+        Weights of the prototype and composition regularisers (1e3 in the paper).
+    hidden, dropout
+        MLP hidden sizes (the paper: 1024, 512) and dropout.
+    epochs, batch_size, lr, weight_decay, patience
+        Optimisation: AdamW with StepLR(50, 0.9) and gradient clipping at 0.5; early stopping
+        after ``patience`` epochs without a better validation loss.
+    layer
+        Layer with raw counts (default ``X``).
+    device
+        ``"auto"`` (CUDA when present, with bf16 autocast), ``"cpu"`` or ``"cuda"``.
+    seed
+        Seed of the encoder's random initialisation, the head and the batch order. Same seed on
+        CPU gives identical results.
+    num_workers
+        DataLoader workers reading patches (default ``cp.settings.num_workers``).
+    image_key, spot_diameter_um
+        Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
+    table_key
+        Key of the table.
+
+    Returns
+    -------
+    The trained :class:`cpnn.CPNN`. Also writes ``uns["cpnn"]["fit"]`` (settings, best epoch) and
+    ``uns["cpnn"]["history"]`` (loss per epoch), and ``obsm["cpnn_embedding"]`` for a frozen encoder.
+    """
+    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r})")
+    adata = get_table(data, table_key)
+    if head not in ("cpnn", "direct"):
+        raise CpnnError(f"head={head!r}; use 'cpnn' or 'direct'.")
+    if prototypes not in ("learn", "freeze", "random"):
+        raise CpnnError(f"prototypes={prototypes!r}; use 'learn', 'freeze' or 'random'.")
+    if finetune and encoder == HANDCRAFTED:
+        raise CpnnError("encoder='handcrafted' has no weights to fine-tune; use a timm encoder or finetune=False.")
+    if finetune and not is_spatialdata(data):
+        raise CpnnError("finetune=True reads patches, so data must be a SpatialData with images.")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise CpnnError(f"epochs={epochs}, batch_size={batch_size} and lr={lr} must be positive.")
+    genes = panel_genes(adata)
+    protos, types = panel_prototypes(adata, genes, prototypes_key) if head == "cpnn" else (None, [])
+    val_mask = (
+        check_obs_mask(adata, validation, argument="validation")
+        if validation is not None
+        else np.zeros(adata.n_obs, bool)
+    )
+    train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
+    if (train_mask & val_mask).any():
+        raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
+    if not train_mask.any():
+        raise CpnnError("The training set is empty; check train= and validation=.")
+    counts_tr = panel_counts(adata, genes, train_mask, layer, argument="training")
+    lib_tr = counts_tr.sum(1)
+    if (lib_tr <= 0).any():
+        keep = lib_tr > 0
+        logg.warning(f"{int((~keep).sum())} training spots have no counts in the panel and are left out")
+        rows = np.flatnonzero(train_mask)
+        train_mask = train_mask.copy()
+        train_mask[rows[~keep]] = False
+        counts_tr, lib_tr = counts_tr[keep], lib_tr[keep]
+        if not train_mask.any():
+            raise CpnnError("No training spot has counts in the panel.")
+    counts_va = panel_counts(adata, genes, val_mask, layer, argument="validation") if val_mask.any() else None
+
+    dev = settings.resolve_device(device)
+    workers = settings.num_workers if num_workers is None else num_workers
+    config = encoder_config(
+        encoder, weights=weights, pretrained=pretrained, seed=seed, patch_size_um=patch_size_um, patch_px=patch_px
+    )
+    enc = build_encoder(config)
+    if finetune:
+        x_tr = _patches(
+            data, adata, train_mask, config, image_key=image_key, spot_diameter_um=spot_diameter_um, batch_size=64
+        )
+        x_va = (
+            _patches(
+                data, adata, val_mask, config, image_key=image_key, spot_diameter_um=spot_diameter_um, batch_size=64
+            )
+            if val_mask.any()
+            else None
+        )
+        in_dim = int(enc.out_dim)
+        model: nn.Module = _ToUnit(enc)
+    else:
+        both = train_mask | val_mask
+        z = spot_embeddings(
+            data,
+            adata,
+            both,
+            config,
+            enc,
+            device=dev,
+            batch_size=64,
+            num_workers=workers,
+            image_key=image_key,
+            spot_diameter_um=spot_diameter_um,
+        )
+        where = np.cumsum(both) - 1
+        x_tr = torch.as_tensor(z[where[train_mask]])
+        x_va = torch.as_tensor(z[where[val_mask]]) if val_mask.any() else None
+        in_dim = z.shape[1]
+        model = nn.Identity()
+    cfg = {
+        "head": head,
+        "genes": genes,
+        "cell_types": types,
+        "prototypes": prototypes,
+        "correction": bool(correction),
+        "proto_reg": float(proto_reg),
+        "comp_reg": float(comp_reg),
+        "hidden": [int(h) for h in hidden],
+        "dropout": float(dropout),
+        "seed": int(seed),
+        "finetune": bool(finetune),
+        "in_dim": int(in_dim),
+        "encoder_config": finetuned_config(config) if finetune else config,
+        "median_library": float(np.median(lib_tr)),
+        "layer": layer,
+    }
+    torch.manual_seed(seed)  # after any data loading, which draws from the global generator
+    head_module = build_head(cfg, in_dim, protos)
+    if not finetune:
+        head_module.standardise.fit(x_tr)
+    comp_tr = reference_composition(adata, composition_key, train_mask, types) if head == "cpnn" else None
+    comp_va = (
+        reference_composition(adata, composition_key, val_mask, types) if head == "cpnn" and val_mask.any() else None
+    )
+    tr = TrainData(
+        x_tr, torch.as_tensor(counts_tr), torch.as_tensor(lib_tr), None if comp_tr is None else torch.as_tensor(comp_tr)
+    )
+    va = None
+    if counts_va is not None:
+        va = TrainData(
+            x_va,
+            torch.as_tensor(counts_va),
+            torch.as_tensor(counts_va.sum(1).clip(1.0)),
+            None if comp_va is None else torch.as_tensor(comp_va),
+        )
+    model.to(dev)
+    head_module.to(dev)
+    result = run_training(
+        model,
+        head_module,
+        tr,
+        va,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        device=dev,
+        desc=f"fit {head}",
+    )
+    model.cpu().eval()
+    head_module.cpu().eval()
+    cpnn = CPNN(cfg, enc.cpu().eval(), head_module, result.history)
+    info = uns_cpnn(adata)
+    info["fit"] = {
+        "head": head,
+        "encoder": encoder,
+        "finetune": bool(finetune),
+        "prototypes": prototypes,
+        "correction": bool(correction),
+        "epochs": int(epochs),
+        "best_epoch": int(result.best_epoch),
+        "stopped_early": bool(result.stopped_early),
+        "n_train": int(train_mask.sum()),
+        "n_validation": int(val_mask.sum()),
+        "lr": float(lr),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "device": dev,
+    }
+    keys = sorted({k for r in result.history for k in r})
+    info["history"] = {k: np.array([r.get(k, np.nan) for r in result.history], dtype=float) for k in keys}
+    logg.info(
+        f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(train_mask.sum())} spots",
+        time=start,
+        deep="added\n    'fit', 'history' (adata.uns['cpnn'])",
+    )
+    return cpnn

@@ -1,0 +1,133 @@
+"""Gathering what fit and predict need from the table: panel, prototypes, counts, embeddings."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._core import check_counts, is_spatialdata, uns_cpnn
+from .._errors import CpnnError
+from ..pp._embed import build_encoder, cached_embedding, embed_spots, store_embedding
+
+
+def panel_genes(adata: AnnData) -> list[str]:
+    """Genes of ``var["cpnn_selected"]``."""
+    if "cpnn_selected" not in adata.var:
+        raise CpnnError("No gene panel yet: call cp.pp.select_genes(data) first (it sets var['cpnn_selected']).")
+    genes = adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)]
+    if len(genes) == 0:
+        raise CpnnError("var['cpnn_selected'] selects no gene; call cp.pp.select_genes with a non-empty panel.")
+    return list(genes)
+
+
+def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.ndarray, list[str]]:
+    """Prototypes of the panel genes (K x G) and the cell types."""
+    if key not in adata.varm:
+        raise CpnnError(
+            f"No prototypes in varm[{key!r}]: call cp.pp.build_prototypes(data, reference, ...) first, "
+            "or pass head='direct' for the baseline without cell types."
+        )
+    types = list(uns_cpnn(adata).get("cell_types", []))
+    P = np.asarray(adata.varm[key], dtype=np.float32)
+    if P.shape[1] != len(types):
+        raise CpnnError(
+            f"varm[{key!r}] has {P.shape[1]} columns but uns['cpnn']['cell_types'] names {len(types)}; "
+            "rebuild the prototypes with cp.pp.build_prototypes."
+        )
+    idx = adata.var_names.get_indexer(genes)
+    sub = P[idx]
+    if "cpnn_in_reference" in adata.var:
+        lacking = [g for g, ok in zip(genes, adata.var["cpnn_in_reference"].to_numpy(bool)[idx], strict=True) if not ok]
+    else:
+        lacking = [g for g, row in zip(genes, sub, strict=True) if not row.any()]
+    if lacking:
+        raise CpnnError(
+            f"Panel/prototype mismatch: {len(lacking)} selected genes have no prototype (e.g. {lacking[:5]}); "
+            "run cp.pp.build_prototypes after cp.pp.select_genes, which drops such genes from the panel."
+        )
+    if not np.isfinite(sub).all() or (sub < 0).any():
+        raise CpnnError(f"varm[{key!r}] holds NaN, infinite or negative values; rebuild the prototypes.")
+    return sub.T.copy(), types
+
+
+def panel_counts(adata: AnnData, genes: list[str], mask: np.ndarray, layer: str | None, *, argument: str) -> np.ndarray:
+    """Dense raw counts of the panel genes for the ``mask`` spots, validated."""
+    if layer is not None and layer not in adata.layers:
+        raise CpnnError(f"layer={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
+    X = adata.layers[layer] if layer is not None else adata.X
+    idx = adata.var_names.get_indexer(genes)
+    block = X[np.flatnonzero(mask)][:, idx]
+    block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+    check_counts(
+        block,
+        argument=f"the counts of the {argument} spots ({'X' if layer is None else 'layer ' + repr(layer)})",
+        integer=False,
+    )
+    return block.astype(np.float32)
+
+
+def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, types: list[str]) -> np.ndarray | None:
+    """Reference proportions from ``obsm[key]`` aligned to ``types`` (rows renormalised)."""
+    if key is None:
+        return None
+    if key not in adata.obsm:
+        raise CpnnError(f"composition_key={key!r} is not in obsm; keys are {list(adata.obsm)}.")
+    comp = adata.obsm[key]
+    if not isinstance(comp, pd.DataFrame):
+        raise CpnnError(f"obsm[{key!r}] must be a DataFrame whose columns are cell types {types}.")
+    missing = [t for t in types if t not in comp.columns]
+    if missing:
+        raise CpnnError(f"obsm[{key!r}] lacks the cell types {missing}; its columns are {list(comp.columns)}.")
+    values = comp[types].to_numpy(np.float32)[mask]
+    if not np.isfinite(values).all():
+        raise CpnnError(f"obsm[{key!r}] has NaN values for selected spots.")
+    return values / np.clip(values.sum(1, keepdims=True), 1e-12, None)
+
+
+def spot_embeddings(
+    data: Any,
+    adata: AnnData,
+    mask: np.ndarray,
+    config: dict,
+    encoder,
+    *,
+    device: str,
+    batch_size: int,
+    num_workers: int,
+    image_key: str | None,
+    spot_diameter_um: float | None,
+) -> np.ndarray:
+    """Embeddings of the ``mask`` spots: from the ``obsm`` cache when its config matches, else computed."""
+    z = cached_embedding(adata, mask, config)
+    if z is not None:
+        return z
+    if not is_spatialdata(data):
+        raise CpnnError(
+            "The table has no cached embedding for this encoder and there is no image to compute one: "
+            "pass the SpatialData (with its images), or run cp.pp.embed on it first."
+        )
+    z = embed_spots(
+        data,
+        adata,
+        mask,
+        encoder if encoder is not None else build_encoder(config),
+        patch_size_um=config["patch_size_um"],
+        patch_px=config["patch_px"],
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        image_key=image_key,
+        spot_diameter_um=spot_diameter_um,
+    )
+    store_embedding(adata, z, mask, config, "cpnn_embedding")
+    return z
+
+
+def finetuned_config(config: dict) -> dict:
+    """An encoder config that marks fine-tuned weights, so cached embeddings never mix them up."""
+    return {**config, "finetuned": uuid.uuid4().hex}
