@@ -99,7 +99,10 @@ def select_genes(
             sc.pp.normalize_total(tmp, target_sum=1e4)
             sc.pp.log1p(tmp)
             sc.pp.highly_variable_genes(tmp, n_top_genes=n, flavor="seurat")
-            selected = tmp.var["highly_variable"].to_numpy()
+            # exactly n genes: rank by normalised dispersion (scanpy's cut keeps ties)
+            disp = np.nan_to_num(tmp.var["dispersions_norm"].to_numpy(float), nan=-np.inf)
+            selected = np.zeros(adata.n_vars, bool)
+            selected[np.argsort(-disp, kind="stable")[:n]] = True
         else:
             raise CpnnError(f"flavor={flavor!r}; use 'mean' or 'hvg', or pass genes=[...].")
         method = flavor

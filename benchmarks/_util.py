@@ -1,0 +1,50 @@
+"""Helpers for the benchmark scripts: timing and peak memory of a call."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+
+import psutil
+
+
+class Peak:
+    """Peak resident memory (MiB) over a block, sampled every 20 ms, and its wall time."""
+
+    def __enter__(self):
+        self._proc = psutil.Process()
+        self.start_rss = self._proc.memory_info().rss / 2**20
+        self.peak = self.start_rss
+        self._stop = False
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def _watch(self):
+        while not self._stop:
+            self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
+        self.added = self.peak - self.start_rss
+        return False
+
+
+def max_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of ``rows``."""
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(out)
