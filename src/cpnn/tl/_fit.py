@@ -74,7 +74,7 @@ def fit(
     hidden: tuple[int, ...] = (1024, 512),
     dropout: float = 0.0,
     epochs: int = 300,
-    batch_size: int = 128,
+    batch_size: int = 256,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     patience: int = 30,
