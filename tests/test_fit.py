@@ -194,3 +194,20 @@ def test_timm_encoder_embed(her2st_all):
     assert table.uns["cpnn"]["embedding"]["config"]["encoder"] == "resnet18"
     with pytest.raises(cp.CpnnError, match="not a timm architecture"):
         cp.pp.embed(her2st_all, encoder="no_such_net", spots=spots)
+
+
+def test_encoder_from_local_weights(tmp_path):
+    """weights= loads a local checkpoint into the timm architecture (no hub access)."""
+    import timm
+
+    from cpnn.models import make_encoder
+
+    torch.manual_seed(7)
+    src = timm.create_model("resnet18", num_classes=0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    enc = make_encoder("resnet18", weights=path)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(enc.backbone.state_dict()[k], v)
+    with pytest.raises(cp.CpnnError, match="not a file"):
+        make_encoder("resnet18", weights=tmp_path / "missing.pth")
