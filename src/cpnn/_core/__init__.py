@@ -1,7 +1,7 @@
 """Internal helpers shared by every layer: table access, input validation, writing results."""
 
 from ._table import get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
-from ._validate import check_counts, check_genes, check_key, check_obs_mask
+from ._validate import check_counts, check_genes, check_key, check_obs_mask, selection_positions
 
 __all__ = [
     "check_counts",
@@ -11,6 +11,7 @@ __all__ = [
     "get_table",
     "is_spatialdata",
     "return_copy",
+    "selection_positions",
     "to_uns",
     "uns_cpnn",
 ]

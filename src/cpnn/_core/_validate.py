@@ -92,6 +92,13 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
     return mask
 
 
+def selection_positions(mask: np.ndarray) -> np.ndarray:
+    """For each spot, its position among the ``mask`` spots (``-1`` for spots outside the selection)."""
+    where = np.full(len(mask), -1)
+    where[mask] = np.arange(int(np.sum(mask)))
+    return where
+
+
 def _region_columns(adata: AnnData) -> list[str]:
     cols = []
     attrs = adata.uns.get("spatialdata_attrs", {})

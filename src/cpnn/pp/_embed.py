@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._core import check_obs_mask, get_table, is_spatialdata, uns_cpnn
+from .._core import check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import PatchDataset, patch_loader, region_images
@@ -60,9 +60,7 @@ def embed_spots(
     regions = region_images(sdata, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um, mpp=mpp)
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
     encoder = encoder.to(device).eval()
-    rows = np.flatnonzero(mask)
-    where = np.full(adata.n_obs, -1)
-    where[rows] = np.arange(len(rows))
+    where = selection_positions(mask)
     out = None
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -75,7 +73,7 @@ def embed_spots(
         with autocast:
             z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
         if out is None:
-            out = np.zeros((len(rows), z.shape[1]), dtype=np.float32)
+            out = np.zeros((int(mask.sum()), z.shape[1]), dtype=np.float32)
         out[where[idx.numpy()]] = z
     return out
 

@@ -67,9 +67,9 @@ def select_genes(
     adata = get_table(data, table_key)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise CpnnError(f"The table {table_key!r} is empty ({adata.n_obs} x {adata.n_vars}); nothing to select.")
-    X = adata.layers[layer] if layer is not None else adata.X
     if layer is not None and layer not in adata.layers:
         raise CpnnError(f"layer={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
+    X = adata.layers[layer] if layer is not None else adata.X
     check_counts(X, argument=f"layer {layer!r}" if layer else "X", integer=False)
     if adata.var_names.has_duplicates:
         raise CpnnError("The table's var_names have duplicates; call adata.var_names_make_unique() first.")

@@ -112,8 +112,7 @@ def _single_cell_prototypes(
             f"reference has {len(kept)} cell type(s) with at least min_cells={min_cells} cells after QC "
             f"({dict(counts_all)}); cpnn needs at least two. Lower min_cells or use another cell_type_key."
         )
-    order = [t for t in pd.unique(labels.astype(str)) if t in kept.index]
-    order = sorted(order)
+    order = sorted(kept.index)
     cells &= labels.astype(str).isin(order).to_numpy()
     use_genes = reference.var_names[gene_ok].intersection(genes, sort=False)
     if len(use_genes) == 0:

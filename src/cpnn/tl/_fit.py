@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from torch import nn
 
-from .._core import check_obs_mask, get_table, is_spatialdata, uns_cpnn
+from .._core import check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import PatchDataset, region_images
@@ -43,10 +43,8 @@ class _ToUnit(nn.Module):
 def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_size) -> torch.Tensor:
     regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
     ds = PatchDataset(regions, patch_size_um=config["patch_size_um"], out_px=config["patch_px"], block_size=batch_size)
-    rows = np.flatnonzero(mask)
-    where = np.full(adata.n_obs, -1)
-    where[rows] = np.arange(len(rows))
-    out = torch.zeros((len(rows), 3, config["patch_px"], config["patch_px"]), dtype=torch.uint8)
+    where = selection_positions(mask)
+    out = torch.zeros((int(mask.sum()), 3, config["patch_px"], config["patch_px"]), dtype=torch.uint8)
     for i in range(len(ds)):
         idx, p = ds[i]
         out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
@@ -220,7 +218,7 @@ def fit(
             image_key=image_key,
             spot_diameter_um=spot_diameter_um,
         )
-        where = np.cumsum(both) - 1
+        where = selection_positions(both)
         x_tr = torch.as_tensor(z[where[train_mask]])
         x_va = torch.as_tensor(z[where[val_mask]]) if val_mask.any() else None
         in_dim = z.shape[1]

@@ -32,9 +32,8 @@ class TrainData:
 
 @dataclass
 class TrainResult:
-    """Best weights, their epoch, and the per-epoch history."""
+    """Epoch of the best weights (loaded into the modules), and the per-epoch history."""
 
-    state: dict
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
@@ -147,4 +146,4 @@ def run_training(
         best_state, best_epoch = (model.state_dict(), head.state_dict()), history[-1]["epoch"]
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
-    return TrainResult(state={}, best_epoch=best_epoch, history=history, stopped_early=stopped)
+    return TrainResult(best_epoch=best_epoch, history=history, stopped_early=stopped)
