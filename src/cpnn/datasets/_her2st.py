@@ -7,6 +7,7 @@ import shutil
 import uuid
 import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -28,6 +29,8 @@ HER2ST_SECTIONS = tuple(f"{p}{i}" for p in "ABCD" for i in range(1, 7)) + tuple(
 #: Centre-to-centre distance of legacy ST spots, and their diameter, in micrometres.
 ST_PITCH_UM = 200.0
 ST_SPOT_DIAMETER_UM = 100.0
+#: Chunk edge (px) of the cached zarr images.
+_CHUNK = 1024
 
 
 def _image_path(section: str) -> str | None:
@@ -66,8 +69,26 @@ def _release_memory() -> None:
         pass
 
 
+def _write_level0(jpeg: Path, path: Path) -> None:
+    """Decode a JPEG once and write it as a (c, y, x) uint8 zarr array in 1024-px chunks."""
+    import imagecodecs
+    import zarr
+
+    logg.info(f"converting {jpeg.name} into a zarr store (once)")
+    # imagecodecs decodes straight into one array: the only full-resolution copy in memory
+    arr = imagecodecs.jpeg8_decode(jpeg.read_bytes())
+    h, w, c = arr.shape
+    z = zarr.create_array(str(path), shape=(c, h, w), chunks=(c, _CHUNK, _CHUNK), dtype=np.uint8)
+    # strip by strip: each transposed copy is one row of chunks (~30 MiB), never the whole image
+    for y0 in range(0, h, _CHUNK):
+        z[:, y0 : y0 + _CHUNK, :] = arr[y0 : y0 + _CHUNK].transpose(2, 0, 1)
+    del arr
+    _release_memory()
+
+
 def _image_store(section: str):
     """Return the section's image element, converting the JPEG into a zarr store on first use."""
+    import dask.array as da
     import spatialdata as sd
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Identity
@@ -76,29 +97,28 @@ def _image_store(section: str):
     sha = registry()[rel][0]
     store = settings.cachedir / "her2st" / f"{section}_image_{sha[:12]}.zarr"
     if not store.exists():
-        import imagecodecs
-
-        logg.info(f"converting the {section} H&E image into a zarr store at {store} (once)")
-        # imagecodecs decodes straight into one array: a single decoded image in memory
-        arr = imagecodecs.jpeg8_decode(fetch(rel).read_bytes())
-        img = Image2DModel.parse(
-            arr.transpose(2, 0, 1),
-            dims=("c", "y", "x"),
-            c_coords=["r", "g", "b"],
-            scale_factors=[2, 2, 2],
-            chunks=(3, 1024, 1024),
-            transformations={section: Identity()},
-        )
-        del arr
-        tmp = store.with_name(f".{store.name}.{uuid.uuid4().hex}")
         store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{uuid.uuid4().hex}")
+        level0 = store.with_name(f".{store.name}.{uuid.uuid4().hex}.level0")
         try:
+            _write_level0(fetch(rel), level0)
+            # the pyramid is computed lazily, chunk by chunk, from the level written above: the
+            # decoded image is never in memory together with its downscaled copies
+            img = Image2DModel.parse(
+                da.from_zarr(str(level0)),
+                dims=("c", "y", "x"),
+                c_coords=["r", "g", "b"],
+                scale_factors=[2, 2, 2],
+                chunks=(3, _CHUNK, _CHUNK),
+                transformations={section: Identity()},
+            )
             sd.SpatialData(images={"image": img}).write(tmp)
+            del img
             tmp.rename(store)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            del img
+            for path in (tmp, level0):
+                if path.exists():
+                    shutil.rmtree(path, ignore_errors=True)
             _release_memory()
     return sd.read_zarr(store).images["image"]
 
@@ -146,7 +166,9 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
                 "pass images=False to load their counts and spots."
             )
 
-    tables, shapes, imgs, scale = [], {}, {}, {}
+    # images first: a conversion's decoded JPEG never sits in memory next to a dense count table
+    imgs = {f"{s}_image": _image_store(s) for s in sections} if images else {}
+    tables, shapes, scale = [], {}, {}
     for s in sections:
         counts, spots = _read_section_table(s)
         mpp = _um_per_px(spots)
@@ -173,8 +195,7 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
         a = ad.AnnData(sparse.csr_matrix(counts.to_numpy(np.float32)), obs=obs, var=pd.DataFrame(index=counts.columns))
         a.obsm["spatial"] = xy
         tables.append(a)
-        if images:
-            imgs[f"{s}_image"] = _image_store(s)
+        del counts
     table = ad.concat(tables, join="inner", merge="same")
     for col in ("section", "patient", "region"):
         table.obs[col] = pd.Categorical(table.obs[col], categories=list(dict.fromkeys(table.obs[col])))
