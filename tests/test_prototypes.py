@@ -7,6 +7,7 @@ import pytest
 from scipy import sparse
 
 import cpnn as cp
+from cpnn.tl._inputs import panel_genes, panel_prototypes
 
 
 def _simulate(rng, *, n_types=4, n_genes=150, n_cells=2400, batch=True):
@@ -105,9 +106,19 @@ def test_profiles_reference_with_map(her2st_all):
     assert table.uns["cpnn"]["prototypes"]["method"] == "profiles"
     sel = table.var["cpnn_selected"].to_numpy()
     assert (table.varm["cpnn_prototypes"][sel].sum(1) > 0).all()
-    # the 76 states as prototypes
-    cp.pp.build_prototypes(table, prof)
-    assert len(table.uns["cpnn"]["cell_types"]) == 76
+    # the 76 states as a second set beside the 8 types: each keeps its own names and gene coverage
+    cp.pp.build_prototypes(table, prof, key_added="states")
+    assert len(table.uns["cpnn"]["cell_types"]) == 8
+    assert len(table.uns["cpnn"]["prototype_sets"]["states"]["cell_types"]) == 76
+    assert "states_in_reference" in table.var
+    genes = panel_genes(table)
+    P8, types8 = panel_prototypes(table, genes, "cpnn_prototypes")
+    P76, types76 = panel_prototypes(table, genes, "states")
+    assert P8.shape == (8, len(genes)) and P76.shape == (76, len(genes))
+    assert types76 == list(prof.columns)
+    # a var subset keeps the coverage flags aligned
+    sub = table[:, genes].copy()
+    np.testing.assert_array_equal(panel_prototypes(sub, genes, "states")[0], P76)
 
 
 def test_missing_genes_leave_panel(rng):

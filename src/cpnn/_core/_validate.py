@@ -64,6 +64,14 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
         values = [values] if np.isscalar(values) else list(values)
         mask = adata.obs[col].isin(values).to_numpy()
     else:
+        if isinstance(selection, pd.Series) and selection.dtype == bool:
+            missing = adata.obs_names.difference(selection.index)
+            if len(missing):
+                raise CpnnError(
+                    f"{argument} is a boolean Series missing {len(missing)} spots (e.g. {list(missing[:3])}); "
+                    "index it by the table's obs_names."
+                )
+            selection = selection.reindex(adata.obs_names)
         arr = np.asarray(selection)
         if arr.dtype == bool:
             if arr.shape != (n,):

@@ -18,6 +18,13 @@ from ..models import fit_nb_regression
 
 #: Fewest panel genes with a prototype that cpnn accepts.
 MIN_PANEL_GENES = 10
+#: varm key of the prototypes unless told otherwise.
+DEFAULT_KEY = "cpnn_prototypes"
+
+
+def in_reference_column(key: str) -> str:
+    """``var`` column flagging the genes that have a prototype in ``varm[key]``."""
+    return "cpnn_in_reference" if key == DEFAULT_KEY else f"{key}_in_reference"
 
 
 def reference_qc(
@@ -183,7 +190,7 @@ def build_prototypes(
     n_iter: int = 30,
     device: str = "auto",
     table_key: str = "table",
-    key_added: str = "cpnn_prototypes",
+    key_added: str = DEFAULT_KEY,
     copy: bool = False,
 ) -> AnnData | Any | None:
     """Estimate cell-type prototypes (mean expression per cell type) for the table's genes.
@@ -231,10 +238,13 @@ def build_prototypes(
     Returns
     -------
     ``None``, or a copy of ``data`` with ``copy=True``. Writes ``varm[key_added]`` (genes x K,
-    non-negative, 0 for genes without a prototype), ``var["cpnn_in_reference"]``, removes genes
-    without a prototype from ``var["cpnn_selected"]`` when a panel exists, and stores the cell
-    types and the estimator's parameters in ``uns["cpnn"]["cell_types"]`` and
-    ``uns["cpnn"]["prototypes"]``.
+    non-negative, 0 for genes without a prototype), removes genes without a prototype from
+    ``var["cpnn_selected"]`` when a panel exists, and stores the cell types, gene coverage and the
+    estimator's parameters in ``uns["cpnn"]["prototype_sets"][key_added]`` and
+    ``var["cpnn_in_reference"]`` (``var[f"{key_added}_in_reference"]`` for other keys). For the
+    default key they also go to ``uns["cpnn"]["cell_types"]`` and ``uns["cpnn"]["prototypes"]``;
+    other keys let several prototype sets coexist (pass the key to :func:`cpnn.tl.fit` as
+    ``prototypes_key``).
     """
     start = logg.info(f"building cell-type prototypes ({method if isinstance(reference, AnnData) else 'profiles'})")
     target = get_table(data, table_key)
@@ -303,16 +313,21 @@ def build_prototypes(
             )
         adata.var["cpnn_selected"] = sel & in_ref
     adata.varm[key_added] = values
-    adata.var["cpnn_in_reference"] = in_ref
     cp_uns = uns_cpnn(adata)
-    cp_uns["cell_types"] = [str(c) for c in profiles.columns]
+    cell_types = [str(c) for c in profiles.columns]
     info.update(
         key=key_added, n_genes=int(in_ref.sum()), n_genes_missing=len(missing), missing_examples=list(missing[:10])
     )
-    cp_uns["prototypes"] = to_uns(info)
+    # every prototype set keeps its own cell types and gene coverage, so several can coexist
+    sets = cp_uns.setdefault("prototype_sets", {})
+    sets[key_added] = to_uns({**info, "cell_types": cell_types})
+    adata.var[in_reference_column(key_added)] = in_ref
+    if key_added == DEFAULT_KEY:
+        cp_uns["cell_types"] = cell_types
+        cp_uns["prototypes"] = to_uns(info)
     logg.info(
         f"    {profiles.shape[1]} cell types x {int(in_ref.sum())} genes ({len(missing)} table genes not in the reference)",
         time=start,
-        deep=f"added\n    {key_added!r}, prototypes (adata.varm)\n    'cell_types', 'prototypes' (adata.uns['cpnn'])",
+        deep=f"added\n    {key_added!r}, prototypes (adata.varm)\n    'prototype_sets' (adata.uns['cpnn'])",
     )
     return data if copy else None

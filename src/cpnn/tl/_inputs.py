@@ -13,6 +13,7 @@ from scipy import sparse
 from .._core import check_counts, is_spatialdata, uns_cpnn
 from .._errors import CpnnError
 from ..pp._embed import build_encoder, cached_embedding, embed_spots, store_embedding
+from ..pp._prototypes import in_reference_column
 
 
 def panel_genes(adata: AnnData) -> list[str]:
@@ -32,17 +33,22 @@ def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.nda
             f"No prototypes in varm[{key!r}]: call cp.pp.build_prototypes(data, reference, ...) first, "
             "or pass head='direct' for the baseline without cell types."
         )
-    types = list(uns_cpnn(adata).get("cell_types", []))
+    info = uns_cpnn(adata)
+    entry = info.get("prototype_sets", {}).get(key)
+    # older objects (or hand-made prototypes) keep the default key's cell types at the top level
+    types = [str(t) for t in (entry["cell_types"] if entry is not None else info.get("cell_types", []))]
+    column = in_reference_column(key)
+    in_ref = adata.var[column].to_numpy(bool) if column in adata.var else None
     P = np.asarray(adata.varm[key], dtype=np.float32)
     if P.shape[1] != len(types):
         raise CpnnError(
-            f"varm[{key!r}] has {P.shape[1]} columns but uns['cpnn']['cell_types'] names {len(types)}; "
+            f"varm[{key!r}] has {P.shape[1]} columns but its record in uns['cpnn'] names {len(types)} cell types; "
             "rebuild the prototypes with cp.pp.build_prototypes."
         )
     idx = adata.var_names.get_indexer(genes)
     sub = P[idx]
-    if "cpnn_in_reference" in adata.var:
-        lacking = [g for g, ok in zip(genes, adata.var["cpnn_in_reference"].to_numpy(bool)[idx], strict=True) if not ok]
+    if in_ref is not None:
+        lacking = [g for g, ok in zip(genes, in_ref[idx], strict=True) if not ok]
     else:
         lacking = [g for g, row in zip(genes, sub, strict=True) if not row.any()]
     if lacking:
