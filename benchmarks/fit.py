@@ -82,7 +82,7 @@ def main() -> None:
     prof = cp.datasets.wu2021_profiles()
     cp.pp.build_prototypes(sdata, prof, cell_type_map=prof.attrs["cell_type_map"])
     adata.obsm["cpnn_embedding"] = np.random.default_rng(0).normal(size=(adata.n_obs, 512)).astype(np.float32)
-    adata.uns["cpnn"]["embedding"] = {"config": config, "key": "cpnn_embedding", "dim": 512}
+    adata.uns["cpnn"]["embeddings"] = {"cpnn_embedding": {"config": config, "dim": 512}}
     with Peak() as p:
         model = cp.tl.fit(adata, epochs=args.epochs, device=device)
     rows.append(

@@ -191,7 +191,7 @@ def test_timm_encoder_embed(her2st_all):
     z = table.obsm["cpnn_embedding"]
     assert z.shape == (table.n_obs, 512)
     assert np.isfinite(z[:16]).all() and np.isnan(z[16:]).all()
-    assert table.uns["cpnn"]["embedding"]["config"]["encoder"] == "resnet18"
+    assert table.uns["cpnn"]["embeddings"]["cpnn_embedding"]["config"]["encoder"] == "resnet18"
     with pytest.raises(cp.CpnnError, match="not a timm architecture"):
         cp.pp.embed(her2st_all, encoder="no_such_net", spots=spots)
 

@@ -8,6 +8,32 @@ import time
 from pathlib import Path
 
 
+def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
+    """Composition maps, measured vs predicted markers, accuracy and training history as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import cpnn as cp
+
+    paths = []
+    markers = [g for g in ("ERBB2", "KRT19", "COL1A1", "CD74") if g in model.genes][:3]
+    # the best-predicted genes, so that the figure also shows what the model gets right
+    best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
+    for name, draw in (
+        ("proportions.png", lambda p: cp.pl.proportions(sdata, region="B4", save=p)),
+        ("expression.png", lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p)),
+        ("correlations.png", lambda p: cp.pl.correlations(metrics, save=p)),
+        ("prototypes.png", lambda p: cp.pl.prototypes(model, save=p)),
+        ("history.png", lambda p: cp.pl.history(model, save=p)),
+    ):
+        draw(out / name)
+        plt.close("all")
+        paths.append(out / name)
+    return paths
+
+
 def _demo(args: argparse.Namespace) -> int:
     import cpnn as cp
 
@@ -37,6 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
     table.write_h5ad(out / "table.h5ad")
     summary = table.uns["cpnn"]["metrics"]["cpnn"]
     props = table.obsm["cpnn_proportions"].dropna()
+    figures = _demo_figures(sdata, model, metrics, out)
     print()
     print(
         f"Trained on patient C (C2-C5, early stopping on C6), predicted patient B (B4): {len(props)} spots, {summary['n_genes']} genes"
@@ -51,6 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"  model: {model_path}\n  per-gene metrics: {out / 'metrics_per_gene.csv'}\n  annotated table: {out / 'table.h5ad'}"
     )
+    print("  figures: " + ", ".join(str(f) for f in figures))
     print(f"done in {time.time() - t0:.0f} s")
     return 0
 

@@ -81,7 +81,7 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
             values = [selection] if isinstance(selection, str) else list(selection)
             mask = np.zeros(n, bool)
             matched = False
-            for col in _region_columns(adata):
+            for col in region_columns(adata):
                 hit = adata.obs[col].astype(str).isin(values).to_numpy()
                 if hit.any():
                     mask |= hit
@@ -93,7 +93,7 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
             if not matched:
                 raise CpnnError(
                     f"{argument}={values[:5]} matches no region, section or spot name; "
-                    f"use a boolean mask, a (column, value) tuple, or names from {_region_columns(adata)}."
+                    f"use a boolean mask, a (column, value) tuple, or names from {region_columns(adata)}."
                 )
     if not mask.any():
         raise CpnnError(f"{argument} selects no spot; the selection is empty.")
@@ -107,7 +107,7 @@ def selection_positions(mask: np.ndarray) -> np.ndarray:
     return where
 
 
-def _region_columns(adata: AnnData) -> list[str]:
+def region_columns(adata: AnnData) -> list[str]:
     cols = []
     attrs = adata.uns.get("spatialdata_attrs", {})
     if isinstance(attrs, dict) and attrs.get("region_key") in adata.obs:

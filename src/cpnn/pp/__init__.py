@@ -1,7 +1,8 @@
-"""Preprocessing: gene panel, cell-type prototypes, patch embeddings."""
+"""Preprocessing: gene panel, cell-type prototypes, patch embeddings, proportions as obs columns."""
 
 from ._embed import embed
 from ._genes import select_genes
+from ._obs import proportions_to_obs
 from ._prototypes import build_prototypes
 
-__all__ = ["build_prototypes", "embed", "select_genes"]
+__all__ = ["build_prototypes", "embed", "proportions_to_obs", "select_genes"]

@@ -134,7 +134,7 @@ def embed(
     Returns
     -------
     ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded) and
-    ``uns["cpnn"]["embedding"]`` (the encoder settings).
+    ``uns["cpnn"]["embeddings"][key_added]`` (the encoder settings).
     """
     if not is_spatialdata(data):
         raise CpnnError("data must be a SpatialData with images to embed patches; got an AnnData or other object.")
@@ -166,23 +166,21 @@ def embed(
 
 def store_embedding(adata: AnnData, z: np.ndarray, mask: np.ndarray, config: dict, key: str) -> None:
     """Write embeddings of the ``mask`` spots, keeping other spots' rows when the config matches."""
-    info = uns_cpnn(adata)
+    embeddings = uns_cpnn(adata).setdefault("embeddings", {})
     same = (
-        info.get("embedding", {}).get("config") == config
-        and key in adata.obsm
-        and adata.obsm[key].shape[1] == z.shape[1]
+        embeddings.get(key, {}).get("config") == config and key in adata.obsm and adata.obsm[key].shape[1] == z.shape[1]
     )
     full = (
         np.array(adata.obsm[key], dtype=np.float32) if same else np.full((adata.n_obs, z.shape[1]), np.nan, np.float32)
     )
     full[mask] = z
     adata.obsm[key] = full
-    info["embedding"] = {"config": config, "key": key, "dim": int(z.shape[1])}
+    embeddings[key] = {"config": config, "dim": int(z.shape[1])}
 
 
 def cached_embedding(adata: AnnData, mask: np.ndarray, config: dict, key: str = "cpnn_embedding") -> np.ndarray | None:
     """Embeddings of the ``mask`` spots when ``obsm`` holds them for the same config, else ``None``."""
-    info = uns_cpnn(adata).get("embedding", {})
+    info = uns_cpnn(adata).get("embeddings", {}).get(key, {})
     if info.get("config") != config or key not in adata.obsm:
         return None
     z = np.asarray(adata.obsm[key])[mask]

@@ -35,9 +35,16 @@ def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return columnwise_pearson(stats.rankdata(a, axis=0), stats.rankdata(b, axis=0))
 
 
-def _lognorm(x: np.ndarray) -> np.ndarray:
+def lognorm(x: np.ndarray) -> np.ndarray:
+    """log1p of counts per 10,000 per row (rows without counts stay 0)."""
     tot = x.sum(1, keepdims=True)
     return np.log1p(np.divide(x, tot, out=np.zeros_like(x), where=tot > 0) * 1e4)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring NaN; NaN (without a warning) when every value is NaN, e.g. a constant predictor."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
 
 
 def evaluate(
@@ -87,6 +94,31 @@ def evaluate(
     """
     start = logg.info(f"evaluating layer {layer!r}")
     adata = get_table(data, table_key)
+    df, summary = per_gene_metrics(
+        adata, layer=layer, groupby=groupby, genes=genes, spots=spots, truth_layer=truth_layer, normalize=normalize
+    )
+    metrics = uns_cpnn(adata).setdefault("metrics", {})
+    metrics[layer] = summary
+    logg.info(
+        f"    mean per-gene Spearman {summary['spearman_per_group_mean']:.3f} per {groupby or 'all'}, "
+        f"{summary['spearman_pooled']:.3f} pooled",
+        time=start,
+        deep=f"added\n    'metrics/{layer}' (adata.uns['cpnn'])",
+    )
+    return df
+
+
+def per_gene_metrics(
+    adata: AnnData,
+    *,
+    layer: str,
+    groupby: str | None,
+    genes: Sequence[str] | None,
+    spots: Any,
+    truth_layer: str | None,
+    normalize: bool,
+) -> tuple[pd.DataFrame, dict]:
+    """The work of :func:`evaluate`, writing nothing: per-gene table and summary."""
     if layer not in adata.layers:
         raise CpnnError(
             f"layer={layer!r} is not a layer of the table; run cp.tl.predict first. Layers: {list(adata.layers)}."
@@ -127,7 +159,7 @@ def evaluate(
     if not np.isfinite(pred).all():
         raise CpnnError(f"layer {layer!r} holds NaN or infinite predictions for evaluated spots.")
     if normalize:
-        pred, truth = _lognorm(pred), _lognorm(truth)
+        pred, truth = lognorm(pred), lognorm(truth)
     groups = adata.obs[groupby].astype(str).to_numpy()[rows] if groupby is not None else np.full(len(rows), "all")
     out = {}
     n_nan = {}
@@ -144,25 +176,13 @@ def evaluate(
         df[f"{m}_mean"] = df[cols].mean(axis=1, skipna=True)
     df["spearman_pooled"] = columnwise_spearman(pred, truth)
     df["pearson_pooled"] = columnwise_pearson(pred, truth)
+    group_means = {
+        m: [df[c].mean() for c in df.columns if c.startswith(f"{m}_") and c not in (f"{m}_mean", f"{m}_pooled")]
+        for m in ("spearman", "pearson")
+    }
     summary = {
-        "spearman_per_group_mean": float(
-            np.nanmean(
-                [
-                    df[c].mean()
-                    for c in df.columns
-                    if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")
-                ]
-            )
-        ),
-        "pearson_per_group_mean": float(
-            np.nanmean(
-                [
-                    df[c].mean()
-                    for c in df.columns
-                    if c.startswith("pearson_") and c not in ("pearson_mean", "pearson_pooled")
-                ]
-            )
-        ),
+        "spearman_per_group_mean": _nanmean(group_means["spearman"]),
+        "pearson_per_group_mean": _nanmean(group_means["pearson"]),
         "spearman_pooled": float(df["spearman_pooled"].mean()),
         "pearson_pooled": float(df["pearson_pooled"].mean()),
         "n_genes": len(genes),
@@ -170,12 +190,4 @@ def evaluate(
         "groupby": groupby or "",
         "n_nan_per_group": n_nan,
     }
-    metrics = uns_cpnn(adata).setdefault("metrics", {})
-    metrics[layer] = summary
-    logg.info(
-        f"    mean per-gene Spearman {summary['spearman_per_group_mean']:.3f} per {groupby or 'all'}, "
-        f"{summary['spearman_pooled']:.3f} pooled",
-        time=start,
-        deep=f"added\n    'metrics/{layer}' (adata.uns['cpnn'])",
-    )
-    return df
+    return df, summary

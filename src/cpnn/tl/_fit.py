@@ -82,6 +82,7 @@ def fit(
     num_workers: int | None = None,
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
+    embedding_key: str = "cpnn_embedding",
     table_key: str = "table",
 ) -> CPNN:
     """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
@@ -140,6 +141,9 @@ def fit(
         DataLoader workers reading patches (default ``cp.settings.num_workers``).
     image_key, spot_diameter_um
         Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
+    embedding_key
+        ``obsm`` key of the cached embeddings (the ``key_added`` of :func:`cpnn.pp.embed`), so
+        that embeddings of several encoders can live side by side.
     table_key
         Key of the table.
 
@@ -217,6 +221,7 @@ def fit(
             num_workers=workers,
             image_key=image_key,
             spot_diameter_um=spot_diameter_um,
+            key=embedding_key,
         )
         where = selection_positions(both)
         x_tr = torch.as_tensor(z[where[train_mask]])

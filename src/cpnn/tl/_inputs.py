@@ -107,9 +107,10 @@ def spot_embeddings(
     num_workers: int,
     image_key: str | None,
     spot_diameter_um: float | None,
+    key: str = "cpnn_embedding",
 ) -> np.ndarray:
-    """Embeddings of the ``mask`` spots: from the ``obsm`` cache when its config matches, else computed."""
-    z = cached_embedding(adata, mask, config)
+    """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when its config matches, else computed."""
+    z = cached_embedding(adata, mask, config, key)
     if z is not None:
         return z
     if not is_spatialdata(data):
@@ -130,7 +131,7 @@ def spot_embeddings(
         image_key=image_key,
         spot_diameter_um=spot_diameter_um,
     )
-    store_embedding(adata, z, mask, config, "cpnn_embedding")
+    store_embedding(adata, z, mask, config, key)
     return z
 
 

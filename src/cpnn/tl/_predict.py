@@ -46,6 +46,7 @@ def predict(
     num_workers: int | None = None,
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
+    embedding_key: str = "cpnn_embedding",
     table_key: str = "table",
 ) -> None:
     """Predict the panel's expression and the cell-type composition of spots.
@@ -66,7 +67,7 @@ def predict(
         Name of the outputs.
     layer
         Layer holding measured counts, used for each spot's library size (default ``X``).
-    device, batch_size, num_workers, image_key, spot_diameter_um
+    device, batch_size, num_workers, image_key, spot_diameter_um, embedding_key
         As in :func:`cpnn.tl.fit`.
     table_key
         Key of the table.
@@ -103,6 +104,7 @@ def predict(
         num_workers=settings.num_workers if num_workers is None else num_workers,
         image_key=image_key,
         spot_diameter_um=spot_diameter_um,
+        key=embedding_key,
     )
     out = predict_embeddings(model, z, device=dev)
     gidx = adata.var_names.get_indexer(genes)

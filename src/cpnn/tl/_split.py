@@ -42,7 +42,7 @@ def _spatial_holdout(adata, rows: np.ndarray, fraction: float) -> np.ndarray:
             "validation='auto' needs a second group to validate on, or spot positions (obs['array_row'] or "
             "obsm['spatial']) to hold out a block; pass validation=None or name the validation groups."
         )
-    n = max(1, int(round(fraction * len(rows))))
+    n = max(1, round(fraction * len(rows)))
     return rows[np.argsort(-y, kind="stable")[:n]]
 
 
@@ -157,7 +157,9 @@ def split(
         same_patient = False
         if patients is not None:
             same_patient = bool(set(patients[is_test]) & set(patients[~is_test]))
-        fold = pd.Series(pd.Categorical(role, categories=_ROLES), index=adata.obs_names.copy(), name=f"{by}={'+'.join(held)}")
+        fold = pd.Series(
+            pd.Categorical(role, categories=_ROLES), index=adata.obs_names.copy(), name=f"{by}={'+'.join(held)}"
+        )
         fold.attrs = {"protocol": _protocol(by, same_patient), "test": list(held), "validation": val_names, "by": by}
         out.append(fold)
     return out

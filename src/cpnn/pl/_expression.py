@@ -1,0 +1,119 @@
+"""cp.pl.expression: measured and predicted expression side by side over the H&E."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import sparse
+
+from .._core import get_table, uns_cpnn
+from .._errors import CpnnError
+from ..tl._evaluate import columnwise_spearman, lognorm
+from ._spatial import draw_spots, resolve_region
+from ._utils import check_names, finish
+
+
+def expression(
+    data: Any,
+    genes: str | Sequence[str],
+    *,
+    region: str | None = None,
+    layer: str = "cpnn",
+    cmap: str = "magma",
+    img_alpha: float | None = None,
+    image_key: str | None = None,
+    max_px: int = 1500,
+    figsize: tuple[float, float] | None = None,
+    save: str | Path | None = None,
+    table_key: str = "table",
+) -> Figure:
+    """Measured vs predicted expression of ``genes`` over the H&E, one row per gene.
+
+    Both sides are log1p of counts per 10,000 over the predicted panel, as in
+    :func:`cpnn.tl.evaluate`; the title of each predicted panel gives the gene's Spearman
+    correlation over the region's spots.
+
+    Parameters
+    ----------
+    data
+        SpatialData with images, or an AnnData with ``obsm["spatial"]``.
+    genes
+        Genes of the predicted panel.
+    region
+        Region or section to draw (default the first one with predictions).
+    layer
+        Layer with the predictions (:func:`cpnn.tl.predict`'s ``key_added``).
+    cmap, img_alpha, image_key, max_px
+        As in :func:`cpnn.pl.proportions`.
+    figsize, save
+        Figure size and a path to save the figure to.
+    table_key
+        Key of the table.
+
+    Returns
+    -------
+    The Figure.
+    """
+    adata = get_table(data, table_key)
+    if layer not in adata.layers:
+        raise CpnnError(
+            f"layer={layer!r} is not a layer of the table; run cp.tl.predict first. Layers: {list(adata.layers)}."
+        )
+    info = uns_cpnn(adata).get("predict", {})
+    panel = list(info["genes"]) if info.get("key_added") == layer and info.get("genes") else None
+    if panel is None and "cpnn_selected" in adata.var:
+        panel = list(adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)])
+    if not panel:
+        raise CpnnError("No predicted panel is recorded in the table; run cp.pp.select_genes and cp.tl.predict.")
+    genes = check_names(genes, panel, argument="genes", what="gene")
+    predicted = adata.obs[f"{layer}_predicted"].to_numpy(bool) if f"{layer}_predicted" in adata.obs else None
+    name, mask = resolve_region(adata, region, prefer=predicted)
+    if predicted is not None:
+        mask = mask & predicted
+    if mask.sum() < 3:
+        raise CpnnError(f"Region {name!r} has {int(mask.sum())} predicted spots; predict it with cp.tl.predict.")
+    cols = adata.var_names.get_indexer(panel)
+    rows = np.flatnonzero(mask)
+
+    def dense(m):
+        block = m[rows][:, cols]
+        return block.toarray() if sparse.issparse(block) else np.asarray(block, float)
+
+    truth = lognorm(dense(adata.X).astype(float))
+    pred = lognorm(dense(adata.layers[layer]).astype(float))
+    at = [panel.index(g) for g in genes]
+    rho = columnwise_spearman(pred[:, at], truth[:, at])
+    values = pd.DataFrame(index=adata.obs_names, dtype=float)
+    titles = []
+    for k, (g, j) in enumerate(zip(genes, at, strict=True)):
+        m = np.full(adata.n_obs, np.nan)
+        m[rows] = truth[:, j]
+        p = np.full(adata.n_obs, np.nan)
+        p[rows] = pred[:, j]
+        values[f"measured {g}"] = m
+        values[f"predicted {g}"] = p
+        titles += [f"{g} measured ({name})", f"{g} predicted, Spearman {rho[k]:.2f}"]
+    fig = draw_spots(
+        data,
+        values,
+        mask,
+        region=name,
+        titles=titles,
+        colorbar_label="log1p CP10k",
+        ncols=2,
+        cmap=cmap,
+        vmin=None,
+        vmax=None,
+        img_alpha=img_alpha,
+        image_key=image_key,
+        max_px=max_px,
+        figsize=figsize,
+        ax=None,
+        table_key=table_key,
+    )
+    return finish(fig, None, save)

@@ -1,0 +1,190 @@
+"""Spots over the H&E through squidpy: the legacy ``uns["spatial"]`` layout, built on the fly at low resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._core import get_table, is_spatialdata, region_columns
+from .._errors import CpnnError
+from ..data import region_images
+from ._utils import label_colorbars
+
+#: Margin around the spots when cropping the image, in spot diameters.
+_MARGIN = 1.5
+
+
+def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | None = None) -> tuple[str, np.ndarray]:
+    """One region (or section) of the table and the mask of its spots.
+
+    ``region=None`` takes the first region holding a ``prefer`` spot (e.g. a predicted one).
+    """
+    cols = region_columns(adata)
+    if not cols:
+        if region is not None:
+            raise CpnnError(f"region={region!r}, but the table has no region or section column.")
+        return "all spots", np.ones(adata.n_obs, bool)
+    col = cols[0]
+    values = adata.obs[col].astype(str).to_numpy()
+    names = list(dict.fromkeys(values))
+    if region is None:
+        pool = values[prefer] if prefer is not None and prefer.any() else values
+        region = str(pool[0])
+        return region, values == region
+    for c in cols:
+        v = adata.obs[c].astype(str).to_numpy()
+        if region in set(v):
+            mask = v == region
+            sub = set(values[mask])
+            if len(sub) != 1:
+                raise CpnnError(f"region={region!r} spans several image regions {sorted(sub)}; name one of them.")
+            return region, mask
+    valid = sorted({*names, *(x for c in cols[1:] for x in adata.obs[c].astype(str))})
+    raise CpnnError(f"region={region!r} is not a region of the table; valid regions: {valid}.")
+
+
+def _lowres(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int) -> tuple[np.ndarray, float]:
+    """The image at about ``max_px`` on its longer side: a pyramid level when there is one, then strides."""
+    element = data.images[image_key]
+    levels = []
+    if hasattr(element, "children") and len(getattr(element, "children", {})):
+        for name in sorted(element.children):
+            node = element[name]
+            arr = next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
+            levels.append(arr)
+    else:
+        levels = [element]
+    # the coarsest level still at least max_px on its longer side (else the finest)
+    levels.sort(key=lambda a: -max(a.shape[-2:]))
+    chosen = levels[0]
+    for arr in levels:
+        if max(arr.shape[-2:]) >= max_px:
+            chosen = arr
+    step = max(1, int(max(chosen.shape[-2:]) // max_px))
+    sub = chosen[:, ::step, ::step]
+    img = np.asarray(sub.data.compute() if hasattr(sub, "data") and hasattr(sub.data, "compute") else sub)
+    scale = img.shape[-1] / full_shape[1]
+    img = np.moveaxis(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), 0, -1)
+    if img.dtype != np.uint8:
+        img = img.astype(np.float32)
+        img = np.clip(img / (255.0 if img.max() > 1.0 else 1.0), 0, 1)
+    return img, float(scale)
+
+
+def spatial_view(
+    data: Any,
+    values: pd.DataFrame,
+    mask: np.ndarray,
+    *,
+    library_id: str,
+    image_key: str | None = None,
+    max_px: int = 1500,
+    table_key: str = "table",
+) -> tuple[AnnData, dict]:
+    """A small AnnData with ``values`` as obs columns, spot coordinates and a cropped low-res image.
+
+    Returns the AnnData and the keyword arguments that make ``squidpy.pl.spatial_scatter`` draw it.
+    """
+    adata = get_table(data, table_key)
+    obs = values.loc[adata.obs_names[mask]].copy()
+    if is_spatialdata(data) and len(data.images):
+        (reg,) = region_images(data, adata, mask, image_key=image_key)
+        full = tuple(int(s) for s in reg.array.shape[-2:])
+        img, scale = _lowres(data, reg.image_key, full, max_px)
+        diameter = float(np.median(_spot_diameters(data, adata, reg)))
+        xy = np.empty((int(mask.sum()), 2))
+        xy[np.searchsorted(np.flatnonzero(mask), reg.obs_index)] = reg.centers_px  # region order -> table order
+        lo = np.floor((xy.min(0) - _MARGIN * diameter) * scale).clip(0).astype(int)
+        hi = np.ceil((xy.max(0) + _MARGIN * diameter) * scale).astype(int)
+        img = img[lo[1] : hi[1], lo[0] : hi[0]]
+        xy = xy - lo / scale
+        view = AnnData(obs=obs)
+        view.obsm["spatial"] = xy
+        view.uns["spatial"] = {
+            library_id: {
+                "images": {"hires": img},
+                "scalefactors": {"tissue_hires_scalef": scale, "spot_diameter_fullres": diameter},
+            }
+        }
+        return view, {"library_id": [library_id], "img_res_key": "hires", "shape": "circle"}
+    if "spatial" not in adata.obsm:
+        raise CpnnError("The table has no obsm['spatial'] spot coordinates and no image to place the spots on.")
+    view = AnnData(obs=obs)
+    view.obsm["spatial"] = np.asarray(adata.obsm["spatial"], float)[mask]
+    return view, {"shape": None, "img": False}
+
+
+def _spot_diameters(data: Any, adata: AnnData, reg) -> np.ndarray:
+    """Spot diameters in image pixels, from the physical scale cpnn uses for the patches."""
+    spatial = adata.uns.get("cpnn_spatial", {})
+    diameter_um = spatial.get("spot_diameter_um") if isinstance(spatial, dict) else None
+    if diameter_um:
+        return np.array([float(diameter_um) / reg.um_per_px])
+    shapes = data.shapes.get(reg.region)
+    if shapes is not None and "radius" in shapes:
+        return 2.0 * np.asarray(shapes["radius"], float)
+    return np.array([100.0 / reg.um_per_px])
+
+
+def draw_spots(
+    data: Any,
+    values: pd.DataFrame,
+    mask: np.ndarray,
+    *,
+    region: str,
+    titles: Sequence[str],
+    colorbar_label: str,
+    ncols: int,
+    cmap: str,
+    vmin: float | None,
+    vmax: float | None,
+    img_alpha: float | None,
+    image_key: str | None,
+    max_px: int,
+    figsize: tuple[float, float] | None,
+    ax: Any,
+    table_key: str,
+):
+    """Draw each column of ``values`` as coloured spots over the region's H&E; return the Figure."""
+    import matplotlib.pyplot as plt
+    import squidpy as sq
+
+    view, kw = spatial_view(
+        data, values, mask, library_id=region, image_key=image_key, max_px=max_px, table_key=table_key
+    )
+    cols = list(values.columns)
+    if ax is None:
+        n = len(cols)
+        nc = min(ncols, n)
+        nr = int(np.ceil(n / nc))
+        fig, axes = plt.subplots(nr, nc, figsize=figsize or (4.2 * nc, 3.8 * nr), squeeze=False)
+        axes = axes.ravel()
+        for extra in axes[n:]:
+            extra.set_axis_off()
+        axes = list(axes[:n])
+    else:
+        if len(cols) != 1:
+            raise CpnnError(f"ax= draws one panel, but {len(cols)} were asked for; pass one name or leave ax=None.")
+        fig, axes = ax.figure, [ax]
+    for col, a, title in zip(cols, axes, titles, strict=True):
+        sq.pl.spatial_scatter(
+            view,
+            color=col,
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            img_alpha=img_alpha,
+            title=title,
+            ax=a,
+            fig=fig,
+            frameon=False,
+            **kw,
+        )
+        a.set_xlabel("")
+        a.set_ylabel("")
+    label_colorbars(fig, colorbar_label)
+    return fig

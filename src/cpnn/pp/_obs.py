@@ -1,0 +1,59 @@
+"""cp.pp.proportions_to_obs: composition weights as obs columns, for tools that cannot read obsm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._core import get_table, return_copy
+from .._errors import CpnnError
+
+
+def proportions_to_obs(
+    data: AnnData | Any,
+    *,
+    key: str = "cpnn_proportions",
+    prefix: str | None = None,
+    table_key: str = "table",
+    copy: bool = False,
+) -> AnnData | Any | None:
+    """Copy the per-spot cell-type proportions from ``obsm[key]`` into ``obs`` columns.
+
+    For spatialdata-plot (``color="cpnn_proportions_T-cells"``), scanpy's embedding plots and
+    any tool that colours by ``obs`` columns.
+
+    Parameters
+    ----------
+    data
+        AnnData or SpatialData with ``obsm[key]`` from :func:`cpnn.tl.predict`.
+    key
+        ``obsm`` key of the proportions (DataFrame, columns = cell types).
+    prefix
+        Column prefix (default ``f"{key}_"``).
+    table_key
+        Key of the table.
+    copy
+        Return a copy instead of writing into ``data``.
+
+    Returns
+    -------
+    ``None``, or a copy with ``copy=True``. Adds ``obs[f"{prefix}{cell_type}"]`` (float, NaN for
+    spots without a prediction).
+    """
+    adata = get_table(data, table_key)
+    if key not in adata.obsm:
+        raise CpnnError(f"key={key!r} is not in obsm; run cp.tl.predict first. obsm keys: {list(adata.obsm)}.")
+    props = adata.obsm[key]
+    if not isinstance(props, pd.DataFrame):
+        raise CpnnError(f"obsm[{key!r}] must be a DataFrame with the cell types as columns.")
+    prefix = f"{key}_" if prefix is None else prefix
+    data = return_copy(data, copy)
+    adata = get_table(data, table_key)
+    cols = [f"{prefix}{c}" for c in props.columns]
+    for c, name in zip(props.columns, cols, strict=True):
+        adata.obs[name] = props[c].to_numpy(float)
+    logg.info(f"added {len(cols)} obs columns", deep="added\n    " + ", ".join(repr(c) for c in cols) + " (adata.obs)")
+    return data if copy else None

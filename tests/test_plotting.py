@@ -1,0 +1,163 @@
+"""cp.pl on real HER2ST data: image comparisons against committed baselines, errors, no mutation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.testing.compare import compare_images
+from scipy import sparse
+from sklearn.neighbors import NearestNeighbors
+
+import cpnn as cp
+from cpnn._errors import CpnnError
+
+from ._synthetic import synthetic_sdata
+
+BASELINES = Path(__file__).parent / "baseline_images"
+#: RMS tolerance of matplotlib.testing.compare (0-255 scale).
+TOL = 8.0
+
+
+@pytest.fixture(scope="module")
+def plot_data(her2st_all, cid4465):
+    """Two real sections with stereoscope proportions as the composition, mean prototypes, and a
+    deterministic "prediction" (each spot's 6 nearest neighbours' mean counts)."""
+    sdata = cp.datasets.her2st(["B4", "C3"])
+    table = sdata["table"]
+    table.obsm["cpnn_proportions"] = cp.datasets.her2st_proportions("major").reindex(table.obs_names)
+    cp.pp.select_genes(table, n_top_genes=60)
+    cp.pp.build_prototypes(table, cid4465, cell_type_key="celltype_major", method="mean")
+    X = table.X.toarray()
+    pred = np.zeros_like(X)
+    for s in table.obs["section"].cat.categories:
+        m = (table.obs["section"] == s).to_numpy()
+        xy = table.obsm["spatial"][m]
+        idx = NearestNeighbors(n_neighbors=7).fit(xy).kneighbors(xy, return_distance=False)[:, 1:]
+        pred[m] = X[m][idx].mean(1)
+    table.layers["smooth"] = sparse.csr_matrix(pred)
+    table.layers["shuffled"] = sparse.csr_matrix(pred[np.random.default_rng(0).permutation(len(pred))])
+    return sdata
+
+
+def _check(fig, name: str, tmp_path: Path) -> None:
+    actual = tmp_path / f"{name}.png"
+    fig.savefig(actual, dpi=60)
+    plt.close(fig)
+    expected = BASELINES / f"{name}.png"
+    if os.environ.get("CPNN_UPDATE_BASELINES"):
+        BASELINES.mkdir(exist_ok=True)
+        shutil.copy(actual, expected)
+    assert expected.exists(), f"no baseline {expected}; run with CPNN_UPDATE_BASELINES=1 once and look at it"
+    err = compare_images(str(expected), str(actual), tol=TOL)
+    assert err is None, err
+
+
+def _snapshot(table):
+    return (
+        sorted(table.obsm),
+        sorted(table.obs.columns),
+        sorted(table.layers),
+        sorted(table.uns.get("cpnn", {})),
+        table.X.sum(),
+    )
+
+
+def test_proportions_image(plot_data, tmp_path):
+    table = plot_data["table"]
+    before = _snapshot(table)
+    fig = cp.pl.proportions(plot_data, cell_types=["Epithelial", "CAFs", "T-cells"], region="B4", max_px=500)
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["Epithelial (B4)", "CAFs (B4)", "T-cells (B4)"]
+    assert {a.get_ylabel() for a in fig.axes if getattr(a, "_colorbar", None)} == {"proportion"}
+    _check(fig, "proportions", tmp_path)
+    assert _snapshot(table) == before
+
+
+def test_proportions_spots_sit_on_the_tissue(plot_data):
+    """The drawn spot centres fall inside the drawn image, on darker-than-background pixels."""
+    fig = cp.pl.proportions(plot_data, cell_types="Epithelial", region="C3", max_px=500)
+    ax = fig.axes[0]
+    img = np.asarray(ax.images[0].get_array(), float)
+    circles = max(ax.collections, key=lambda c: len(c.get_paths()))
+    centres = np.array([p.vertices.mean(0) for p in circles.get_paths()])  # (x, y) in image pixels
+    assert len(centres) == int((plot_data["table"].obs["section"] == "C3").sum())
+    h, w = img.shape[:2]
+    assert ((centres[:, 0] >= 0) & (centres[:, 0] < w) & (centres[:, 1] >= 0) & (centres[:, 1] < h)).all()
+    grey = img[..., :3].mean(-1)
+    on_spots = grey[centres[:, 1].astype(int), centres[:, 0].astype(int)]
+    background = np.percentile(grey, 95)  # the bright glass around the tissue
+    assert np.median(on_spots) < background - 0.1 * (background - grey.min())
+    plt.close(fig)
+
+
+def test_prototypes_image(plot_data, tmp_path):
+    fig = cp.pl.prototypes(plot_data, n_markers=3)
+    ax = fig.axes[0]
+    assert len(ax.get_yticklabels()) == len(plot_data["table"].uns["cpnn"]["cell_types"])
+    _check(fig, "prototypes", tmp_path)
+
+
+def test_correlations_image(plot_data, tmp_path):
+    table = plot_data["table"]
+    before = _snapshot(table)
+    fig = cp.pl.correlations(plot_data, layers=["smooth", "shuffled"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["B4", "C3", "pooled"]
+    _check(fig, "correlations", tmp_path)
+    assert _snapshot(table) == before  # evaluated on the fly, nothing written
+    # tables from cp.tl.evaluate, several methods at once
+    res = {n: cp.tl.evaluate(table, layer=n) for n in ("smooth", "shuffled")}
+    ax = plt.figure().add_subplot()
+    assert cp.pl.correlations(res, kind="box", ax=ax) is ax
+    plt.close("all")
+
+
+def test_expression_titles_carry_spearman(plot_data, tmp_path):
+    fig = cp.pl.expression(plot_data, ["ERBB2"], layer="smooth", region="C3", max_px=400, save=tmp_path / "e.png")
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles[0] == "ERBB2 measured (C3)"
+    assert titles[1].startswith("ERBB2 predicted, Spearman 0.")
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    plt.close(fig)
+
+
+def test_plot_errors_list_valid_names(plot_data):
+    with pytest.raises(CpnnError, match="unknown cell type.*valid cell types are: B-cells"):
+        cp.pl.proportions(plot_data, cell_types=["Neurons"])
+    with pytest.raises(CpnnError, match="region='Z1'.*valid regions"):
+        cp.pl.proportions(plot_data, region="Z1")
+    with pytest.raises(CpnnError, match="unknown gene.*valid genes are"):
+        cp.pl.expression(plot_data, ["NOTAGENE"], layer="smooth")
+    with pytest.raises(CpnnError, match="layers=\\['nope'\\]"):
+        cp.pl.correlations(plot_data, layers="nope")
+    with pytest.raises(CpnnError, match="unknown gene"):
+        cp.pl.prototypes(plot_data, genes=["NOTAGENE"])
+
+
+def test_proportions_without_image_and_to_obs(plot_data):
+    table = plot_data["table"].copy()
+    fig = cp.pl.proportions(table, cell_types=["CAFs"], region="B4")
+    assert not fig.axes[0].images  # no image behind, spots from obsm["spatial"]
+    plt.close(fig)
+    out = cp.pp.proportions_to_obs(table, copy=True)
+    assert "cpnn_proportions_CAFs" not in table.obs
+    np.testing.assert_allclose(out.obs["cpnn_proportions_CAFs"], table.obsm["cpnn_proportions"]["CAFs"])
+
+
+def test_history_from_model_and_table():
+    sdata, _ = synthetic_sdata(np.random.default_rng(2), n_side=6, sections=("S1", "S2"))
+    cp.pp.select_genes(sdata, n_top_genes=20)
+    model = cp.tl.fit(
+        sdata, head="direct", encoder="handcrafted", patch_size_um=32, patch_px=32, epochs=5, train=["S1"], validation=["S2"]
+    )
+    for source in (model, sdata):
+        fig = cp.pl.history(source)
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels[:2] == ["training", "validation"]
+        plt.close(fig)
