@@ -128,13 +128,13 @@ def test_expression_titles_carry_spearman(plot_data, tmp_path):
 
 
 def test_plot_errors_list_valid_names(plot_data):
-    with pytest.raises(CpnnError, match="unknown cell type.*valid cell types are: B-cells"):
+    with pytest.raises(CpnnError, match=r"unknown cell type.*valid cell types are: B-cells"):
         cp.pl.proportions(plot_data, cell_types=["Neurons"])
-    with pytest.raises(CpnnError, match="region='Z1'.*valid regions"):
+    with pytest.raises(CpnnError, match=r"region='Z1'.*valid regions"):
         cp.pl.proportions(plot_data, region="Z1")
-    with pytest.raises(CpnnError, match="unknown gene.*valid genes are"):
+    with pytest.raises(CpnnError, match=r"unknown gene.*valid genes are"):
         cp.pl.expression(plot_data, ["NOTAGENE"], layer="smooth")
-    with pytest.raises(CpnnError, match="layers=\\['nope'\\]"):
+    with pytest.raises(CpnnError, match=r"layers=\['nope'\]"):
         cp.pl.correlations(plot_data, layers="nope")
     with pytest.raises(CpnnError, match="unknown gene"):
         cp.pl.prototypes(plot_data, genes=["NOTAGENE"])
@@ -154,7 +154,14 @@ def test_history_from_model_and_table():
     sdata, _ = synthetic_sdata(np.random.default_rng(2), n_side=6, sections=("S1", "S2"))
     cp.pp.select_genes(sdata, n_top_genes=20)
     model = cp.tl.fit(
-        sdata, head="direct", encoder="handcrafted", patch_size_um=32, patch_px=32, epochs=5, train=["S1"], validation=["S2"]
+        sdata,
+        head="direct",
+        encoder="handcrafted",
+        patch_size_um=32,
+        patch_px=32,
+        epochs=5,
+        train=["S1"],
+        validation=["S2"],
     )
     for source in (model, sdata):
         fig = cp.pl.history(source)

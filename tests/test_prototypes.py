@@ -113,6 +113,7 @@ def test_profiles_reference_with_map(her2st_all):
     assert "states_in_reference" in table.var
     genes = panel_genes(table)
     P8, types8 = panel_prototypes(table, genes, "cpnn_prototypes")
+    assert types8 == table.uns["cpnn"]["cell_types"]
     P76, types76 = panel_prototypes(table, genes, "states")
     assert P8.shape == (8, len(genes)) and P76.shape == (76, len(genes))
     assert types76 == list(prof.columns)
