@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -98,6 +100,28 @@ def test_metric_functions_against_scipy(rng):
         assert sp[j] == pytest.approx(stats.spearmanr(a[:, j], b[:, j]).statistic)
         assert pe[j] == pytest.approx(stats.pearsonr(a[:, j], b[:, j]).statistic)
     assert np.isnan(sp[5]) and np.isnan(pe[5])
+    # a NaN propagates to its column only, as scipy's nan_policy="propagate"
+    a[3, 2] = np.nan
+    sp, pe = columnwise_spearman(a, b), columnwise_pearson(a, b)
+    assert np.isnan(stats.spearmanr(a[:, 2], b[:, 2]).statistic) and np.isnan(sp[2]) and np.isnan(pe[2])
+    assert sp[1] == pytest.approx(stats.spearmanr(a[:, 1], b[:, 1]).statistic)
+
+
+def test_evaluate_rejects_nan_and_reports_constant_predictions(rng):
+    a = _adata(rng)
+    a.var["cpnn_selected"] = True
+    X = a.X.toarray()
+    a.layers["const"] = sparse.csr_matrix(np.ones_like(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" noise
+        df = cp.tl.evaluate(a, layer="const")
+    assert df["spearman_mean"].isna().all()
+    assert np.isnan(a.uns["cpnn"]["metrics"]["const"]["spearman_per_group_mean"])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    a.layers["nan"] = bad
+    with pytest.raises(cp.CpnnError, match="NaN or infinite predictions"):
+        cp.tl.evaluate(a, layer="nan")
 
 
 @settings(max_examples=40, deadline=None)

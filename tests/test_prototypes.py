@@ -4,6 +4,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import sparse
 
 import cpnn as cp
@@ -171,3 +173,46 @@ def test_min_cells_drops_small_types(rng):
     ref.obs.iloc[:5, ref.obs.columns.get_loc("ct")] = "rare"
     cp.pp.build_prototypes(target, ref, cell_type_key="ct", method="mean", min_cells=10, **QC_OFF)
     assert "rare" not in target.uns["cpnn"]["cell_types"]
+
+
+def _prototype_frame(target, key="cpnn_prototypes"):
+    return pd.DataFrame(target.varm[key], index=target.var_names, columns=target.uns["cpnn"]["cell_types"])
+
+
+def _estimate(ref, method):
+    target = ad.AnnData(np.ones((2, ref.n_vars), np.float32), var=pd.DataFrame(index=ref.var_names.copy()))
+    cp.pp.build_prototypes(target, ref, cell_type_key="ct", method=method, min_cells=1, **QC_OFF)
+    return _prototype_frame(target)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["nb", "mean"]))
+def test_prototypes_equivariant_to_permutations(seed, method):
+    """Permuting cells leaves the prototypes unchanged; permuting genes permutes them."""
+    rng = np.random.default_rng(seed)
+    ref, _, _ = _simulate(rng, n_types=3, n_genes=25, n_cells=150, batch=False)
+    base = _estimate(ref, method)
+    cells = rng.permutation(ref.n_obs)
+    pd.testing.assert_frame_equal(_estimate(ref[cells].copy(), method), base, rtol=1e-4, atol=1e-8)
+    genes = rng.permutation(ref.n_vars)
+    permuted = _estimate(ref[:, genes].copy(), method)
+    assert list(permuted.index) == list(ref.var_names[genes])
+    pd.testing.assert_frame_equal(permuted.loc[base.index], base, rtol=1e-4, atol=1e-8)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 5))
+def test_library_scaling_leaves_prototype_proportions(seed, factor):
+    """Scaling every cell's counts (its library size) by an integer leaves each type's expression proportions:
+    exactly for the naive mean of normalised counts, to within 2 % for the NB regression."""
+    rng = np.random.default_rng(seed)
+    ref, _, _ = _simulate(rng, n_types=3, n_genes=25, n_cells=150, batch=False)
+    scaled = ref.copy()
+    scaled.X = ref.X * factor
+
+    def proportions(df):
+        return df / df.sum(0)
+
+    pd.testing.assert_frame_equal(_estimate(scaled, "mean"), _estimate(ref, "mean"), rtol=1e-5)
+    nb, nb_scaled = proportions(_estimate(ref, "nb")), proportions(_estimate(scaled, "nb"))
+    np.testing.assert_allclose(nb_scaled.to_numpy(), nb.to_numpy(), rtol=0.02, atol=1e-4)

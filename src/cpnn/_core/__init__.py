@@ -1,13 +1,22 @@
 """Internal helpers shared by every layer: table access, input validation, writing results."""
 
 from ._table import get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
-from ._validate import check_counts, check_genes, check_key, check_obs_mask, region_columns, selection_positions
+from ._validate import (
+    check_counts,
+    check_genes,
+    check_key,
+    check_obs_mask,
+    check_unique_obs,
+    region_columns,
+    selection_positions,
+)
 
 __all__ = [
     "check_counts",
     "check_genes",
     "check_key",
     "check_obs_mask",
+    "check_unique_obs",
     "get_table",
     "is_spatialdata",
     "region_columns",

@@ -49,6 +49,16 @@ def check_genes(found: Sequence[str], wanted: Sequence[str], *, argument: str) -
     return missing
 
 
+def check_unique_obs(adata: AnnData) -> None:
+    """Raise when spots share a name: selections, proportions and predictions are keyed by obs_names."""
+    if adata.obs_names.has_duplicates:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()
+        raise CpnnError(
+            f"The table's obs_names have {len(dup)} duplicates (e.g. {list(dup[:3])}), so spots cannot be told "
+            "apart; call adata.obs_names_make_unique() first."
+        )
+
+
 def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarray:
     """Turn a spot selection into a boolean mask over ``adata.obs``.
 
@@ -56,6 +66,7 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
     (values of the table's region column) or obs names.
     """
     n = adata.n_obs
+    check_unique_obs(adata)
     if selection is None:
         return np.ones(n, bool)
     if isinstance(selection, tuple) and len(selection) == 2 and isinstance(selection[0], str):

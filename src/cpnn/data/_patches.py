@@ -23,11 +23,11 @@ def _to_rgb_float(block: np.ndarray) -> np.ndarray:
         raise CpnnError(f"Images must have 1 (grey), 3 (RGB) or 4 (RGBA) channels, found {c}.")
     if block.dtype == np.uint8:
         return block.astype(np.float32) / 255.0
-    if np.issubdtype(block.dtype, np.integer):
-        return block.astype(np.float32) / float(np.iinfo(block.dtype).max)
+    if block.dtype == np.uint16:
+        return block.astype(np.float32) / 65535.0
     if np.issubdtype(block.dtype, np.floating):
         return np.clip(block.astype(np.float32), 0.0, 1.0)
-    raise CpnnError(f"Image dtype {block.dtype} is not supported; use uint8 or float in [0, 1].")
+    raise CpnnError(f"Image dtype {block.dtype} is not supported; use uint8, uint16 or float in [0, 1].")
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -149,5 +149,19 @@ def region_images(
                 f"Region {region!r} has no image: no image element shares a coordinate system with it and "
                 f"covers its spots (images: {list(sdata.images)}). Add the H&E image, or deselect the region."
             )
+        check_image_dtype(best.array.dtype, best.image_key)
         out.append(best)
     return out
+
+
+#: Image dtypes cpnn reads: 8- and 16-bit unsigned integers (scaled by their maximum) and floats in [0, 1].
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+
+
+def check_image_dtype(dtype: Any, key: str) -> None:
+    """Raise for image dtypes whose intensity range cpnn cannot know (signed or wide integers, bool)."""
+    if np.dtype(dtype).type not in SUPPORTED_DTYPES:
+        raise CpnnError(
+            f"Image {key!r} has dtype {np.dtype(dtype)}; cpnn reads uint8, uint16 or float images in [0, 1]. "
+            "Convert it first, e.g. (img / img.max() * 255).astype('uint8')."
+        )

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .._core import get_table
 from .._errors import CpnnError
+from ..pp._prototypes import in_reference_column
 from ..tl._inputs import panel_prototypes
 from ._utils import check_names, finish, new_figure
 
@@ -29,8 +30,6 @@ def prototype_frame(data: Any, *, key: str, table_key: str) -> pd.DataFrame:
     if key not in adata.varm:
         raise CpnnError(f"key={key!r} is not in varm; run cp.pp.build_prototypes first. varm keys: {list(adata.varm)}.")
     genes = list(adata.var_names)
-    from ..pp._prototypes import in_reference_column
-
     col = in_reference_column(key)
     if col in adata.var:
         genes = list(adata.var_names[adata.var[col].to_numpy(bool)])
@@ -87,12 +86,14 @@ def prototypes(
     -------
     The Figure, or ``ax`` when one was passed.
     """
+    from ..tl import CPNN
+
     profiles = prototype_frame(data, key=key, table_key=table_key)
     if genes is None:
         if n_markers < 1:
             raise CpnnError(f"n_markers={n_markers} must be at least 1.")
         pool = profiles
-        if panel_only and not hasattr(data, "prototypes"):
+        if panel_only and not isinstance(data, CPNN):
             adata = get_table(data, table_key)
             if "cpnn_selected" in adata.var:
                 sel = adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)]

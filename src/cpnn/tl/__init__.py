@@ -5,5 +5,6 @@ from ._fit import fit
 from ._model import CPNN
 from ._predict import predict
 from ._split import split
+from ._train import TrainingDiverged
 
-__all__ = ["CPNN", "evaluate", "fit", "predict", "split"]
+__all__ = ["CPNN", "TrainingDiverged", "evaluate", "fit", "predict", "split"]

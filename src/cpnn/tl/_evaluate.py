@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse, stats
 
-from .._core import check_key, check_obs_mask, get_table, uns_cpnn
+from .._core import check_key, check_obs_mask, check_unique_obs, get_table, uns_cpnn
 from .._errors import CpnnError
 
 
@@ -139,6 +139,7 @@ def per_gene_metrics(
         raise CpnnError(f"genes: {len(unknown)} are not in the table, e.g. {unknown[:5]}.")
     if len(genes) == 0:
         raise CpnnError("genes is empty.")
+    check_unique_obs(adata)
     if spots is None and f"{layer}_predicted" in adata.obs:
         mask = adata.obs[f"{layer}_predicted"].to_numpy(bool)
     else:

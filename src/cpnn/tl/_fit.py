@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +28,7 @@ from ._inputs import (
     spot_embeddings,
 )
 from ._model import CPNN, build_head
-from ._train import TrainData, run_training
+from ._train import TrainData, TrainingDiverged, run_training
 
 
 class _ToUnit(nn.Module):
@@ -49,6 +51,14 @@ def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_si
         idx, p = ds[i]
         out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
     return out
+
+
+def _fingerprint(cfg: dict, train_mask: np.ndarray, val_mask: np.ndarray, **settings_: Any) -> str:
+    """Hash of what a checkpoint must match to be resumed: settings, panel and the spots on each side."""
+    h = hashlib.sha256(json.dumps({**cfg, **settings_}, sort_keys=True, default=str).encode())
+    h.update(np.packbits(train_mask).tobytes())
+    h.update(np.packbits(val_mask).tobytes())
+    return h.hexdigest()
 
 
 def fit(
@@ -83,6 +93,8 @@ def fit(
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
     embedding_key: str = "cpnn_embedding",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
     table_key: str = "table",
 ) -> CPNN:
     """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
@@ -141,11 +153,21 @@ def fit(
         DataLoader workers reading patches (default ``cp.settings.num_workers``).
     image_key, spot_diameter_um
         Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
+    checkpoint_dir
+        Folder for an atomic checkpoint written after every epoch (weights, optimiser, random
+        state, history), so that a killed run can continue.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir`` (same data and settings); on CPU with
+        the same seed the result equals an uninterrupted run. Without a checkpoint it starts anew.
     embedding_key
         ``obsm`` key of the cached embeddings (the ``key_added`` of :func:`cpnn.pp.embed`), so
         that embeddings of several encoders can live side by side.
     table_key
         Key of the table.
+
+    Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
+    becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
+    holds the model with the last good weights.
 
     Returns
     -------
@@ -266,22 +288,34 @@ def fit(
         )
     model.to(dev)
     head_module.to(dev)
-    result = run_training(
-        model,
-        head_module,
-        tr,
-        va,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-        seed=seed,
-        device=dev,
-        desc=f"fit {head}",
-    )
+    if resume and checkpoint_dir is None:
+        raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
+    fingerprint = _fingerprint(cfg, train_mask, val_mask, epochs=epochs, batch_size=batch_size, lr=lr)
+    try:
+        result = run_training(
+            model,
+            head_module,
+            tr,
+            va,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            patience=patience,
+            seed=seed,
+            device=dev,
+            desc=f"fit {head}",
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+            resume=resume,
+            fingerprint=fingerprint,
+        )
+    except TrainingDiverged as err:
+        err.model = CPNN(cfg, enc.cpu().eval(), head_module.cpu().eval(), [])
+        raise
     model.cpu().eval()
     head_module.cpu().eval()
+    if result.stop_reason == "interrupted":
+        logg.warning(f"training interrupted after {len(result.history)} epochs; returning the best model so far")
     cpnn = CPNN(cfg, enc.cpu().eval(), head_module, result.history)
     info = uns_cpnn(adata)
     info["fit"] = {
@@ -293,6 +327,8 @@ def fit(
         "epochs": int(epochs),
         "best_epoch": int(result.best_epoch),
         "stopped_early": bool(result.stopped_early),
+        "stop_reason": result.stop_reason,
+        "resumed_from_epoch": int(result.resumed_from),
         "n_train": int(train_mask.sum()),
         "n_validation": int(val_mask.sum()),
         "lr": float(lr),

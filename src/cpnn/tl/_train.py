@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +40,44 @@ class TrainResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    #: why training ended before ``epochs``: "", "early stopping", "interrupted" or "non-finite loss"
+    stop_reason: str = ""
+    resumed_from: int = 0
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the modules hold the last good weights."""
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` atomically: a killed process leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict:
+    from .._errors import CpnnError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file gets the same advice
+        raise CpnnError(f"The checkpoint {path} cannot be read ({err}); delete it or pass resume=False.") from err
+    if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+        raise CpnnError(
+            f"The checkpoint in {path.parent} belongs to a different training run (other data, spots or "
+            "settings); use another checkpoint_dir, or resume=False to start over (it will be overwritten)."
+        )
+    return state
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -92,11 +133,19 @@ def run_training(
     seed: int = 0,
     device: str = "cpu",
     desc: str = "training",
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
 ) -> TrainResult:
     """Train ``head(model(x))``; ``model`` is the encoder when fine-tuning, else ``nn.Identity``.
 
     Early stopping watches the validation loss (patience in epochs) and the best weights are
-    returned; without validation data the last weights are returned.
+    returned; without validation data the last weights are returned. With ``checkpoint_dir`` the
+    whole state (weights, optimiser, scheduler, random generators, best weights, history) is
+    written atomically after every epoch, and ``resume=True`` continues from it to the same
+    result as an uninterrupted run. Ctrl-C stops after the current batch and keeps the best
+    weights so far; a non-finite loss raises :class:`TrainingDiverged` with the last good
+    weights loaded.
     """
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
@@ -105,45 +154,104 @@ def run_training(
     best, best_epoch, wait = np.inf, 0, 0
     best_state = None
     history: list[dict] = []
-    stopped = False
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=settings.verbosity < 2)
-    for epoch in bar:
-        model.train()
-        head.train()
-        perm = torch.randperm(len(train_data), generator=gen)
-        total = 0.0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i : i + batch_size]
-            x, y, lib, comp = train_data.batch(idx, device)
-            x = augment(x, gen)
-            out = _forward(model, head, x, device)
-            loss = head.loss(out, y, lib, comp)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"The training loss became {float(loss)} at epoch {epoch}; lower lr= or check the inputs."
+    stop_reason = ""
+    start_epoch = 1
+    ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = _load_checkpoint(ckpt, fingerprint)
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        best, best_epoch, wait = float(state["best"]), int(state["best_epoch"]), int(state["wait"])
+        best_state = (state["best_model"], state["best_head"]) if state["best_head"] else None
+        history = [dict(r) for r in state["history"]]
+        start_epoch = int(state["epoch"]) + 1
+        if state["stop_reason"]:
+            stop_reason = str(state["stop_reason"])
+            start_epoch = epochs + 1  # the run had already finished
+    resumed_from = start_epoch - 1
+    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=settings.verbosity < 2)
+    last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+    try:
+        for epoch in bar:
+            model.train()
+            head.train()
+            perm = torch.randperm(len(train_data), generator=gen)
+            total = 0.0
+            for i in range(0, len(perm), batch_size):
+                idx = perm[i : i + batch_size]
+                x, y, lib, comp = train_data.batch(idx, device)
+                x = augment(x, gen)
+                out = _forward(model, head, x, device)
+                loss = head.loss(out, y, lib, comp)
+                if not torch.isfinite(loss):
+                    model.load_state_dict(last_good[0])
+                    head.load_state_dict(last_good[1])
+                    raise TrainingDiverged(
+                        f"The training loss became {float(loss.detach())} at epoch {epoch}; the model keeps the weights "
+                        f"of epoch {epoch - 1}. Lower lr= or check the inputs for extreme values."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            sched.step()
+            record = {"epoch": epoch, "train_loss": total / len(train_data)}
+            if val_data is not None:
+                val = evaluate_loss(model, head, val_data, batch_size=max(batch_size, 256), device=device)
+                record["val_loss"] = val
+                if val < best:
+                    best, best_epoch, wait = val, epoch, 0
+                    best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+                else:
+                    wait += 1
+            history.append(record)
+            last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
+            if val_data is not None and wait >= patience:
+                stop_reason = "early stopping"
+            if ckpt is not None:
+                _save_checkpoint(
+                    ckpt,
+                    {
+                        "version": CHECKPOINT_VERSION,
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "head": head.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "best": float(best),
+                        "best_epoch": int(best_epoch),
+                        "wait": int(wait),
+                        "best_model": best_state[0] if best_state else {},
+                        "best_head": best_state[1] if best_state else {},
+                        "history": history,
+                        "stop_reason": stop_reason,
+                    },
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        sched.step()
-        record = {"epoch": epoch, "train_loss": total / len(train_data)}
-        if val_data is not None:
-            val = evaluate_loss(model, head, val_data, batch_size=max(batch_size, 256), device=device)
-            record["val_loss"] = val
-            if val < best:
-                best, best_epoch, wait = val, epoch, 0
-                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
-            else:
-                wait += 1
-        history.append(record)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
-        if val_data is not None and wait >= patience:
-            stopped = True
-            break
+            if stop_reason:
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        model.load_state_dict(last_good[0])
+        head.load_state_dict(last_good[1])
+        if not history:
+            raise
     if best_state is None:
         best_state, best_epoch = (model.state_dict(), head.state_dict()), history[-1]["epoch"]
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
-    return TrainResult(best_epoch=best_epoch, history=history, stopped_early=stopped)
+    return TrainResult(
+        best_epoch=best_epoch,
+        history=history,
+        stopped_early=stop_reason == "early stopping",
+        stop_reason=stop_reason,
+        resumed_from=resumed_from,
+    )
