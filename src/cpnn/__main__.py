@@ -1,103 +1,10 @@
-"""The ``cpnn`` command line: ``cpnn demo --out DIR`` runs the whole pipeline on HER2ST."""
+"""``python -m cpnn``: the same as the ``cpnn`` command."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from pathlib import Path
 
-
-def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
-    """Composition maps, measured vs predicted markers, accuracy and training history as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import cpnn as cp
-
-    paths = []
-    markers = [g for g in ("ERBB2", "KRT19", "COL1A1", "CD74") if g in model.genes][:3]
-    # the best-predicted genes, so that the figure also shows what the model gets right
-    best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
-    for name, draw in (
-        ("proportions.png", lambda p: cp.pl.proportions(sdata, region="B4", save=p)),
-        ("expression.png", lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p)),
-        ("correlations.png", lambda p: cp.pl.correlations(metrics, save=p)),
-        ("prototypes.png", lambda p: cp.pl.prototypes(model, save=p)),
-        ("history.png", lambda p: cp.pl.history(model, save=p)),
-    ):
-        draw(out / name)
-        plt.close("all")
-        paths.append(out / name)
-    return paths
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import cpnn as cp
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.verbosity = 2
-    t0 = time.time()
-    print(f"cpnn {cp.__version__} demo: data from {cp.settings.datadir}, cache in {cp.settings.cachedir}")
-    sdata = cp.datasets.her2st()
-    table = sdata["table"]
-    print(sdata)
-    cp.pp.select_genes(sdata, n_top_genes=args.n_genes)
-    cp.pp.build_prototypes(sdata, cp.datasets.wu2021_cid4465(), cell_type_key="celltype_major", method="nb")
-    model = cp.tl.fit(
-        sdata,
-        train=["C2", "C3", "C4", "C5"],
-        validation=["C6"],
-        encoder=args.encoder,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
-    cp.tl.predict(sdata, model, regions=["B4"])
-    metrics = cp.tl.evaluate(sdata, groupby="section")
-    model_path = out / "model.pt"
-    model.save(model_path)
-    metrics.to_csv(out / "metrics_per_gene.csv")
-    table.write_h5ad(out / "table.h5ad")
-    summary = table.uns["cpnn"]["metrics"]["cpnn"]
-    props = table.obsm["cpnn_proportions"].dropna()
-    figures = _demo_figures(sdata, model, metrics, out)
-    print()
-    print(
-        f"Trained on patient C (C2-C5, early stopping on C6), predicted patient B (B4): {len(props)} spots, {summary['n_genes']} genes"
-    )
-    print(
-        f"  mean per-gene Spearman on B4: {summary['spearman_per_group_mean']:.3f} (Pearson {summary['pearson_per_group_mean']:.3f})"
-    )
-    print(
-        "  mean predicted composition on B4: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in props.mean().sort_values(ascending=False).items())
-    )
-    print(
-        f"  model: {model_path}\n  per-gene metrics: {out / 'metrics_per_gene.csv'}\n  annotated table: {out / 'table.h5ad'}"
-    )
-    print("  figures: " + ", ".join(str(f) for f in figures))
-    print(f"done in {time.time() - t0:.0f} s")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``cpnn`` command."""
-    parser = argparse.ArgumentParser(prog="cpnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fit on HER2ST patient C, predict patient B, evaluate")
-    demo.add_argument("--out", default="cpnn-demo", help="output folder")
-    demo.add_argument("--encoder", default="handcrafted", help="'handcrafted' or a timm architecture")
-    demo.add_argument("--epochs", type=int, default=300)
-    demo.add_argument("--n-genes", type=int, default=250)
-    demo.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return 1  # pragma: no cover
-
+from ._cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ from ._validate import (
     check_key,
     check_obs_mask,
     check_unique_obs,
+    gene_names,
     region_columns,
     selection_positions,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "check_key",
     "check_obs_mask",
     "check_unique_obs",
+    "gene_names",
     "get_table",
     "is_spatialdata",
     "region_columns",

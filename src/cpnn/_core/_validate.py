@@ -49,6 +49,20 @@ def check_genes(found: Sequence[str], wanted: Sequence[str], *, argument: str) -
     return missing
 
 
+def gene_names(adata: AnnData, gene_symbols: str | None) -> pd.Index:
+    """Names that match the table's genes with outside lists.
+
+    ``var_names``, or ``var[gene_symbols]`` (e.g. symbols beside Ensembl IDs, as in scanpy).
+    """
+    if gene_symbols is None:
+        return adata.var_names
+    check_key(adata, gene_symbols, where="var", argument="gene_symbols")
+    col = adata.var[gene_symbols]
+    if col.isna().any():
+        raise CpnnError(f"var[{gene_symbols!r}] (gene_symbols) has {int(col.isna().sum())} missing names; fill them.")
+    return pd.Index(col.astype(str).to_numpy())
+
+
 def check_unique_obs(adata: AnnData) -> None:
     """Raise when spots share a name: selections, proportions and predictions are keyed by obs_names."""
     if adata.obs_names.has_duplicates:

@@ -55,6 +55,33 @@ def table_regions(adata: AnnData) -> tuple[list[str], str, str]:
     return regions, attrs["region_key"], attrs["instance_key"]
 
 
+#: Spot diameters of the platforms cpnn recognises, in micrometres.
+VISIUM_SPOT_DIAMETER_UM = 55.0
+
+
+def known_spot_diameter_um(sdata: Any, adata: AnnData) -> float | None:
+    """The spot diameter implied by the data's provenance, else ``None``.
+
+    55 um for 10x Visium read by spatialdata-io or scanpy: the reader tag, Space Ranger's scale
+    factors or version in ``uns["spatial"]``, or its ``in_tissue``/``array_row``/``array_col`` columns.
+    """
+    attrs = getattr(sdata, "attrs", None) or {}
+    if attrs.get("spatialdata_io_reader") == "visium":
+        return VISIUM_SPOT_DIAMETER_UM
+    spatial = adata.uns.get("spatial")
+    if isinstance(spatial, dict):
+        for lib in spatial.values():
+            meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
+            if "spot_diameter_fullres" in lib.get("scalefactors", {}) or str(
+                meta.get("software_version", "")
+            ).startswith("spaceranger"):
+                return VISIUM_SPOT_DIAMETER_UM
+    # Space Ranger's tissue_positions columns survive concatenation, when the tags above do not
+    if {"in_tissue", "array_row", "array_col"} <= set(adata.obs.columns):
+        return VISIUM_SPOT_DIAMETER_UM
+    return None
+
+
 def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: float | None) -> float:
     spatial = adata.uns.get("cpnn_spatial", {})
     per_region = spatial.get("um_per_px", {}) if isinstance(spatial, dict) else {}
@@ -119,7 +146,8 @@ def region_images(
                 f"Some {instance_key!r} values of region {region!r} are not in its shapes index: {e}"
             ) from e
         xy = np.c_[geom.centroid.x.to_numpy(), geom.centroid.y.to_numpy()]
-        um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, spot_diameter_um)
+        diameter = spot_diameter_um if spot_diameter_um is not None else known_spot_diameter_um(sdata, adata)
+        um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, diameter)
         from spatialdata.transformations import get_transformation
 
         shape_cs = list(get_transformation(shapes, get_all=True))

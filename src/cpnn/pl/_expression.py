@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import sparse
 
-from .._core import get_table, uns_cpnn
+from .._core import gene_names, get_table, uns_cpnn
 from .._errors import CpnnError
 from ..tl._evaluate import columnwise_spearman, lognorm
 from ._spatial import draw_spots, resolve_region
@@ -24,6 +24,7 @@ def expression(
     *,
     region: str | None = None,
     layer: str = "cpnn",
+    gene_symbols: str | None = None,
     cmap: str = "magma",
     img_alpha: float | None = None,
     image_key: str | None = None,
@@ -48,6 +49,9 @@ def expression(
         Region or section to draw (default the first one with predictions).
     layer
         Layer with the predictions (:func:`cpnn.tl.predict`'s ``key_added``).
+    gene_symbols
+        ``var`` column holding the names ``genes`` uses (e.g. symbols when ``var_names`` are
+        Ensembl IDs); titles show these names.
     cmap, img_alpha, image_key, max_px
         As in :func:`cpnn.pl.proportions`.
     figsize, save
@@ -70,7 +74,10 @@ def expression(
         panel = list(adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)])
     if not panel:
         raise CpnnError("No predicted panel is recorded in the table; run cp.pp.select_genes and cp.tl.predict.")
-    genes = check_names(genes, panel, argument="genes", what="gene")
+    names = gene_names(adata, gene_symbols)
+    shown = dict(zip(adata.var_names, names, strict=True))
+    by_name = {shown[g]: g for g in panel}
+    genes = [by_name[g] for g in check_names(genes, list(by_name), argument="genes", what="gene")]
     predicted = adata.obs[f"{layer}_predicted"].to_numpy(bool) if f"{layer}_predicted" in adata.obs else None
     name, mask = resolve_region(adata, region, prefer=predicted)
     if predicted is not None:
@@ -90,7 +97,8 @@ def expression(
     rho = columnwise_spearman(pred[:, at], truth[:, at])
     values = pd.DataFrame(index=adata.obs_names, dtype=float)
     titles = []
-    for k, (g, j) in enumerate(zip(genes, at, strict=True)):
+    for k, (gene, j) in enumerate(zip(genes, at, strict=True)):
+        g = shown[gene]
         m = np.full(adata.n_obs, np.nan)
         m[rows] = truth[:, j]
         p = np.full(adata.n_obs, np.nan)

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_counts, check_genes, get_table, return_copy, uns_cpnn
+from .._core import check_counts, check_genes, gene_names, get_table, return_copy, uns_cpnn
 from .._errors import CpnnError
 
 
@@ -32,6 +32,7 @@ def select_genes(
     flavor: Literal["mean", "hvg"] = "mean",
     genes: Sequence[str] | None = None,
     layer: str | None = None,
+    gene_symbols: str | None = None,
     table_key: str = "table",
     copy: bool = False,
 ) -> AnnData | Any | None:
@@ -52,6 +53,9 @@ def select_genes(
         Genes absent from the table are reported and skipped.
     layer
         Layer holding the raw counts (default ``X``).
+    gene_symbols
+        ``var`` column holding the names that ``genes`` lists (e.g. symbols when ``var_names`` are
+        Ensembl IDs).
     table_key
         Key of the table when ``data`` is a SpatialData.
     copy
@@ -77,8 +81,9 @@ def select_genes(
     skipped: list[str] = []
     if genes is not None:
         genes = [str(g) for g in genes]
-        skipped = check_genes(adata.var_names, genes, argument="genes")
-        selected = adata.var_names.isin(genes)
+        names = gene_names(adata, gene_symbols)
+        skipped = check_genes(names, genes, argument="genes")
+        selected = names.isin(genes)
         method = "explicit list"
         if skipped:
             logg.warning(

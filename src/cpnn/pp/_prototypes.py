@@ -11,7 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_counts, check_key, get_table, return_copy, to_uns, uns_cpnn
+from .._core import check_counts, check_key, gene_names, get_table, return_copy, to_uns, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..models import fit_nb_regression
@@ -189,6 +189,7 @@ def build_prototypes(
     min_cells_per_gene: float = 0.002,
     n_iter: int = 30,
     device: str = "auto",
+    gene_symbols: str | None = None,
     table_key: str = "table",
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
@@ -228,6 +229,9 @@ def build_prototypes(
     n_iter, device
         Most Fisher-scoring rounds of ``method="nb"``, and the torch device (``"auto"``: CUDA
         when present).
+    gene_symbols
+        ``var`` column with the gene names to match against the reference, when ``var_names``
+        are other IDs (e.g. Ensembl IDs with symbols in ``var["gene_symbols"]``).
     table_key
         Key of the table when ``data`` is a SpatialData.
     key_added
@@ -252,6 +256,7 @@ def build_prototypes(
         raise CpnnError(f"The table {table_key!r} has no genes.")
     if target.var_names.has_duplicates:
         raise CpnnError("The table's var_names have duplicates; call var_names_make_unique() first.")
+    names = gene_names(target, gene_symbols)
     if isinstance(reference, pd.DataFrame):
         if reference.shape[1] < 2:
             raise CpnnError(
@@ -268,7 +273,7 @@ def build_prototypes(
             method=method,
             batch_key=batch_key,
             layer=layer,
-            genes=target.var_names,
+            genes=pd.Index(names.unique()),
             min_cells=min_cells,
             qc={
                 "max_mito_pct": max_mito_pct,
@@ -285,19 +290,20 @@ def build_prototypes(
             f"reference must be an AnnData of labelled cells or a genes x cell-types DataFrame, got {type(reference).__name__}."
         )
 
-    profiles = profiles.loc[profiles.index.intersection(target.var_names, sort=False)]
-    in_ref = target.var_names.isin(profiles.index)
+    profiles = profiles.loc[profiles.index.intersection(names, sort=False)]
+    in_ref = names.isin(profiles.index)
     if not in_ref.any():
         raise CpnnError(
             "No gene of the table has a prototype: the reference and the table share no gene. "
             f"Reference genes look like {list(profiles.index[:3]) or list(reference.index[:3]) if isinstance(reference, pd.DataFrame) else ''}, "
-            f"table genes like {list(target.var_names[:3])}; match the naming (symbols vs Ensembl IDs)."
+            f"table genes like {list(names[:3])}; match the naming (symbols vs Ensembl IDs, or pass "
+            "gene_symbols=<var column>)."
         )
     # validation passed: write
     data = return_copy(data, copy)
     adata = get_table(data, table_key)
     values = np.zeros((adata.n_vars, profiles.shape[1]), dtype=np.float32)
-    values[in_ref] = profiles.reindex(adata.var_names[in_ref]).to_numpy(np.float32)
+    values[in_ref] = profiles.reindex(names[in_ref]).to_numpy(np.float32)
     missing = adata.var_names[~in_ref]
     if "cpnn_selected" in adata.var:
         sel = adata.var["cpnn_selected"].to_numpy(bool)

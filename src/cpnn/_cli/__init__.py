@@ -1,0 +1,32 @@
+"""The ``cpnn`` command line: ``demo`` (the whole pipeline on HER2ST), ``fit`` and ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._demo import run_demo
+from ._scripted import add_parsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cpnn`` command."""
+    parser = argparse.ArgumentParser(prog="cpnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="fit on HER2ST patient C, predict patient B, evaluate, draw")
+    demo.add_argument("--out", default="cpnn-demo", help="output folder")
+    demo.add_argument("--encoder", default="handcrafted", help="'handcrafted' or a timm architecture")
+    demo.add_argument("--epochs", type=int, default=300)
+    demo.add_argument("--n-genes", type=int, default=250)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=run_demo)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    from .._errors import CpnnError
+
+    try:
+        return args.run(args)
+    except CpnnError as err:  # a user's mistake: the message, not a traceback
+        parser.exit(2, f"cpnn {args.command}: error: {err}\n")
+
+
+__all__ = ["main"]

@@ -1,0 +1,120 @@
+"""``cpnn fit`` and ``cpnn predict``: the pipeline on a user's SpatialData zarr, for scripts and clusters."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _read(path: str):
+    import spatialdata as sd
+
+    from .._errors import CpnnError
+
+    p = Path(path)
+    if not p.exists():
+        raise CpnnError(f"{path!r} does not exist; pass a SpatialData zarr store (e.g. written by sdata.write).")
+    return sd.read_zarr(p)
+
+
+def _reference(args: argparse.Namespace):
+    import anndata as ad
+    import pandas as pd
+
+    from .._errors import CpnnError
+
+    if bool(args.reference) == bool(args.profiles):
+        raise CpnnError("Pass exactly one of --reference (labelled cells, .h5ad) or --profiles (genes x types, .csv).")
+    if args.profiles:
+        return pd.read_csv(args.profiles, index_col=0), {}
+    if not args.cell_type_key:
+        raise CpnnError("--reference needs --cell-type-key (the obs column with the cell-type labels).")
+    return ad.read_h5ad(args.reference), {"cell_type_key": args.cell_type_key}
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Select genes, build prototypes, fit, and save the model; the input store is only read."""
+    import cpnn as cp
+
+    cp.settings.verbosity = 2
+    sdata = _read(args.data)
+    reference, kw = _reference(args)
+    genes = Path(args.genes).read_text().split() if args.genes else None
+    cp.pp.select_genes(sdata, n_top_genes=args.n_genes, genes=genes, table_key=args.table_key)
+    cp.pp.build_prototypes(sdata, reference, table_key=args.table_key, **kw)
+    model = cp.tl.fit(
+        sdata,
+        train=args.train,
+        validation=args.validation,
+        head=args.head,
+        encoder=args.encoder,
+        weights=args.weights,
+        patch_size_um=args.patch_size_um,
+        patch_px=args.patch_px,
+        epochs=args.epochs,
+        seed=args.seed,
+        spot_diameter_um=args.spot_diameter_um,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        table_key=args.table_key,
+    )
+    model.save(args.out)
+    print(f"{model}\nsaved to {args.out}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Predict with a saved model and write the annotated table (.h5ad); evaluate where counts exist."""
+    import cpnn as cp
+
+    cp.settings.verbosity = 2
+    sdata = _read(args.data)
+    model = cp.CPNN.load(args.model)
+    cp.tl.predict(sdata, model, regions=args.regions, spot_diameter_um=args.spot_diameter_um, table_key=args.table_key)
+    table = sdata[args.table_key]
+    if table.X is not None and table.X.sum() > 0:
+        metrics = cp.tl.evaluate(sdata, table_key=args.table_key, groupby=args.groupby)
+        summary = table.uns["cpnn"]["metrics"]["cpnn"]
+        print(f"mean per-gene Spearman {summary['spearman_per_group_mean']:.3f} per {args.groupby}")
+        metrics.to_csv(Path(args.out).with_suffix(".metrics.csv"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_h5ad(out)
+    print(f"predictions: layers['cpnn'], obsm['cpnn_proportions'] in {out}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register ``fit`` and ``predict`` on the ``cpnn`` command's subparsers."""
+    fit = sub.add_parser("fit", help="fit a model on a SpatialData zarr store (spots with images and raw counts)")
+    fit.add_argument("data", help="SpatialData zarr store")
+    fit.add_argument("--out", required=True, help="model file to write (.pt)")
+    fit.add_argument("--reference", help="labelled single cells (.h5ad with raw counts)")
+    fit.add_argument("--cell-type-key", help="obs column of --reference with the cell types")
+    fit.add_argument("--profiles", help="ready prototypes instead: CSV, genes x cell types")
+    fit.add_argument("--genes", help="text file with the gene panel (default: top --n-genes by mean)")
+    fit.add_argument("--n-genes", type=int, default=250)
+    fit.add_argument("--train", nargs="+", help="training regions or sections (default: all but --validation)")
+    fit.add_argument("--validation", nargs="+", help="regions or sections for early stopping")
+    fit.add_argument("--head", default="cpnn", choices=["cpnn", "direct"])
+    fit.add_argument("--encoder", default="resnet18", help="'handcrafted' or a timm architecture")
+    fit.add_argument("--weights", help="local encoder checkpoint")
+    fit.add_argument("--patch-size-um", type=float, default=112.0)
+    fit.add_argument("--patch-px", type=int, default=224)
+    fit.add_argument("--epochs", type=int, default=300)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--spot-diameter-um", type=float, help="55 for Visium, 100 for legacy ST, when not recorded")
+    fit.add_argument("--checkpoint-dir", help="write a checkpoint every epoch here")
+    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    fit.add_argument("--table-key", default="table")
+    fit.set_defaults(run=run_fit)
+
+    pred = sub.add_parser("predict", help="predict expression and composition with a saved model")
+    pred.add_argument("data", help="SpatialData zarr store")
+    pred.add_argument("--model", required=True, help="model file from 'cpnn fit'")
+    pred.add_argument("--out", required=True, help="annotated table to write (.h5ad)")
+    pred.add_argument("--regions", nargs="+", help="regions or sections to predict (default all)")
+    pred.add_argument("--groupby", default="region", help="obs column to evaluate per group, when counts exist")
+    pred.add_argument("--spot-diameter-um", type=float)
+    pred.add_argument("--table-key", default="table")
+    pred.set_defaults(run=run_predict)

@@ -1,0 +1,84 @@
+"""The ``cpnn`` command: fit and predict on a SpatialData zarr store; clear errors, input never written."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from cpnn._cli import main
+
+from ._synthetic import synthetic_sdata
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    sdata, profiles = synthetic_sdata(np.random.default_rng(4), n_side=6, sections=("S1", "S2"))
+    root = tmp_path_factory.mktemp("cli")
+    sdata.write(root / "data.zarr")
+    profiles.to_csv(root / "profiles.csv")
+    return root
+
+
+def _tree(path):
+    return sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+
+
+def test_fit_then_predict(store, capsys):
+    before = _tree(store / "data.zarr")
+    common = ["--encoder", "handcrafted", "--patch-size-um", "32", "--patch-px", "32", "--epochs", "5"]
+    assert (
+        main(
+            [
+                "fit",
+                str(store / "data.zarr"),
+                "--profiles",
+                str(store / "profiles.csv"),
+                "--n-genes",
+                "30",
+                "--train",
+                "S1",
+                "--validation",
+                "S2",
+                "--out",
+                str(store / "m.pt"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert "saved to" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "predict",
+                str(store / "data.zarr"),
+                "--model",
+                str(store / "m.pt"),
+                "--regions",
+                "S2",
+                "--groupby",
+                "section",
+                "--out",
+                str(store / "pred.h5ad"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "mean per-gene Spearman" in out
+    table = ad.read_h5ad(store / "pred.h5ad")
+    assert table.layers["cpnn"].shape == table.shape
+    assert table.obsm["cpnn_proportions"].loc[table.obs["section"] == "S2"].notna().all().all()
+    assert (store / "pred.metrics.csv").exists()
+    assert _tree(store / "data.zarr") == before  # the input store is only read
+
+
+def test_errors_exit_with_a_message(store, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", str(store / "missing.zarr"), "--profiles", "x.csv", "--out", "m.pt"])
+    assert err.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", str(store / "data.zarr"), "--out", "m.pt"])
+    assert "exactly one of --reference" in capsys.readouterr().err
