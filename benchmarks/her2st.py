@@ -367,7 +367,7 @@ def figure(sections: pd.DataFrame, path: Path, panel_names: list[str]) -> None:
             ax.set_xlabel("mean per-gene Spearman per held-out section")
             ax.set_ylabel("")
             ax.set_title(f"{proto}, {panel}")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

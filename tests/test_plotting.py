@@ -122,7 +122,7 @@ def test_expression_titles_carry_spearman(plot_data, tmp_path):
     fig = cp.pl.expression(plot_data, ["ERBB2"], layer="smooth", region="C3", max_px=400, save=tmp_path / "e.png")
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles[0] == "ERBB2 measured (C3)"
-    assert titles[1].startswith("ERBB2 predicted, Spearman 0.")
+    assert titles[1].startswith("ERBB2 predicted\nSpearman 0.")
     assert (tmp_path / "e.png").stat().st_size > 1000
     plt.close(fig)
 

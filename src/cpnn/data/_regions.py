@@ -71,10 +71,10 @@ def known_spot_diameter_um(sdata: Any, adata: AnnData) -> float | None:
     spatial = adata.uns.get("spatial")
     if isinstance(spatial, dict):
         for lib in spatial.values():
-            meta = lib.get("metadata", {}) if isinstance(lib, dict) else {}
-            if "spot_diameter_fullres" in lib.get("scalefactors", {}) or str(
-                meta.get("software_version", "")
-            ).startswith("spaceranger"):
+            if not isinstance(lib, dict):
+                continue
+            version = str(lib.get("metadata", {}).get("software_version", ""))
+            if "spot_diameter_fullres" in lib.get("scalefactors", {}) or version.startswith("spaceranger"):
                 return VISIUM_SPOT_DIAMETER_UM
     # Space Ranger's tissue_positions columns survive concatenation, when the tags above do not
     if {"in_tissue", "array_row", "array_col"} <= set(adata.obs.columns):

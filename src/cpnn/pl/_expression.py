@@ -105,7 +105,7 @@ def expression(
         p[rows] = pred[:, j]
         values[f"measured {g}"] = m
         values[f"predicted {g}"] = p
-        titles += [f"{g} measured ({name})", f"{g} predicted, Spearman {rho[k]:.2f}"]
+        titles += [f"{g} measured ({name})", f"{g} predicted\nSpearman {rho[k]:.2f}"]
     fig = draw_spots(
         data,
         values,

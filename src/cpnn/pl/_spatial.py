@@ -69,9 +69,10 @@ def _lowres(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int)
     img = np.asarray(sub.data.compute() if hasattr(sub, "data") and hasattr(sub.data, "compute") else sub)
     scale = img.shape[-1] / full_shape[1]
     img = np.moveaxis(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), 0, -1)
-    if img.dtype != np.uint8:
-        img = img.astype(np.float32)
-        img = np.clip(img / (255.0 if img.max() > 1.0 else 1.0), 0, 1)
+    if img.dtype == np.uint16:
+        img = img.astype(np.float32) / 65535.0
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32), 0, 1)  # floats in [0, 1], as cpnn reads them for patches
     return img, float(scale)
 
 

@@ -153,15 +153,15 @@ def fit(
         DataLoader workers reading patches (default ``cp.settings.num_workers``).
     image_key, spot_diameter_um
         Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
+    embedding_key
+        ``obsm`` key of the cached embeddings (the ``key_added`` of :func:`cpnn.pp.embed`), so
+        that embeddings of several encoders can live side by side.
     checkpoint_dir
         Folder for an atomic checkpoint written after every epoch (weights, optimiser, random
         state, history), so that a killed run can continue.
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (same data and settings); on CPU with
         the same seed the result equals an uninterrupted run. Without a checkpoint it starts anew.
-    embedding_key
-        ``obsm`` key of the cached embeddings (the ``key_added`` of :func:`cpnn.pp.embed`), so
-        that embeddings of several encoders can live side by side.
     table_key
         Key of the table.
 
@@ -184,6 +184,8 @@ def fit(
         raise CpnnError("encoder='handcrafted' has no weights to fine-tune; use a timm encoder or finetune=False.")
     if finetune and not is_spatialdata(data):
         raise CpnnError("finetune=True reads patches, so data must be a SpatialData with images.")
+    if resume and checkpoint_dir is None:
+        raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise CpnnError(f"epochs={epochs}, batch_size={batch_size} and lr={lr} must be positive.")
     genes = panel_genes(adata)
@@ -288,9 +290,16 @@ def fit(
         )
     model.to(dev)
     head_module.to(dev)
-    if resume and checkpoint_dir is None:
-        raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
-    fingerprint = _fingerprint(cfg, train_mask, val_mask, epochs=epochs, batch_size=batch_size, lr=lr)
+    fingerprint = _fingerprint(
+        cfg,
+        train_mask,
+        val_mask,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+    )
     try:
         result = run_training(
             model,
