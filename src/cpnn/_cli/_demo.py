@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def run_demo(args: argparse.Namespace) -> int:
     model.save(model_path)
     metrics.to_csv(out / "metrics_per_gene.csv")
     table.write_h5ad(out / "table.h5ad")
+    # the predicted section as an annotated SpatialData (image, spots, table with predictions)
+    zarr_path = out / "B4_annotated.zarr"
+    if zarr_path.exists():
+        shutil.rmtree(zarr_path)
+    sdata.subset(["B4_image", "B4_spots"], filter_tables=True).write(zarr_path)
     summary = table.uns["cpnn"]["metrics"]["cpnn"]
     props = table.obsm["cpnn_proportions"].dropna()
     figures = _demo_figures(sdata, model, metrics, out)
@@ -76,7 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {v:.2f}" for k, v in props.mean().sort_values(ascending=False).items())
     )
     print(
-        f"  model: {model_path}\n  per-gene metrics: {out / 'metrics_per_gene.csv'}\n  annotated table: {out / 'table.h5ad'}"
+        f"  model: {model_path}\n  per-gene metrics: {out / 'metrics_per_gene.csv'}\n  annotated table: {out / 'table.h5ad'}\n"
+        f"  annotated SpatialData of B4: {zarr_path}"
     )
     print("  figures: " + ", ".join(str(f) for f in figures))
     print(f"done in {time.time() - t0:.0f} s")

@@ -165,14 +165,16 @@ def fit(
     table_key
         Key of the table.
 
-    Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
-    becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
-    holds the model with the last good weights.
-
     Returns
     -------
     The trained :class:`cpnn.CPNN`. Also writes ``uns["cpnn"]["fit"]`` (settings, best epoch) and
     ``uns["cpnn"]["history"]`` (loss per epoch), and ``obsm["cpnn_embedding"]`` for a frozen encoder.
+
+    Notes
+    -----
+    Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
+    becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
+    holds the model with the last good weights.
     """
     start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r})")
     adata = get_table(data, table_key)
