@@ -40,7 +40,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-    #: why training ended before ``epochs``: "", "early stopping", "interrupted" or "non-finite loss"
+    #: why training ended before ``epochs``: "", "early stopping" or "interrupted"
     stop_reason: str = ""
     resumed_from: int = 0
 
@@ -155,7 +155,7 @@ def run_training(
     best_state = None
     history: list[dict] = []
     stop_reason = ""
-    start_epoch = 1
+    start_epoch, resumed_from = 1, 0
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt is not None and ckpt.exists():
         state = _load_checkpoint(ckpt, fingerprint)
@@ -169,10 +169,10 @@ def run_training(
         best_state = (state["best_model"], state["best_head"]) if state["best_head"] else None
         history = [dict(r) for r in state["history"]]
         start_epoch = int(state["epoch"]) + 1
+        resumed_from = int(state["epoch"])
         if state["stop_reason"]:
             stop_reason = str(state["stop_reason"])
             start_epoch = epochs + 1  # the run had already finished
-    resumed_from = start_epoch - 1
     bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=settings.verbosity < 2)
     last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
     try:
