@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from torch import nn
 from .._errors import CpnnError
 from ..models import CPNNHead, DirectHead
 from ..pp._embed import build_encoder
+from ._train import save_atomic
 
 FORMAT = "cpnn-model"
 FORMAT_VERSION = 1
@@ -87,7 +87,6 @@ class CPNN:
             Destination file (conventionally ``*.pt``).
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -96,13 +95,7 @@ class CPNN:
             "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
         }
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_atomic(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CPNN:

@@ -53,16 +53,21 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically: a killed process leaves the previous checkpoint intact."""
+def save_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename: a killed process leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        torch.save(state, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint atomically (tests replace this to simulate a kill after it)."""
+    save_atomic(state, path)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict:
@@ -114,6 +119,11 @@ def evaluate_loss(model: nn.Module, head: nn.Module, data: TrainData, *, batch_s
         total += float(head.loss(out, y, lib, comp)) * len(idx)
         n += len(idx)
     return total / max(n, 1)
+
+
+def _snapshot(model: nn.Module, head: nn.Module) -> tuple[dict, dict]:
+    """Independent copies of both modules' weights."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict())
 
 
 def run_training(
@@ -174,7 +184,7 @@ def run_training(
             stop_reason = str(state["stop_reason"])
             start_epoch = epochs + 1  # the run had already finished
     bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=settings.verbosity < 2)
-    last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+    last_good = _snapshot(model, head)
     try:
         for epoch in bar:
             model.train()
@@ -200,17 +210,19 @@ def run_training(
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             sched.step()
+            # one copy per epoch serves as the last good weights and, when better, as the best ones
+            # (the copies are never modified, so sharing them is safe)
+            last_good = _snapshot(model, head)
             record = {"epoch": epoch, "train_loss": total / len(train_data)}
             if val_data is not None:
                 val = evaluate_loss(model, head, val_data, batch_size=max(batch_size, 256), device=device)
                 record["val_loss"] = val
                 if val < best:
                     best, best_epoch, wait = val, epoch, 0
-                    best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+                    best_state = last_good
                 else:
                     wait += 1
             history.append(record)
-            last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
             if val_data is not None and wait >= patience:
                 stop_reason = "early stopping"
