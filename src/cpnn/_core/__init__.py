@@ -1,6 +1,6 @@
 """Internal helpers shared by every layer: table access, input validation, writing results."""
 
-from ._table import get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
+from ._table import get_proportions, get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
 from ._validate import (
     check_counts,
     check_genes,
@@ -19,6 +19,7 @@ __all__ = [
     "check_obs_mask",
     "check_unique_obs",
     "gene_names",
+    "get_proportions",
     "get_table",
     "is_spatialdata",
     "region_columns",

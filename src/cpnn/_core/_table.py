@@ -5,6 +5,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+import pandas as pd
 from anndata import AnnData
 
 from .._errors import CpnnError
@@ -65,3 +66,13 @@ def to_uns(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [to_uns(v) for v in obj]
     return obj
+
+
+def get_proportions(adata: AnnData, key: str) -> pd.DataFrame:
+    """The composition weights in ``obsm[key]`` (a DataFrame, cell types as columns), or a clear error."""
+    if key not in adata.obsm:
+        raise CpnnError(f"key={key!r} is not in obsm; run cp.tl.predict first. obsm keys: {list(adata.obsm)}.")
+    props = adata.obsm[key]
+    if not isinstance(props, pd.DataFrame):
+        raise CpnnError(f"obsm[{key!r}] must be a DataFrame with the cell types as columns.")
+    return props

@@ -11,9 +11,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import sparse
 
-from .._core import gene_names, get_table, uns_cpnn
+from .._core import gene_names, get_table
 from .._errors import CpnnError
-from ..tl._evaluate import columnwise_spearman, lognorm
+from ..tl._evaluate import columnwise_spearman, lognorm, predicted_panel
 from ._spatial import draw_spots, resolve_region
 from ._utils import check_names, finish
 
@@ -68,10 +68,7 @@ def expression(
         raise CpnnError(
             f"layer={layer!r} is not a layer of the table; run cp.tl.predict first. Layers: {list(adata.layers)}."
         )
-    info = uns_cpnn(adata).get("predict", {})
-    panel = list(info["genes"]) if info.get("key_added") == layer and info.get("genes") else None
-    if panel is None and "cpnn_selected" in adata.var:
-        panel = list(adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)])
+    panel = predicted_panel(adata, layer)
     if not panel:
         raise CpnnError("No predicted panel is recorded in the table; run cp.pp.select_genes and cp.tl.predict.")
     names = gene_names(adata, gene_symbols)

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._core import get_table
+from .._core import get_proportions, get_table
 from .._errors import CpnnError
 from ._spatial import draw_spots, resolve_region
 from ._utils import check_names, finish
@@ -70,11 +69,7 @@ def proportions(
     The Figure, or ``ax`` when one was passed.
     """
     adata = get_table(data, table_key)
-    if key not in adata.obsm:
-        raise CpnnError(f"key={key!r} is not in obsm; run cp.tl.predict first. obsm keys: {list(adata.obsm)}.")
-    props = adata.obsm[key]
-    if not isinstance(props, pd.DataFrame):
-        raise CpnnError(f"obsm[{key!r}] must be a DataFrame with the cell types as columns.")
+    props = get_proportions(adata, key)
     types = check_names(cell_types, list(props.columns), argument="cell_types", what="cell type")
     has = props.notna().all(axis=1).to_numpy()
     name, mask = resolve_region(adata, region, prefer=has)

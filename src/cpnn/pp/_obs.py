@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core import get_table, return_copy
-from .._errors import CpnnError
+from .._core import get_proportions, get_table, return_copy
 
 
 def proportions_to_obs(
@@ -44,11 +42,7 @@ def proportions_to_obs(
     spots without a prediction).
     """
     adata = get_table(data, table_key)
-    if key not in adata.obsm:
-        raise CpnnError(f"key={key!r} is not in obsm; run cp.tl.predict first. obsm keys: {list(adata.obsm)}.")
-    props = adata.obsm[key]
-    if not isinstance(props, pd.DataFrame):
-        raise CpnnError(f"obsm[{key!r}] must be a DataFrame with the cell types as columns.")
+    props = get_proportions(adata, key)
     prefix = f"{key}_" if prefix is None else prefix
     data = return_copy(data, copy)
     adata = get_table(data, table_key)

@@ -41,6 +41,16 @@ def lognorm(x: np.ndarray) -> np.ndarray:
     return np.log1p(np.divide(x, tot, out=np.zeros_like(x), where=tot > 0) * 1e4)
 
 
+def predicted_panel(adata: AnnData, layer: str) -> list[str] | None:
+    """The genes predicted into ``layer`` (as recorded by predict), else the selected panel, else ``None``."""
+    info = uns_cpnn(adata).get("predict", {})
+    if info.get("key_added") == layer and info.get("genes"):
+        return list(info["genes"])
+    if "cpnn_selected" in adata.var:
+        return list(adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)])
+    return None
+
+
 def _nanmean(values: Sequence[float]) -> float:
     """Mean ignoring NaN; NaN (without a warning) when every value is NaN, e.g. a constant predictor."""
     arr = np.asarray(values, dtype=float)
@@ -126,12 +136,8 @@ def per_gene_metrics(
     if truth_layer is not None and truth_layer not in adata.layers:
         raise CpnnError(f"truth_layer={truth_layer!r} is not a layer of the table.")
     if genes is None:
-        pred_info = uns_cpnn(adata).get("predict", {})
-        if pred_info.get("key_added") == layer and pred_info.get("genes"):
-            genes = list(pred_info["genes"])
-        elif "cpnn_selected" in adata.var:
-            genes = list(adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)])
-        else:
+        genes = predicted_panel(adata, layer)
+        if genes is None:
             raise CpnnError("genes= is needed: there is no predicted panel recorded in the table.")
     genes = list(genes)
     unknown = [g for g in genes if g not in adata.var_names]
