@@ -21,6 +21,7 @@ class RegionImage:
     centers_px: np.ndarray  # spots x 2, (x, y) in image pixels
     obs_index: np.ndarray  # positions of the spots in the table
     um_per_px: float
+    spot_diameter_px: float | None = None  # median spot diameter in image pixels, when known
 
 
 def _affine(element: Any, cs: str) -> np.ndarray:
@@ -171,7 +172,11 @@ def region_images(
                 continue
             um_px = um_unit * _scale(a_img) / _scale(a_shape)
             if best is None or um_px < best.um_per_px:
-                best = RegionImage(region, key, arr.data if hasattr(arr, "data") else arr, pts, idx, um_px)
+                if "radius" in shapes:  # shape units -> coordinate system -> image pixels
+                    spot_px = 2.0 * float(np.median(shapes["radius"])) * _scale(a_shape) / _scale(a_img)
+                else:
+                    spot_px = float(diameter) / um_px if diameter else None
+                best = RegionImage(region, key, arr.data if hasattr(arr, "data") else arr, pts, idx, um_px, spot_px)
         if best is None:
             raise CpnnError(
                 f"Region {region!r} has no image: no image element shares a coordinate system with it and "

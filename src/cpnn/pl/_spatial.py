@@ -96,7 +96,7 @@ def spatial_view(
         (reg,) = region_images(data, adata, mask, image_key=image_key)
         full = tuple(int(s) for s in reg.array.shape[-2:])
         img, scale = _lowres(data, reg.image_key, full, max_px)
-        diameter = float(np.median(_spot_diameters(data, adata, reg)))
+        diameter = reg.spot_diameter_px or 100.0 / reg.um_per_px
         xy = np.empty((int(mask.sum()), 2))
         xy[np.searchsorted(np.flatnonzero(mask), reg.obs_index)] = reg.centers_px  # region order -> table order
         lo = np.floor((xy.min(0) - _MARGIN * diameter) * scale).clip(0).astype(int)
@@ -117,18 +117,6 @@ def spatial_view(
     view = AnnData(obs=obs)
     view.obsm["spatial"] = np.asarray(adata.obsm["spatial"], float)[mask]
     return view, {"shape": None, "img": False}
-
-
-def _spot_diameters(data: Any, adata: AnnData, reg) -> np.ndarray:
-    """Spot diameters in image pixels, from the physical scale cpnn uses for the patches."""
-    spatial = adata.uns.get("cpnn_spatial", {})
-    diameter_um = spatial.get("spot_diameter_um") if isinstance(spatial, dict) else None
-    if diameter_um:
-        return np.array([float(diameter_um) / reg.um_per_px])
-    shapes = data.shapes.get(reg.region)
-    if shapes is not None and "radius" in shapes:
-        return 2.0 * np.asarray(shapes["radius"], float)
-    return np.array([100.0 / reg.um_per_px])
 
 
 def draw_spots(
