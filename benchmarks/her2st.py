@@ -35,7 +35,7 @@ from _util import Peak, table
 
 import cpnn as cp
 from cpnn.pp._genes import normalized_mean
-from cpnn.tl._evaluate import columnwise_pearson
+from cpnn.tl._evaluate import columnwise_pearson, lognorm
 
 #: cpnn's reference cell types -> the stereoscope (atlas) major types of her2st_proportions.
 TO_STEREOSCOPE = {
@@ -63,13 +63,10 @@ MAIN_METHODS = ("CPNN (nb, CID4465)", "CPNN (atlas profiles)", "direct")
 PROTO_KEYS = {"nb": "proto_nb", "atlas": "proto_atlas"}
 
 
-def lognorm(x: np.ndarray) -> np.ndarray:
-    lib = x.sum(1, keepdims=True)
-    return np.log1p(x / np.where(lib > 0, lib, 1.0) * 1e4)
-
-
-def dense_counts(adata, genes) -> np.ndarray:
-    x = adata[:, genes].X
+def dense(adata, genes, mask=None, layer=None) -> np.ndarray:
+    """Counts (``X``) or a prediction ``layer`` of the ``mask`` spots over ``genes``, as a dense array."""
+    view = adata[mask if mask is not None else slice(None), genes]
+    x = view.layers[layer] if layer is not None else view.X
     return x.toarray() if sparse.issparse(x) else np.asarray(x)
 
 
@@ -99,8 +96,8 @@ def ridge_predict(z_tr, y_tr, z_va, y_va, z_te) -> tuple[np.ndarray, float]:
 def evaluate_fold(adata, layer, genes, test, method_label) -> dict:
     df = cp.tl.evaluate(adata, layer=layer, genes=genes, spots=test, groupby="section")
     per_section = [c for c in df.columns if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")]
-    truth = lognorm(dense_counts(adata[test], genes))
-    pred = lognorm(dense_counts_layer(adata, layer, genes, test))
+    truth = lognorm(dense(adata, genes, test))
+    pred = lognorm(dense(adata, genes, test, layer))
     out = {
         "method": method_label,
         "spearman_pooled": float(df["spearman_pooled"].mean()),
@@ -110,11 +107,6 @@ def evaluate_fold(adata, layer, genes, test, method_label) -> dict:
     }
     sections = [c.removeprefix("spearman_") for c in per_section]
     return out, {s: (float(df[f"spearman_{s}"].mean()), float(df[f"pearson_{s}"].mean())) for s in sections}
-
-
-def dense_counts_layer(adata, layer, genes, mask) -> np.ndarray:
-    x = adata[mask, genes].layers[layer]
-    return x.toarray() if sparse.issparse(x) else np.asarray(x)
 
 
 def put_layer(adata, layer, genes, mask, values) -> None:
@@ -211,7 +203,7 @@ def main() -> None:
             print(f"{proto} | {fold.name} (validation {', '.join(fold.attrs['validation'])})", flush=True)
             for panel, genes in panel_sets.items():
                 cp.pp.select_genes(adata, genes=genes)
-                y = lognorm(dense_counts(adata, genes))
+                y = lognorm(dense(adata, genes))
                 for enc, kw in encoders.items():
                     where = {"protocol": proto, "fold": fold.name, "panel": panel, "encoder": enc}
                     zkey = f"z_{kw['encoder']}"
