@@ -1,6 +1,6 @@
 """Internal helpers shared by every layer: table access, input validation, writing results."""
 
-from ._table import get_proportions, get_table, is_spatialdata, return_copy, to_uns, uns_cpnn
+from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn
 from ._validate import (
     check_counts,
     check_genes,
@@ -22,6 +22,7 @@ __all__ = [
     "get_proportions",
     "get_table",
     "is_spatialdata",
+    "is_tiles_table",
     "region_columns",
     "return_copy",
     "selection_positions",

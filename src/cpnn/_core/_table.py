@@ -76,3 +76,9 @@ def get_proportions(adata: AnnData, key: str) -> pd.DataFrame:
     if not isinstance(props, pd.DataFrame):
         raise CpnnError(f"obsm[{key!r}] must be a DataFrame with the cell types as columns.")
     return props
+
+
+def is_tiles_table(adata: AnnData) -> bool:
+    """Whether a table holds tissue tiles from :func:`cpnn.pp.tile` (no measured genes)."""
+    spatial = adata.uns.get("cpnn_spatial")
+    return isinstance(spatial, dict) and "tile_size_um" in spatial

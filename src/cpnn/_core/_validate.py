@@ -137,7 +137,7 @@ def region_columns(adata: AnnData) -> list[str]:
     attrs = adata.uns.get("spatialdata_attrs", {})
     if isinstance(attrs, dict) and attrs.get("region_key") in adata.obs:
         cols.append(attrs["region_key"])
-    for c in ("section", "sample", "library_id"):
+    for c in ("section", "sample", "library_id", "image"):
         if c in adata.obs and c not in cols:
             cols.append(c)
     return cols

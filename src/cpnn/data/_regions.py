@@ -147,7 +147,11 @@ def region_images(
                 f"Some {instance_key!r} values of region {region!r} are not in its shapes index: {e}"
             ) from e
         xy = np.c_[geom.centroid.x.to_numpy(), geom.centroid.y.to_numpy()]
-        diameter = spot_diameter_um if spot_diameter_um is not None else known_spot_diameter_um(sdata, adata)
+        diameter = (
+            spot_diameter_um
+            if spot_diameter_um is not None
+            else table_spot_diameter_um(adata) or known_spot_diameter_um(sdata, adata)
+        )
         um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, diameter)
         from spatialdata.transformations import get_transformation
 
@@ -198,3 +202,41 @@ def check_image_dtype(dtype: Any, key: str) -> None:
             f"Image {key!r} has dtype {np.dtype(dtype)}; cpnn reads uint8, uint16 or float images in [0, 1]. "
             "Convert it first, e.g. (img / img.max() * 255).astype('uint8')."
         )
+
+
+def image_um_per_px(sdata: Any, image_key: str) -> float | None:
+    """Micrometres per full-resolution pixel of an image, from a table whose spots share its coordinate system.
+
+    ``None`` when no table locates spots of known physical size on the image.
+    """
+    from spatialdata.transformations import get_transformation
+
+    img = sdata.images[image_key]
+    img_cs = list(get_transformation(img, get_all=True))
+    for adata in sdata.tables.values():
+        try:
+            regions, _, _ = table_regions(adata)
+        except CpnnError:
+            continue
+        diameter = table_spot_diameter_um(adata) or known_spot_diameter_um(sdata, adata)
+        for region in regions:
+            if region not in sdata.shapes:
+                continue
+            shapes = sdata.shapes[region]
+            common = [cs for cs in get_transformation(shapes, get_all=True) if cs in img_cs]
+            if not common:
+                continue
+            try:
+                um_unit = _um_per_unit(adata, region, shapes, diameter)
+            except CpnnError:
+                continue
+            return um_unit * _scale(_affine(img, common[0])) / _scale(_affine(shapes, common[0]))
+    return None
+
+
+def table_spot_diameter_um(adata: AnnData) -> float | None:
+    """The spot (or tile) side recorded by cpnn in ``uns["cpnn_spatial"]``, else ``None``."""
+    spatial = adata.uns.get("cpnn_spatial")
+    if isinstance(spatial, dict) and spatial.get("spot_diameter_um"):
+        return float(spatial["spot_diameter_um"])
+    return None

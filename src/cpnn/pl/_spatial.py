@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._core import get_table, is_spatialdata, region_columns
+from .._core import get_table, is_spatialdata, is_tiles_table, region_columns
 from .._errors import CpnnError
 from ..data import region_images
 from ._utils import label_colorbars
@@ -111,7 +111,8 @@ def spatial_view(
                 "scalefactors": {"tissue_hires_scalef": scale, "spot_diameter_fullres": diameter},
             }
         }
-        return view, {"library_id": [library_id], "img_res_key": "hires", "shape": "circle"}
+        shape = "square" if is_tiles_table(adata) else "circle"
+        return view, {"library_id": [library_id], "img_res_key": "hires", "shape": shape}
     if "spatial" not in adata.obsm:
         raise CpnnError("The table has no obsm['spatial'] spot coordinates and no image to place the spots on.")
     view = AnnData(obs=obs)

@@ -75,6 +75,29 @@ def _profiles_prototypes(reference: pd.DataFrame, cell_type_map: Mapping[str, st
     return profiles, info
 
 
+def _groups(
+    reference: AnnData | pd.DataFrame, groups: Any, cell_type_key: str | None, types: list[str]
+) -> dict[str, str] | None:
+    """Map each prototype to its display group (``None`` when no grouping was asked for)."""
+    if groups is None:
+        return None
+    if isinstance(groups, str):
+        if not isinstance(reference, AnnData):
+            raise CpnnError("groups as a column name needs an AnnData reference; pass a mapping for profiles.")
+        check_key(reference, groups, argument="groups")
+        pairs = reference.obs[[cell_type_key, groups]].astype(str)
+        top = pairs.groupby(cell_type_key, observed=True)[groups].agg(lambda v: v.value_counts().index[0])
+        mapping = top.to_dict()
+    elif isinstance(groups, Mapping):
+        mapping = {str(k): str(v) for k, v in groups.items()}
+    else:
+        raise CpnnError(f"groups must be an obs column name or a mapping, got {type(groups).__name__}.")
+    missing = [t for t in types if t not in mapping]
+    if missing:
+        raise CpnnError(f"groups has no entry for the prototype(s) {missing[:5]}; map every prototype.")
+    return {t: mapping[t] for t in types}
+
+
 def _single_cell_prototypes(
     reference: AnnData,
     *,
@@ -190,6 +213,7 @@ def build_prototypes(
     n_iter: int = 30,
     device: str = "auto",
     gene_symbols: str | None = None,
+    groups: str | Mapping[str, str] | None = None,
     table_key: str = "table",
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
@@ -232,6 +256,12 @@ def build_prototypes(
     gene_symbols
         ``var`` column with the gene names to match against the reference, when ``var_names``
         are other IDs (e.g. Ensembl IDs with symbols in ``var["gene_symbols"]``).
+    groups
+        Coarse type of each prototype, for fine prototypes (cell states, ``celltype_minor``) that
+        should be shown as coarse types: an ``obs`` column of the reference (each fine type takes
+        its cells' most frequent value) or a mapping prototype -> coarse type. :func:`cpnn.tl.predict`
+        then sums the weights per group into ``obsm["cpnn_proportions"]`` and keeps the fine ones
+        in ``obsm["cpnn_proportions_fine"]``.
     table_key
         Key of the table when ``data`` is a SpatialData.
     key_added
@@ -290,6 +320,7 @@ def build_prototypes(
             f"reference must be an AnnData of labelled cells or a genes x cell-types DataFrame, got {type(reference).__name__}."
         )
 
+    group_map = _groups(reference, groups, cell_type_key, list(profiles.columns))
     profiles = profiles.loc[profiles.index.intersection(names, sort=False)]
     in_ref = names.isin(profiles.index)
     if not in_ref.any():
@@ -326,7 +357,7 @@ def build_prototypes(
     )
     # every prototype set keeps its own cell types and gene coverage, so several can coexist
     sets = cp_uns.setdefault("prototype_sets", {})
-    sets[key_added] = to_uns({**info, "cell_types": cell_types})
+    sets[key_added] = to_uns({**info, "cell_types": cell_types, **({"groups": group_map} if group_map else {})})
     adata.var[in_reference_column(key_added)] = in_ref
     if key_added == DEFAULT_KEY:
         cp_uns["cell_types"] = cell_types

@@ -13,7 +13,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from torch import nn
 
-from .._core import check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
+from .._core import check_key, check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import PatchDataset, region_images
@@ -21,13 +21,15 @@ from ..models import HANDCRAFTED
 from ..pp._embed import build_encoder, encoder_config
 from ._inputs import (
     finetuned_config,
+    model_inputs,
     panel_counts,
     panel_genes,
     panel_prototypes,
+    prototype_groups,
     reference_composition,
-    spot_embeddings,
 )
 from ._model import CPNN, build_head
+from ._slides import Bags, bag_embeddings, slide_bags
 from ._train import TrainData, TrainingDiverged, run_training
 
 
@@ -51,6 +53,13 @@ def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_si
         idx, p = ds[i]
         out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
     return out
+
+
+#: Configurations of :func:`fit` (explicit options override them). ``"paper"`` is the published model.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"residual": 0.0, "context_um": None, "loss": "nb"},
+    "cpnn": {"residual": 0.0, "context_um": None, "loss": "nb"},
+}
 
 
 def _fingerprint(cfg: dict, train_mask: np.ndarray, val_mask: np.ndarray, **settings_: Any) -> str:
@@ -81,8 +90,13 @@ def fit(
     comp_reg: float = 1e3,
     hidden: tuple[int, ...] = (1024, 512),
     dropout: float = 0.0,
+    preset: Literal["cpnn", "paper"] = "cpnn",
+    residual: float | None = None,
+    context_um: float | None = None,
+    loss: Literal["nb", "mse"] | None = None,
+    sample_key: str | None = None,
     epochs: int = 300,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     patience: int = 30,
@@ -95,6 +109,11 @@ def fit(
     embedding_key: str = "cpnn_embedding",
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    level: Literal["spot", "slide"] | None = None,
+    slides: Any = None,
+    max_patches: int = 4096,
+    tiles_key: str = "cpnn_tiles",
+    slide_key: str = "slide",
     table_key: str = "table",
 ) -> CPNN:
     """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
@@ -107,10 +126,11 @@ def fit(
     ----------
     data
         SpatialData (images, spot shapes, table of raw counts), or an AnnData whose
-        ``obsm["cpnn_embedding"]`` was filled by :func:`cpnn.pp.embed`.
+        ``obsm["cpnn_embedding"]`` was filled by :func:`cpnn.pp.embed`. At slide level: the
+        AnnData of bulk samples (obs = slides, X = raw counts).
     train
-        Training spots: a boolean mask, a ``(column, values)`` tuple, or region/section names.
-        Default: every spot not in ``validation``.
+        Training spots (or bulk samples): a boolean mask, a ``(column, values)`` tuple, or
+        region/section names. Default: every spot not in ``validation``.
     validation
         Spots for early stopping (same forms). Default none: train for ``epochs`` epochs.
     head
@@ -139,9 +159,30 @@ def fit(
         Weights of the prototype and composition regularisers (1e3 in the paper).
     hidden, dropout
         MLP hidden sizes (the paper: 1024, 512) and dropout.
+    preset
+        ``"paper"``: the paper's model exactly (no residual, no spatial context, NB loss).
+        ``"cpnn"``: the package's default configuration (see ``PRESETS`` and the benchmark page).
+        Options passed explicitly override the preset.
+    residual
+        Strength of a per-gene log-scale residual from the same features (cpnn head):
+        ``y * exp(r)`` with ``sum_g r_g^2 / residual`` added to the loss; 0 is the paper's model.
+        :func:`cpnn.tl.predict` reports the share of the predicted variation the composition term
+        explains.
+    context_um
+        Append to each spot's embedding the mean embedding of the spots of its region within this
+        radius (micrometres), so every head sees the spot's surroundings (frozen encoder, spot level).
+    loss
+        ``"nb"`` (negative binomial on counts, the paper) or ``"mse"`` (squared error on log1p
+        counts per 10,000) for the cpnn head.
+    sample_key
+        ``obs`` column naming each spot's sample (e.g. ``"section"``): the cpnn head's loss then
+        gives every training sample its own per-gene scaling (L2-penalised), so that the
+        composition network is not bent to one sample's technical gene scaling; predictions, on
+        any sample, use none.
     epochs, batch_size, lr, weight_decay, patience
         Optimisation: AdamW with StepLR(50, 0.9) and gradient clipping at 0.5; early stopping
-        after ``patience`` epochs without a better validation loss.
+        after ``patience`` epochs without a better validation loss. ``batch_size`` defaults to
+        256 spots, or 8 slides at slide level (the paper).
     layer
         Layer with raw counts (default ``X``).
     device
@@ -162,6 +203,17 @@ def fit(
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (same data and settings); on CPU with
         the same seed the result equals an uninterrupted run. Without a checkpoint it starts anew.
+    level
+        ``"spot"`` (each spot is one patch) or ``"slide"`` (each bulk sample is the bag of its
+        slide's tissue tiles, from :func:`cpnn.pp.tile`). Default: ``"slide"`` when ``slides`` is given.
+    slides
+        Slide level: a dict mapping each bulk sample (obs name) to its SpatialData or zarr path,
+        or one SpatialData whose tiles table names each tile's sample in ``obs[slide_key]``.
+    max_patches
+        Slide level: at most this many random tiles per slide in each step (4096 in the paper);
+        validation uses a fixed subset of the same size.
+    tiles_key, slide_key
+        Slide level: key of the tiles table, and its column naming each tile's bulk sample.
     table_key
         Key of the table.
 
@@ -172,11 +224,50 @@ def fit(
 
     Notes
     -----
-    Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
+    At slide level the encoder stays frozen (tile embeddings are cached in each tiles table's
+    ``obsm[embedding_key]``), a slide's prediction is the mean over its tiles of the corrected
+    expression (cpnn head) or the direct head on the mean tile embedding, and the loss is on the
+    bulk counts. Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
     becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
     holds the model with the last good weights.
     """
-    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r})")
+    level = level or ("slide" if slides is not None else "spot")
+    if level not in ("spot", "slide"):
+        raise CpnnError(f"level={level!r}; use 'spot' or 'slide'.")
+    if level == "slide":
+        if slides is None:
+            raise CpnnError("level='slide' needs slides=: a dict {sample: SpatialData} or one SpatialData with tiles.")
+        if not isinstance(data, AnnData):
+            raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
+        if finetune:
+            raise CpnnError("finetune=True is spot-level only; slide level trains on cached tile embeddings.")
+        if max_patches < 1:
+            raise CpnnError(f"max_patches={max_patches} must be at least 1.")
+    elif slides is not None:
+        raise CpnnError("slides= is for level='slide'; drop it or pass level='slide'.")
+    if sample_key is not None:
+        if level == "slide":
+            raise CpnnError("sample_key is spot level only; slides are the samples at slide level.")
+        check_key(get_table(data, table_key), sample_key, argument="sample_key")
+    if preset not in PRESETS:
+        raise CpnnError(f"preset={preset!r}; use one of {list(PRESETS)}.")
+    chosen = {**PRESETS[preset]}
+    chosen.update(
+        {k: v for k, v in {"residual": residual, "context_um": context_um, "loss": loss}.items() if v is not None}
+    )
+    residual, context_um, loss = float(chosen["residual"]), chosen["context_um"], chosen["loss"]
+    if residual < 0:
+        raise CpnnError(f"residual={residual} must be >= 0 (0 switches the residual path off).")
+    if loss not in ("nb", "mse"):
+        raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")
+    if context_um is not None and (finetune or level == "slide" or not context_um > 0):
+        raise CpnnError(
+            f"context_um={context_um} needs a positive radius, a frozen encoder and spot level; "
+            "pass context_um=0 or None otherwise."
+        )
+    context_um = float(context_um) if context_um else None
+    batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)
+    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r}, level={level!r})")
     adata = get_table(data, table_key)
     if head not in ("cpnn", "direct"):
         raise CpnnError(f"head={head!r}; use 'cpnn' or 'direct'.")
@@ -221,7 +312,24 @@ def fit(
         encoder, weights=weights, pretrained=pretrained, seed=seed, patch_size_um=patch_size_um, patch_px=patch_px
     )
     enc = build_encoder(config)
-    if finetune:
+    if level == "slide":
+        bags = slide_bags(adata, slides, tiles_key=tiles_key, slide_key=slide_key)
+        used = train_mask | val_mask
+        z_bags = bag_embeddings(
+            [b for b, u in zip(bags, used, strict=True) if u],
+            config,
+            enc,
+            device=dev,
+            num_workers=workers,
+            image_key=image_key,
+            key=embedding_key,
+        )
+        by_row = dict(zip(np.flatnonzero(used), z_bags, strict=True))
+        x_tr = Bags([torch.as_tensor(by_row[i]) for i in np.flatnonzero(train_mask)], max_patches, seed)
+        x_va = Bags([torch.as_tensor(by_row[i]) for i in np.flatnonzero(val_mask)], max_patches, seed)
+        in_dim = x_tr.z[0].shape[1]
+        model = nn.Identity()
+    elif finetune:
         x_tr = _patches(
             data, adata, train_mask, config, image_key=image_key, spot_diameter_um=spot_diameter_um, batch_size=64
         )
@@ -236,12 +344,13 @@ def fit(
         model: nn.Module = _ToUnit(enc)
     else:
         both = train_mask | val_mask
-        z = spot_embeddings(
+        z = model_inputs(
             data,
             adata,
             both,
             config,
             enc,
+            context_um=context_um,
             device=dev,
             batch_size=64,
             num_workers=workers,
@@ -270,17 +379,37 @@ def fit(
         "encoder_config": finetuned_config(config) if finetune else config,
         "median_library": float(np.median(lib_tr)),
         "layer": layer,
+        "level": level,
+        "max_patches": int(max_patches) if level == "slide" else 0,
+        "groups": prototype_groups(adata, prototypes_key) if head == "cpnn" else {},
+        "residual": residual if head == "cpnn" else 0.0,
+        "loss": loss,
+        "context_um": context_um,
+        "preset": preset,
     }
+    sample_tr = None
+    if sample_key is not None and head == "cpnn":
+        samples_tr = adata.obs[sample_key].astype(str).to_numpy()[train_mask]
+        cfg["samples"] = sorted(set(samples_tr))
+        sample_tr = np.searchsorted(cfg["samples"], samples_tr).astype(np.int64)
     torch.manual_seed(seed)  # after any data loading, which draws from the global generator
     head_module = build_head(cfg, in_dim, protos)
-    if not finetune:
+    if level == "slide":
+        # the cpnn head sees tiles, the direct head mean-pooled slides: standardise what each sees
+        inputs = x_tr.tiles() if head == "cpnn" else torch.stack([t.mean(0) for t in x_tr.z])
+        head_module.head.standardise.fit(inputs)
+    elif not finetune:
         head_module.standardise.fit(x_tr)
     comp_tr = reference_composition(adata, composition_key, train_mask, types) if head == "cpnn" else None
     comp_va = (
         reference_composition(adata, composition_key, val_mask, types) if head == "cpnn" and val_mask.any() else None
     )
     tr = TrainData(
-        x_tr, torch.as_tensor(counts_tr), torch.as_tensor(lib_tr), None if comp_tr is None else torch.as_tensor(comp_tr)
+        x_tr,
+        torch.as_tensor(counts_tr),
+        torch.as_tensor(lib_tr),
+        None if comp_tr is None else torch.as_tensor(comp_tr),
+        sample=None if sample_tr is None else torch.as_tensor(sample_tr),
     )
     va = None
     if counts_va is not None:
@@ -289,6 +418,7 @@ def fit(
             torch.as_tensor(counts_va),
             torch.as_tensor(counts_va.sum(1).clip(1.0)),
             None if comp_va is None else torch.as_tensor(comp_va),
+            eval_batch_size=batch_size if level == "slide" else None,
         )
     model.to(dev)
     head_module.to(dev)
@@ -333,6 +463,11 @@ def fit(
         "head": head,
         "encoder": encoder,
         "finetune": bool(finetune),
+        "level": level,
+        "preset": preset,
+        "residual": cfg["residual"],
+        "context_um": context_um or 0.0,
+        "loss": loss,
         "prototypes": prototypes,
         "correction": bool(correction),
         "epochs": int(epochs),
@@ -350,7 +485,8 @@ def fit(
     keys = sorted({k for r in result.history for k in r})
     info["history"] = {k: np.array([r.get(k, np.nan) for r in result.history], dtype=float) for k in keys}
     logg.info(
-        f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(train_mask.sum())} spots",
+        f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(train_mask.sum())} "
+        f"{'slides' if level == 'slide' else 'spots'}",
         time=start,
         deep="added\n    'fit', 'history' (adata.uns['cpnn'])",
     )

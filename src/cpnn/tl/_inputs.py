@@ -26,6 +26,13 @@ def panel_genes(adata: AnnData) -> list[str]:
     return list(genes)
 
 
+def prototype_groups(adata: AnnData, key: str) -> dict[str, str]:
+    """The display group of each prototype of ``varm[key]`` (empty when the prototypes are not grouped)."""
+    entry = uns_cpnn(adata).get("prototype_sets", {}).get(key) or {}
+    groups = entry.get("groups")
+    return {str(k): str(v) for k, v in groups.items()} if isinstance(groups, dict) else {}
+
+
 def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.ndarray, list[str]]:
     """Prototypes of the panel genes (K x G) and the cell types."""
     if key not in adata.varm:
@@ -138,3 +145,85 @@ def spot_embeddings(
 def finetuned_config(config: dict) -> dict:
     """An encoder config that marks fine-tuned weights, so cached embeddings never mix them up."""
     return {**config, "finetuned": uuid.uuid4().hex}
+
+
+def spot_coordinates_um(
+    data: Any, adata: AnnData, mask: np.ndarray, *, image_key: str | None, spot_diameter_um: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (x, y) in micrometres and the region of the ``mask`` spots (neighbours never cross regions)."""
+    from ..data import region_images, table_regions
+
+    n = int(mask.sum())
+    xy, label = np.zeros((n, 2)), np.empty(n, dtype=object)
+    where = np.cumsum(mask) - 1
+    if is_spatialdata(data) and len(data.images):
+        for r in region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um):
+            xy[where[r.obs_index]] = r.centers_px * r.um_per_px
+            label[where[r.obs_index]] = r.region
+        return xy, label
+    _, region_key, _ = table_regions(adata)
+    scale = adata.uns.get("cpnn_spatial", {}).get("um_per_px", {})
+    regions = adata.obs[region_key].astype(str).to_numpy()[mask]
+    if "spatial" not in adata.obsm or not set(regions) <= set(scale):
+        raise CpnnError(
+            "context_um needs the spots' positions in micrometres: pass the SpatialData (with images), or keep "
+            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table."
+        )
+    coords = np.asarray(adata.obsm["spatial"], float)[mask]
+    return coords * np.array([float(scale[r]) for r in regions])[:, None], regions
+
+
+def add_context(z: np.ndarray, xy: np.ndarray, label: np.ndarray, radius_um: float) -> np.ndarray:
+    """``[z, mean of z over the spots within radius_um of each spot (itself included), same region]``."""
+    from scipy.spatial import cKDTree
+
+    ctx = np.empty_like(z)
+    for lab in np.unique(label.astype(str)):
+        idx = np.flatnonzero(label.astype(str) == lab)
+        pairs = cKDTree(xy[idx]).query_pairs(radius_um, output_type="ndarray")
+        rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(len(idx))]
+        cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(len(idx))]
+        a = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(idx), len(idx)))
+        a = sparse.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
+        ctx[idx] = a @ z[idx]
+    return np.concatenate([z, ctx], axis=1).astype(np.float32)
+
+
+def model_inputs(
+    data: Any,
+    adata: AnnData,
+    mask: np.ndarray,
+    config: dict,
+    encoder: Any,
+    *,
+    context_um: float | None,
+    device: str,
+    batch_size: int,
+    num_workers: int,
+    image_key: str | None,
+    spot_diameter_um: float | None,
+    key: str,
+) -> np.ndarray:
+    """Embeddings of the ``mask`` spots, with their neighbourhood's mean appended when ``context_um`` is set.
+
+    The neighbourhood is every spot of the same region within ``context_um`` micrometres, whether
+    or not it is selected (images only; no counts are used).
+    """
+    kw = {
+        "device": device,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "image_key": image_key,
+        "spot_diameter_um": spot_diameter_um,
+        "key": key,
+    }
+    if not context_um:
+        return spot_embeddings(data, adata, mask, config, encoder, **kw)
+    from ..data import table_regions
+
+    _, region_key, _ = table_regions(adata)
+    regions = adata.obs[region_key].astype(str)
+    around = regions.isin(set(regions[mask])).to_numpy()
+    z = spot_embeddings(data, adata, around, config, encoder, **kw)
+    xy, label = spot_coordinates_um(data, adata, around, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    return add_context(z, xy, label, float(context_um))[mask[around]]

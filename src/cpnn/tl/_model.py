@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._errors import CpnnError
-from ..models import CPNNHead, DirectHead
+from ..models import CPNNHead, DirectHead, SlideHead
 from ..pp._embed import build_encoder
 from ._train import save_atomic
 
@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 def build_head(config: dict, in_dim: int, prototypes: np.ndarray | None) -> nn.Module:
     """Create the head described by ``config``."""
     hidden = tuple(config["hidden"])
+    if config.get("level", "spot") == "slide":
+        return SlideHead(build_head({**config, "level": "spot"}, in_dim, prototypes))
     if config["head"] == "cpnn":
         if prototypes is None:
             prototypes = np.ones((len(config["cell_types"]), len(config["genes"])), np.float32)
@@ -34,6 +36,9 @@ def build_head(config: dict, in_dim: int, prototypes: np.ndarray | None) -> nn.M
             dropout=config["dropout"],
             proto_reg=config["proto_reg"],
             comp_reg=config["comp_reg"],
+            residual=config.get("residual", 0.0),
+            loss=config.get("loss", "nb"),
+            n_samples=len(config.get("samples") or []),
             seed=config["seed"],
         )
     return DirectHead(in_dim, len(config["genes"]), hidden=hidden, dropout=config["dropout"])
@@ -64,15 +69,31 @@ class CPNN:
         return list(self.config["cell_types"]) if self.config["head"] == "cpnn" else []
 
     @property
+    def groups(self) -> dict[str, str]:
+        """Display group of each cell type, when the prototypes are finer than what is shown (else empty)."""
+        return dict(self.config.get("groups") or {})
+
+    @property
     def prototypes(self) -> np.ndarray | None:
         """Learned prototypes, genes x K (``None`` for the direct head)."""
         if self.config["head"] != "cpnn":
             return None
-        return torch.exp(self.head.log_prototypes.detach().cpu()).numpy().T
+        return torch.exp(self.tile_head.log_prototypes.detach().cpu()).numpy().T
+
+    @property
+    def level(self) -> str:
+        """``"spot"`` (one patch per sample) or ``"slide"`` (a bag of tiles per sample)."""
+        return str(self.config.get("level", "spot"))
+
+    @property
+    def tile_head(self) -> nn.Module:
+        """The head applied to one patch (the slide-level wrapper's inner head)."""
+        return self.head.head if isinstance(self.head, SlideHead) else self.head
 
     def __repr__(self) -> str:
         c = self.config
         k = f", {len(c['cell_types'])} cell types" if c["head"] == "cpnn" else ""
+        k += ", slide level" if self.level == "slide" else ""
         return (
             f"CPNN(head={c['head']!r}, encoder={c['encoder_config']['encoder']!r}, "
             f"{len(c['genes'])} genes{k}, finetune={c['finetune']}, epochs trained={len(self.history)})"

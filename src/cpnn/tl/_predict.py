@@ -11,27 +11,125 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_obs_mask, get_table, uns_cpnn
+from .._core import check_obs_mask, get_table, is_spatialdata, is_tiles_table, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
-from ._inputs import spot_embeddings
+from ._inputs import model_inputs
 from ._model import CPNN
+from ._slides import bag_embeddings, slide_bags
 
 
 @torch.no_grad()
 def predict_embeddings(
     model: CPNN, z: np.ndarray, *, device: str = "cpu", batch_size: int = 1024
 ) -> dict[str, np.ndarray]:
-    """Composition weights and gene proportions of embedded spots."""
-    head = model.head.to(device).eval()
+    """Composition weights, gene proportions and (cpnn head) unnormalised expression of embedded patches."""
+    head = model.tile_head.to(device).eval()
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(z), batch_size):
         out = head(torch.as_tensor(z[i : i + batch_size], dtype=torch.float32, device=device))
-        for k in ("weights", "proportions"):
+        for k in ("weights", "proportions", "expression", "composition"):
             if k in out:
                 outs.setdefault(k, []).append(out[k].float().cpu().numpy())
     head.cpu()
     return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+@torch.no_grad()
+def predict_bag(model: CPNN, z: np.ndarray, *, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Slide-level outputs of one bag of tile embeddings (every tile), plus per-tile weights."""
+    if model.config["head"] == "cpnn":
+        out = predict_embeddings(model, z, device=device)
+        y = out["expression"].astype(np.float64).mean(0)
+        return {
+            "proportions": y / y.sum(),
+            "weights": out["weights"].mean(0),
+            "tile_weights": out["weights"],
+        }
+    head = model.tile_head.to(device).eval()
+    out = head(torch.as_tensor(z.mean(0, keepdims=True), dtype=torch.float32, device=device))
+    head.cpu()
+    return {"proportions": out["proportions"].float().cpu().numpy()[0]}
+
+
+def composition_share(out: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per gene, the share of the predicted variation that the composition term alone reproduces.
+
+    ``1 - var(log full - log composition) / var(log full)`` across spots, clipped to [0, 1]; 1 for the paper's model (no residual); ``None`` for heads without composition.
+    """
+    if "weights" not in out:
+        return None
+    if "composition" not in out:
+        return np.ones(out["proportions"].shape[1])
+    full = np.log(np.clip(out["proportions"], 1e-12, None))
+    diff = full - np.log(np.clip(out["composition"], 1e-12, None))
+    var = full.var(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(var > 0, 1.0 - diff.var(0) / var, 1.0)
+    return np.clip(share, 0.0, 1.0)
+
+
+def _write_expression(
+    adata: AnnData, rows: np.ndarray, props: np.ndarray, model: CPNN, *, layer: str | None, key_added: str
+) -> str:
+    """Predicted counts of ``rows`` into ``layers[key_added]`` (or, for a tiles table, ``obsm``); returns the slot."""
+    genes = model.genes
+    if is_tiles_table(adata) and not set(genes) <= set(adata.var_names):
+        # tiles carry no genes: expression at the median training library, as a DataFrame
+        key = f"{key_added}_expression"
+        frame = pd.DataFrame(np.nan, index=adata.obs_names, columns=genes, dtype=np.float32)
+        old = adata.obsm.get(key)
+        if isinstance(old, pd.DataFrame) and list(old.columns) == genes:
+            frame = old.copy()
+        frame.iloc[rows] = (props * model.config["median_library"]).astype(np.float32)
+        adata.obsm[key] = frame
+        return f"{key!r} (adata.obsm)"
+    gidx = adata.var_names.get_indexer(genes)
+    X = adata.layers[layer] if layer is not None else adata.X
+    lib = np.asarray(X[rows][:, gidx].sum(axis=1)).ravel().astype(np.float64)
+    lib = np.where(np.isfinite(lib) & (lib > 0), lib, model.config["median_library"])
+    pred = (props * lib[:, None]).astype(np.float32)
+    full = sparse.csr_matrix(
+        (pred.ravel(), (np.repeat(rows, len(gidx)), np.tile(gidx, len(rows)))), shape=(adata.n_obs, adata.n_vars)
+    )
+    if key_added in adata.layers:  # keep earlier predictions of the other spots
+        others = np.ones(adata.n_obs, np.float32)
+        others[rows] = 0.0
+        full = sparse.diags(others) @ sparse.csr_matrix(adata.layers[key_added], dtype=np.float32) + full
+    adata.layers[key_added] = full.tocsr()
+    return f"{key_added!r} (adata.layers)"
+
+
+def _write_proportions(adata: AnnData, rows: np.ndarray, weights: np.ndarray, types: list[str], key: str) -> None:
+    """Composition weights of ``rows`` into ``obsm[key]``, keeping other rows' earlier values."""
+    props = pd.DataFrame(np.nan, index=adata.obs_names, columns=types, dtype=np.float32)
+    old = adata.obsm.get(key)
+    if isinstance(old, pd.DataFrame) and list(old.columns) == types:
+        props = old.copy()
+    props.iloc[rows] = weights
+    adata.obsm[key] = props
+
+
+def _write_weights(adata: AnnData, rows: np.ndarray, weights: np.ndarray, model: CPNN, key: str) -> None:
+    """Composition weights into ``obsm[key]``.
+
+    With grouped (fine) prototypes the group sums go there and the fine weights to ``obsm[key + "_fine"]``.
+    """
+    groups = model.groups
+    if not groups:
+        _write_proportions(adata, rows, weights, model.cell_types, key)
+        return
+    _write_proportions(adata, rows, weights, model.cell_types, f"{key}_fine")
+    names = list(dict.fromkeys(groups[t] for t in model.cell_types))
+    member = np.array([[groups[t] == g for g in names] for t in model.cell_types], dtype=weights.dtype)
+    _write_proportions(adata, rows, weights @ member, names, key)
+
+
+def _mark(adata: AnnData, mask: np.ndarray, key_added: str) -> str:
+    col = f"{key_added}_predicted"
+    prev = adata.obs[col].to_numpy(bool) if col in adata.obs else np.zeros(adata.n_obs, bool)
+    adata.obs[col] = prev | mask
+    return col
 
 
 def predict(
@@ -47,28 +145,37 @@ def predict(
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
     embedding_key: str = "cpnn_embedding",
+    slides: Any = None,
+    tiles_key: str = "cpnn_tiles",
+    slide_key: str = "slide",
     table_key: str = "table",
 ) -> None:
-    """Predict the panel's expression and the cell-type composition of spots.
+    """Predict the panel's expression and the cell-type composition of spots, tiles or slides.
 
     Works on spots without measured counts (a new section): their predictions are scaled to the
-    median training library size.
+    median training library size. The same call predicts every tissue tile of a section
+    (``regions="cpnn_tiles"`` or ``table_key="cpnn_tiles"`` after :func:`cpnn.pp.tile`), giving
+    composition and expression maps that also cover tissue without spots.
 
     Parameters
     ----------
     data
-        SpatialData with images (or an AnnData with cached embeddings from the same encoder).
+        SpatialData with images (or an AnnData with cached embeddings from the same encoder). At
+        slide level: the bulk AnnData (obs = slides).
     model
         A model from :func:`cpnn.tl.fit` or :meth:`cpnn.CPNN.load`.
     regions
         Spots to predict: region/section names, a boolean mask or a ``(column, values)`` tuple.
-        Default: all spots.
+        Default: all spots. The key of a tiles table predicts its tiles. At slide level: the bulk
+        samples to predict.
     key_added
         Name of the outputs.
     layer
         Layer holding measured counts, used for each spot's library size (default ``X``).
     device, batch_size, num_workers, image_key, spot_diameter_um, embedding_key
         As in :func:`cpnn.tl.fit`.
+    slides, tiles_key, slide_key
+        Slide level, as in :func:`cpnn.tl.fit`: where each bulk sample's tiles are.
     table_key
         Key of the table.
 
@@ -77,28 +184,56 @@ def predict(
     ``None``. Writes ``layers[key_added]`` (sparse, predicted counts in the panel's columns scaled
     to each spot's measured panel library size, 0 elsewhere and for spots not predicted),
     ``obsm[f"{key_added}_proportions"]`` (DataFrame spots x cell types, rows sum to 1, NaN for
-    spots not predicted; cpnn head only), ``obs[f"{key_added}_predicted"]`` and
-    ``uns["cpnn"]["predict"]``.
+    spots not predicted; cpnn head only), ``obs[f"{key_added}_predicted"]``,
+    ``var[f"{key_added}_composition_share"]`` (cpnn head: per gene, the share of the predicted
+    log-expression's variance across the predicted spots that the composition term alone
+    reproduces; 1 without a residual path, mean in ``uns["cpnn"]["predict"]["composition_share"]``)
+    and ``uns["cpnn"]["predict"]``. A tiles table, which has no genes, gets the expression as the
+    DataFrame ``obsm[f"{key_added}_expression"]`` instead of a layer. At slide level the bulk
+    AnnData gets the same outputs per sample (proportions = mean over the slide's tiles), and each
+    tiles table gets ``obsm[f"{key_added}_proportions"]`` per tile, so that
+    :func:`cpnn.pl.proportions` draws the composition over the whole slide.
     """
     if not isinstance(model, CPNN):
         raise CpnnError(f"model must be a cpnn.CPNN (from cp.tl.fit or cp.CPNN.load), got {type(model).__name__}.")
     start = logg.info(f"predicting with {model!r}")
+    if slides is not None:
+        return _predict_slides(
+            data,
+            model,
+            slides=slides,
+            regions=regions,
+            key_added=key_added,
+            layer=layer,
+            device=device,
+            num_workers=num_workers,
+            image_key=image_key,
+            embedding_key=embedding_key,
+            tiles_key=tiles_key,
+            slide_key=slide_key,
+            start=start,
+        )
+    if isinstance(regions, str) and is_spatialdata(data) and regions in data.tables and regions != table_key:
+        if not is_tiles_table(data.tables[regions]):
+            raise CpnnError(f"regions={regions!r} names a table that is not a tiles table; pass table_key= instead.")
+        table_key, regions = regions, None
     adata = get_table(data, table_key)
     genes = model.genes
     missing = [g for g in genes if g not in adata.var_names]
-    if missing:
+    if missing and not is_tiles_table(adata):
         raise CpnnError(
             f"{len(missing)} of the model's {len(genes)} genes are not in the table (e.g. {missing[:5]}); "
             "the table must hold the genes the model was trained on."
         )
     mask = check_obs_mask(adata, regions, argument="regions")
     dev = settings.resolve_device(device)
-    z = spot_embeddings(
+    z = model_inputs(
         data,
         adata,
         mask,
         model.config["encoder_config"],
         model.encoder,
+        context_um=model.config.get("context_um"),
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,
@@ -107,46 +242,91 @@ def predict(
         key=embedding_key,
     )
     out = predict_embeddings(model, z, device=dev)
-    gidx = adata.var_names.get_indexer(genes)
     rows = np.flatnonzero(mask)
-    X = adata.layers[layer] if layer is not None else adata.X
-    measured = X[rows][:, gidx]
-    lib = np.asarray(measured.sum(axis=1)).ravel().astype(np.float64)
-    lib = np.where(np.isfinite(lib) & (lib > 0), lib, model.config["median_library"])
-    pred = (out["proportions"] * lib[:, None]).astype(np.float32)
-
-    full = sparse.csr_matrix(
-        (pred.ravel(), (np.repeat(rows, len(gidx)), np.tile(gidx, len(rows)))), shape=(adata.n_obs, adata.n_vars)
-    )
-    if key_added in adata.layers:  # keep earlier predictions of the other spots
-        others = np.ones(adata.n_obs, np.float32)
-        others[rows] = 0.0
-        full = sparse.diags(others) @ sparse.csr_matrix(adata.layers[key_added], dtype=np.float32) + full
-    adata.layers[key_added] = full.tocsr()
-    col = f"{key_added}_predicted"
-    prev = adata.obs[col].to_numpy(bool) if col in adata.obs else np.zeros(adata.n_obs, bool)
-    adata.obs[col] = prev | mask
+    where = _write_expression(adata, rows, out["proportions"], model, layer=layer, key_added=key_added)
+    col = _mark(adata, mask, key_added)
     if "weights" in out:
-        key = f"{key_added}_proportions"
-        props = pd.DataFrame(np.nan, index=adata.obs_names, columns=model.cell_types, dtype=np.float32)
-        if (
-            key in adata.obsm
-            and isinstance(adata.obsm[key], pd.DataFrame)
-            and list(adata.obsm[key].columns) == model.cell_types
-        ):
-            props = adata.obsm[key].copy()
-        props.iloc[rows] = out["weights"]
-        adata.obsm[key] = props
+        _write_weights(adata, rows, out["weights"], model, f"{key_added}_proportions")
+    share = composition_share(out)
+    if share is not None and not is_tiles_table(adata):
+        column = np.full(adata.n_vars, np.nan)
+        column[adata.var_names.get_indexer(genes)] = share
+        adata.var[f"{key_added}_composition_share"] = column
+    _record(adata, model, key_added, int(mask.sum()), level="tile" if is_tiles_table(adata) else "spot", share=share)
+    logg.info(
+        f"    predicted {len(genes)} genes for {int(mask.sum())} {'tiles' if is_tiles_table(adata) else 'spots'}",
+        time=start,
+        deep=f"added\n    {where}\n    {key_added + '_proportions'!r} (adata.obsm)\n    {col!r} (adata.obs)",
+    )
+
+
+def _record(adata: AnnData, model: CPNN, key_added: str, n: int, *, level: str, share=None) -> None:
     uns_cpnn(adata)["predict"] = {
+        "composition_share": float(np.mean(share)) if share is not None else float("nan"),
         "key_added": key_added,
         "head": model.config["head"],
         "encoder": model.config["encoder_config"]["encoder"],
-        "n_spots": int(mask.sum()),
-        "genes": list(genes),
+        "level": level,
+        "n_spots": n,
+        "genes": list(model.genes),
         "cell_types": model.cell_types,
     }
+
+
+def _predict_slides(
+    bulk: Any,
+    model: CPNN,
+    *,
+    slides: Any,
+    regions: Any,
+    key_added: str,
+    layer: str | None,
+    device: str,
+    num_workers: int | None,
+    image_key: str | None,
+    embedding_key: str,
+    tiles_key: str,
+    slide_key: str,
+    start: Any,
+) -> None:
+    """Slide level: bulk expression and mean composition per sample, composition per tile."""
+    if not isinstance(bulk, AnnData):
+        raise CpnnError(f"With slides=, data is the bulk AnnData (obs = slides); got {type(bulk).__name__}.")
+    missing = [g for g in model.genes if g not in bulk.var_names]
+    if missing:
+        raise CpnnError(
+            f"{len(missing)} of the model's {len(model.genes)} genes are not in the bulk table (e.g. {missing[:5]}); "
+            "give the bulk AnnData the model's genes as var_names (measured or not)."
+        )
+    mask = check_obs_mask(bulk, regions, argument="regions")
+    bags = [
+        b for b, m in zip(slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key), mask, strict=True) if m
+    ]
+    dev = settings.resolve_device(device)
+    zs = bag_embeddings(
+        bags,
+        model.config["encoder_config"],
+        model.encoder,
+        device=dev,
+        num_workers=settings.num_workers if num_workers is None else num_workers,
+        image_key=image_key,
+        key=embedding_key,
+    )
+    outs = [predict_bag(model, z, device=dev) for z in zs]
+    rows = np.flatnonzero(mask)
+    where = _write_expression(
+        bulk, rows, np.stack([o["proportions"] for o in outs]), model, layer=layer, key_added=key_added
+    )
+    col = _mark(bulk, mask, key_added)
+    key = f"{key_added}_proportions"
+    if model.config["head"] == "cpnn":
+        _write_weights(bulk, rows, np.stack([o["weights"] for o in outs]), model, key)
+        for bag, out in zip(bags, outs, strict=True):
+            _write_weights(bag.table, np.flatnonzero(bag.mask), out["tile_weights"], model, key)
+            _mark(bag.table, bag.mask, key_added)
+    _record(bulk, model, key_added, len(rows), level="slide")
     logg.info(
-        f"    predicted {len(genes)} genes for {int(mask.sum())} spots",
+        f"    predicted {len(model.genes)} genes for {len(rows)} slides",
         time=start,
-        deep=f"added\n    {key_added!r} (adata.layers)\n    {key_added + '_proportions'!r} (adata.obsm)\n    {col!r} (adata.obs)",
+        deep=f"added\n    {where}\n    {key!r} (adata.obsm and each tiles table)\n    {col!r} (adata.obs)",
     )

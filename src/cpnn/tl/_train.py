@@ -14,23 +14,35 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._settings import settings
+from ._slides import Bags
 
 
 @dataclass
 class TrainData:
-    """Inputs (embeddings or patches), panel counts, library sizes, optional reference composition."""
+    """Inputs (embeddings or patches), panel counts, library sizes, optional reference composition and sample."""
 
-    x: torch.Tensor
+    x: torch.Tensor | Bags
     counts: torch.Tensor
     library: torch.Tensor
     composition: torch.Tensor | None = None
+    #: samples per step when computing validation losses (default: max(batch_size, 256))
+    eval_batch_size: int | None = None
+    #: index of each sample's batch (section) for a per-sample correction, -1 when unseen
+    sample: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return len(self.x)
 
-    def batch(self, idx: torch.Tensor, device: str) -> tuple:
+    def batch(self, idx: torch.Tensor, device: str, gen: torch.Generator | None = None) -> tuple:
+        """Inputs, counts, library sizes and composition of samples ``idx``; bags draw tiles with ``gen``."""
         comp = None if self.composition is None else self.composition[idx].to(device)
-        return self.x[idx].to(device), self.counts[idx].to(device), self.library[idx].to(device), comp
+        if isinstance(self.x, Bags):
+            z, valid = self.x.take(idx, gen)
+            x = (z.to(device), valid.to(device))
+        else:
+            x = self.x[idx].to(device)
+        sample = None if self.sample is None else self.sample[idx].to(device)
+        return x, self.counts[idx].to(device), self.library[idx].to(device), comp, sample
 
 
 @dataclass
@@ -87,7 +99,7 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict:
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random flips and 90-degree rotations of image batches (N, C, H, W); embeddings pass through."""
-    if x.dim() != 4:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return x
     k = int(torch.randint(0, 4, (1,), generator=gen))
     x = torch.rot90(x, k, dims=(2, 3))
@@ -114,9 +126,9 @@ def evaluate_loss(model: nn.Module, head: nn.Module, data: TrainData, *, batch_s
     total, n = 0.0, 0
     for i in range(0, len(data), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(data)))
-        x, y, lib, comp = data.batch(idx, device)
+        x, y, lib, comp, sample = data.batch(idx, device)
         out = _forward(model, head, x, device)
-        total += float(head.loss(out, y, lib, comp)) * len(idx)
+        total += float(head.loss(out, y, lib, comp, sample)) * len(idx)
         n += len(idx)
     return total / max(n, 1)
 
@@ -193,10 +205,10 @@ def run_training(
             total = 0.0
             for i in range(0, len(perm), batch_size):
                 idx = perm[i : i + batch_size]
-                x, y, lib, comp = train_data.batch(idx, device)
+                x, y, lib, comp, sample = train_data.batch(idx, device, gen)
                 x = augment(x, gen)
                 out = _forward(model, head, x, device)
-                loss = head.loss(out, y, lib, comp)
+                loss = head.loss(out, y, lib, comp, sample)
                 if not torch.isfinite(loss):
                     model.load_state_dict(last_good[0])
                     head.load_state_dict(last_good[1])
@@ -215,7 +227,9 @@ def run_training(
             last_good = _snapshot(model, head)
             record = {"epoch": epoch, "train_loss": total / len(train_data)}
             if val_data is not None:
-                val = evaluate_loss(model, head, val_data, batch_size=max(batch_size, 256), device=device)
+                val = evaluate_loss(
+                    model, head, val_data, batch_size=val_data.eval_batch_size or max(batch_size, 256), device=device
+                )
                 record["val_loss"] = val
                 if val < best:
                     best, best_epoch, wait = val, epoch, 0

@@ -1,0 +1,168 @@
+"""Slide level: each bulk sample is a bag of tissue tiles from its slide's tiles table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._core import check_unique_obs, is_spatialdata
+from .._errors import CpnnError
+
+
+@dataclass
+class SlideBag:
+    """The tiles of one bulk sample: rows ``mask`` of ``sdata.tables[tiles_key]``."""
+
+    name: str
+    sdata: Any
+    table: AnnData
+    mask: np.ndarray
+
+
+def _read(value: Any, name: str) -> Any:
+    if is_spatialdata(value):
+        return value
+    if isinstance(value, str | Path):
+        path = Path(value)
+        if not path.exists():
+            raise CpnnError(f"slides[{name!r}] = {str(path)!r} does not exist; pass a SpatialData or a .zarr path.")
+        import spatialdata as sd
+
+        return sd.read_zarr(path)
+    raise CpnnError(f"slides[{name!r}] must be a SpatialData or a path to one, got {type(value).__name__}.")
+
+
+def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) -> list[SlideBag]:
+    """One bag per bulk sample (in ``bulk.obs_names`` order).
+
+    ``slides`` is either a mapping from each sample to its SpatialData (or a path to its zarr store),
+    or one SpatialData whose tiles table names each tile's sample in ``obs[slide_key]``. With a
+    mapping, a tiles table that has the ``slide_key`` column contributes only the tiles of that sample.
+    """
+    check_unique_obs(bulk)
+    names = [str(n) for n in bulk.obs_names]
+    if is_spatialdata(slides):
+        sources = dict.fromkeys(names, slides)
+    elif isinstance(slides, Mapping):
+        missing = [n for n in names if n not in slides]
+        if missing:
+            raise CpnnError(
+                f"slides has no entry for {len(missing)} bulk samples (e.g. {missing[:3]}); "
+                "map every obs name of the bulk table to its SpatialData."
+            )
+        sources = {n: _read(slides[n], n) for n in names}
+    else:
+        raise CpnnError(
+            "slides must be a dict {sample: SpatialData or zarr path} or one SpatialData whose tiles table has "
+            f"an obs[{slide_key!r}] column; got {type(slides).__name__}."
+        )
+    bags = []
+    for name in names:
+        sdata = sources[name]
+        if tiles_key not in sdata.tables:
+            raise CpnnError(
+                f"The SpatialData of sample {name!r} has no table {tiles_key!r}; run cp.pp.tile(sdata) first "
+                f"(tables: {list(sdata.tables)})."
+            )
+        table = sdata.tables[tiles_key]
+        if slide_key in table.obs:
+            mask = table.obs[slide_key].astype(str).to_numpy() == name
+        elif is_spatialdata(slides):
+            raise CpnnError(
+                f"One SpatialData holds every slide, so its tiles table needs obs[{slide_key!r}] naming each "
+                "tile's bulk sample; add that column or pass slides={sample: SpatialData}."
+            )
+        else:
+            mask = np.ones(table.n_obs, bool)
+        if not mask.any():
+            raise CpnnError(f"Sample {name!r} has no tile in table {tiles_key!r}; check obs[{slide_key!r}].")
+        bags.append(SlideBag(name, sdata, table, mask))
+    return bags
+
+
+class Bags:
+    """Tile embeddings of several slides; indexing draws at most ``max_patches`` tiles per slide.
+
+    ``bags[idx]`` (training, with a generator) samples a random subset per slide; without a
+    generator the subset is a fixed one, so validation losses are comparable between epochs.
+    Returns ``(z, valid)``: padded embeddings (B, M, D) and a (B, M) mask of real tiles.
+    """
+
+    def __init__(self, z: list[torch.Tensor], max_patches: int, seed: int = 0) -> None:
+        self.z = z
+        self.max_patches = int(max_patches)
+        gen = torch.Generator().manual_seed(seed)
+        self._fixed = [torch.randperm(len(t), generator=gen)[: self.max_patches] for t in z]
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def tiles(self) -> torch.Tensor:
+        """Every tile embedding, concatenated (for the input standardisation)."""
+        return torch.cat(self.z)
+
+    def take(self, idx: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        picks = []
+        for i in idx.tolist():
+            t = self.z[i]
+            if gen is None:
+                sel = self._fixed[i]
+            elif len(t) > self.max_patches:
+                sel = torch.randperm(len(t), generator=gen)[: self.max_patches]
+            else:
+                sel = torch.arange(len(t))
+            picks.append(t[sel])
+        m = max(len(p) for p in picks)
+        z = torch.zeros((len(picks), m, picks[0].shape[1]), dtype=picks[0].dtype)
+        valid = torch.zeros((len(picks), m), dtype=torch.bool)
+        for j, p in enumerate(picks):
+            z[j, : len(p)] = p
+            valid[j, : len(p)] = True
+        return z, valid
+
+
+def bag_embeddings(
+    bags: list[SlideBag],
+    config: dict,
+    encoder: Any,
+    *,
+    device: str,
+    num_workers: int,
+    image_key: str | None,
+    key: str,
+) -> list[np.ndarray]:
+    """Tile embeddings of each bag, cached in its tiles table's ``obsm[key]`` (one pass per table)."""
+    from ._inputs import spot_embeddings
+
+    groups: dict[int, list[int]] = {}
+    for i, bag in enumerate(bags):
+        groups.setdefault(id(bag.table), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(bags)
+    for members in groups.values():
+        first = bags[members[0]]
+        union = np.zeros(first.table.n_obs, bool)
+        for i in members:
+            union |= bags[i].mask
+        z = spot_embeddings(
+            first.sdata,
+            first.table,
+            union,
+            config,
+            encoder,
+            device=device,
+            batch_size=64,
+            num_workers=num_workers,
+            image_key=image_key,
+            spot_diameter_um=None,
+            key=key,
+        )
+        rows = np.cumsum(union) - 1  # table row -> row of z
+        for i in members:
+            out[i] = z[rows[bags[i].mask]]
+    return out  # type: ignore[return-value]
