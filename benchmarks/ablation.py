@@ -9,7 +9,7 @@ HisToGene panels, with the same hand-crafted features for every head. Each switc
 :func:`cpnn.tl.fit` alone on top of the paper's model, then the combination of the switches
 that raised the mean *validation* Spearman; hyper-parameters (residual strength, context radius)
 are picked per fold on the fold's validation spots. The held-out section is only used for the
-reported test numbers. Also reported: the composition share (share of the predicted
+reported test numbers. Last, ``cp.tl.fit``'s defaults as shipped (``preset="cpnn"``). Also reported: the composition share (share of the predicted
 log-expression's variation reproduced by the composition term), the agreement of the
 proportions with the stereoscope proportions (mean Pearson over cell types), and the direct head
 with and without the same spatial context.
@@ -30,6 +30,7 @@ from _util import table
 from her2st import agreement, panels
 
 import cpnn as cp
+from cpnn.tl._fit import PRESETS
 
 #: the switches, each with its candidate values (chosen per fold on validation when several)
 SWITCHES: dict[str, list[dict]] = {
@@ -40,6 +41,8 @@ SWITCHES: dict[str, list[dict]] = {
     "MSE loss": [{"loss": "mse"}],
 }
 PAPER = {"head": "cpnn", "preset": "paper", "prototypes_key": "proto_nb"}
+#: a default must keep at least this share of the predicted variation in the composition term
+SHARE_MIN = 0.5
 
 
 def run(adata, fold, genes, kw: dict, stereo: pd.DataFrame, args) -> dict:
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="LOPO C -> B4 and the top-250 panel only")
     ap.add_argument("--epochs", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", default=None, help="ablation.csv of an earlier run: rows already there are kept")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,10 +115,15 @@ def main() -> None:
         folds = [(p, f) for p, f in folds if p == "LOPO" and f.attrs["test"] == ["B"]]
         panel_sets = dict(list(panel_sets.items())[:1])
 
-    rows = []
+    rows = pd.read_csv(args.resume).to_dict("records") if args.resume else []
+    done = {(r["protocol"], r["fold"], r["panel"], r["config"]) for r in rows}
+
+    def todo(where: dict, config: str) -> bool:
+        return (where["protocol"], where["fold"], where["panel"], config) not in done
 
     def record(where: dict, config: str, res: dict, chosen: dict | None = None) -> None:
         rows.append({**where, "config": config, **res, "chosen": "" if not chosen else str(chosen)})
+        pd.DataFrame(rows).to_csv(out / "ablation.csv", index=False)  # kept up to date: a crash loses nothing
         print(
             f"  {where['panel']:>15} | {config:<28} test {res['test_spearman']:.3f} val {res['val_spearman']:.3f} "
             f"share {res.get('share', np.nan):.2f} agree {res.get('agreement', np.nan):.2f} "
@@ -128,37 +137,61 @@ def main() -> None:
         for panel, genes in panel_sets.items():
             cp.pp.select_genes(adata, genes=genes)
             where = {"protocol": proto, "fold": fold.name, "panel": panel}
-            record(where, "paper", run(adata, fold, genes, PAPER, stereo, args))
+            if todo(where, "paper"):
+                record(where, "paper", run(adata, fold, genes, PAPER, stereo, args))
             for name, candidates in SWITCHES.items():
-                res, chosen = pick(adata, fold, genes, PAPER, candidates, stereo, args)
-                record(where, f"+ {name}", res, chosen)
-            record(where, "direct", run(adata, fold, genes, {"head": "direct"}, stereo, args))
-            res, chosen = pick(adata, fold, genes, {"head": "direct"}, SWITCHES["spatial context"], stereo, args)
-            record(where, "direct + spatial context", res, chosen)
+                if todo(where, f"+ {name}"):
+                    res, chosen = pick(adata, fold, genes, PAPER, candidates, stereo, args)
+                    record(where, f"+ {name}", res, chosen)
+            if todo(where, "direct"):
+                record(where, "direct", run(adata, fold, genes, {"head": "direct"}, stereo, args))
+            if todo(where, "direct + spatial context"):
+                res, chosen = pick(adata, fold, genes, {"head": "direct"}, SWITCHES["spatial context"], stereo, args)
+                record(where, "direct + spatial context", res, chosen)
 
-    # stage 2: the switches that raised the mean validation Spearman over the paper, together
+    # stage 2: the switches that raised the mean validation Spearman over the paper, together; and
+    # the same without those whose composition share fell under SHARE_MIN (the candidate default)
     stage1 = pd.DataFrame(rows)
+    stage1 = stage1[~stage1["config"].str.startswith("combination")]
     val = stage1.groupby("config")["val_spearman"].mean()
+    share = stage1.groupby("config")["share"].mean()
     helpful = [n for n in SWITCHES if val[f"+ {n}"] > val["paper"]]
+    keeps_share = [n for n in helpful if share[f"+ {n}"] >= SHARE_MIN]
     print(f"switches that raised the mean validation Spearman: {helpful}", flush=True)
+    print(f"of those, keeping the composition share >= {SHARE_MIN}: {keeps_share}", flush=True)
+    combos = {"combination": helpful, f"combination, share >= {SHARE_MIN}": keeps_share}
     for proto, fold in folds:
         for panel, genes in panel_sets.items():
             cp.pp.select_genes(adata, genes=genes)
             where = {"protocol": proto, "fold": fold.name, "panel": panel}
-            base = dict(PAPER)
-            fixed = [n for n in helpful if len(SWITCHES[n]) == 1]
-            for n in fixed:
-                base.update(SWITCHES[n][0])
-            tuned = [n for n in helpful if len(SWITCHES[n]) > 1]
-            grid = [{}]
-            for n in tuned:
-                grid = [{**g, **c} for g in grid for c in SWITCHES[n]]
-            res, chosen = pick(adata, fold, genes, base, grid, stereo, args)
-            record(where, "combination", res, {**{k: v for k, v in base.items() if k not in PAPER}, **chosen})
+            for label, names in combos.items():
+                if not todo(where, label) or (label != "combination" and names == helpful):
+                    continue
+                base = dict(PAPER)
+                for n in (n for n in names if len(SWITCHES[n]) == 1):
+                    base.update(SWITCHES[n][0])
+                grid = [{}]
+                for n in (n for n in names if len(SWITCHES[n]) > 1):
+                    grid = [{**g, **c} for g in grid for c in SWITCHES[n]]
+                res, chosen = pick(adata, fold, genes, base, grid, stereo, args)
+                record(where, label, res, {**{k: v for k, v in base.items() if k not in PAPER}, **chosen})
+
+    # stage 3: cp.tl.fit's defaults as shipped (preset "cpnn", the atlas' major types)
+    for proto, fold in folds:
+        for panel, genes in panel_sets.items():
+            cp.pp.select_genes(adata, genes=genes)
+            where = {"protocol": proto, "fold": fold.name, "panel": panel}
+            if todo(where, "cpnn defaults"):
+                kw = {"head": "cpnn", "preset": "cpnn", "prototypes_key": "proto_nb"}
+                record(where, "cpnn defaults", run(adata, fold, genes, kw, stereo, args), PRESETS["cpnn"])
 
     res = pd.DataFrame(rows)
     res.to_csv(out / "ablation.csv", index=False)
-    text = [f"switches kept for the combination (mean validation Spearman above the paper's): {helpful}", ""]
+    text = [
+        f"Switches that raised the mean validation Spearman over the paper's model: {helpful}; of those, "
+        f"keeping the composition share >= {SHARE_MIN}: {keeps_share}.",
+        "",
+    ]
     for (proto, panel), grp in res.groupby(["protocol", "panel"], sort=False):
         summary = []
         for config, g in grp.groupby("config", sort=False):

@@ -47,6 +47,17 @@ def test_paper_preset_is_the_published_model(synthetic, tmp_path):
     # an explicit option overrides the preset
     other = cp.tl.fit(sdata, train=["S1"], epochs=2, preset="paper", loss="mse", **KW)
     assert other.config["loss"] == "mse" and other.config["preset"] == "paper"
+    # the default preset differs from the paper, and its spatial context is left out where it cannot apply
+    default = cp.tl.fit(sdata, train=["S1"], epochs=2, **KW)
+    assert default.config["preset"] == "cpnn" and default.config["loss"] == PRESETS["cpnn"]["loss"]
+    assert default.config["context_um"] == PRESETS["cpnn"]["context_um"]
+    assert PRESETS["cpnn"] != PRESETS["paper"]
+    off = cp.tl.fit(sdata, train=["S1"], epochs=2, context_um=0, **KW)
+    assert off.config["context_um"] is None
+    tuned = cp.tl.fit(sdata, train=["S1"], epochs=1, finetune=True, encoder="resnet18", patch_size_um=32, patch_px=32)
+    assert tuned.config["context_um"] is None
+    with pytest.raises(CpnnError, match="context_um"):
+        cp.tl.fit(sdata, train=["S1"], epochs=1, finetune=True, encoder="resnet18", context_um=100.0)
     with pytest.raises(CpnnError, match="preset"):
         cp.tl.fit(sdata, preset="best", **KW)
 

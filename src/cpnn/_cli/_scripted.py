@@ -47,6 +47,7 @@ def run_fit(args: argparse.Namespace) -> int:
         train=args.train,
         validation=args.validation,
         head=args.head,
+        preset=args.preset,
         encoder=args.encoder,
         weights=args.weights,
         patch_size_um=args.patch_size_um,
@@ -97,6 +98,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--train", nargs="+", help="training regions or sections (default: all but --validation)")
     fit.add_argument("--validation", nargs="+", help="regions or sections for early stopping")
     fit.add_argument("--head", default="cpnn", choices=["cpnn", "direct"])
+    fit.add_argument("--preset", default="cpnn", choices=["cpnn", "paper"], help="'paper': the published model")
     fit.add_argument("--encoder", default="resnet18", help="'handcrafted' or a timm architecture")
     fit.add_argument("--weights", help="local encoder checkpoint")
     fit.add_argument("--patch-size-um", type=float, default=112.0)

@@ -131,7 +131,8 @@ class CPNNHead(nn.Module):
         y = torch.exp(self.alpha) * e + torch.exp(self.beta) if self.correction else e
         out = {"weights": w}
         if self.residual > 0:
-            r = self.residual_mlp(zs).float()
+            # bounded so that exp(r) stays finite on inputs far from the training data
+            r = self.residual_mlp(zs).float().clamp(-10.0, 10.0)
             out["composition"] = y / y.sum(-1, keepdim=True)
             out["residual"] = r
             y = y * torch.exp(r)

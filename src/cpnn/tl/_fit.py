@@ -58,7 +58,7 @@ def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_si
 #: Configurations of :func:`fit` (explicit options override them). ``"paper"`` is the published model.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"residual": 0.0, "context_um": None, "loss": "nb"},
-    "cpnn": {"residual": 0.0, "context_um": None, "loss": "nb"},
+    "cpnn": {"residual": 0.0, "context_um": 150.0, "loss": "mse"},
 }
 
 
@@ -252,6 +252,8 @@ def fit(
     if preset not in PRESETS:
         raise CpnnError(f"preset={preset!r}; use one of {list(PRESETS)}.")
     chosen = {**PRESETS[preset]}
+    if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
+        chosen["context_um"] = None
     chosen.update(
         {k: v for k, v in {"residual": residual, "context_um": context_um, "loss": loss}.items() if v is not None}
     )
@@ -260,10 +262,10 @@ def fit(
         raise CpnnError(f"residual={residual} must be >= 0 (0 switches the residual path off).")
     if loss not in ("nb", "mse"):
         raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")
-    if context_um is not None and (finetune or level == "slide" or not context_um > 0):
+    if context_um is not None and (context_um < 0 or (context_um > 0 and (finetune or level == "slide"))):
         raise CpnnError(
             f"context_um={context_um} needs a positive radius, a frozen encoder and spot level; "
-            "pass context_um=0 or None otherwise."
+            "pass context_um=0 to switch the spatial context off."
         )
     context_um = float(context_um) if context_um else None
     batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)

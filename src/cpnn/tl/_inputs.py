@@ -166,8 +166,8 @@ def spot_coordinates_um(
     regions = adata.obs[region_key].astype(str).to_numpy()[mask]
     if "spatial" not in adata.obsm or not set(regions) <= set(scale):
         raise CpnnError(
-            "context_um needs the spots' positions in micrometres: pass the SpatialData (with images), or keep "
-            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table."
+            "context_um needs the spots' positions in micrometres: pass the SpatialData (with images), keep "
+            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table, or pass context_um=0."
         )
     coords = np.asarray(adata.obsm["spatial"], float)[mask]
     return coords * np.array([float(scale[r]) for r in regions])[:, None], regions
