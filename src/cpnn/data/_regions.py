@@ -43,6 +43,18 @@ def _level0(image: Any):
     return image
 
 
+def image_levels(element: Any) -> list[Any]:
+    """The (c, y, x) arrays of an image element, finest first (one entry for a single-scale image)."""
+    if hasattr(element, "children") and len(getattr(element, "children", {})):
+        levels = []
+        for name in element.children:
+            node = element[name]
+            arr = next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
+            levels.append(arr)
+        return sorted(levels, key=lambda a: -int(a.shape[-1]))
+    return [element]
+
+
 def table_regions(adata: AnnData) -> tuple[list[str], str, str]:
     """Regions annotated by the table, and its region and instance keys."""
     attrs = adata.uns.get("spatialdata_attrs")

@@ -12,6 +12,7 @@ from anndata import AnnData
 from .._core import get_table, is_spatialdata, is_tiles_table, region_columns
 from .._errors import CpnnError
 from ..data import region_images
+from ..data._regions import image_levels
 from ._utils import label_colorbars
 
 #: Margin around the spots when cropping the image, in spot diameters.
@@ -49,17 +50,8 @@ def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | N
 
 def _lowres(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int) -> tuple[np.ndarray, float]:
     """The image at about ``max_px`` on its longer side: a pyramid level when there is one, then strides."""
-    element = data.images[image_key]
-    levels = []
-    if hasattr(element, "children") and len(getattr(element, "children", {})):
-        for name in sorted(element.children):
-            node = element[name]
-            arr = next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
-            levels.append(arr)
-    else:
-        levels = [element]
+    levels = image_levels(data.images[image_key])  # finest first
     # the coarsest level still at least max_px on its longer side (else the finest)
-    levels.sort(key=lambda a: -max(a.shape[-2:]))
     chosen = levels[0]
     for arr in levels:
         if max(arr.shape[-2:]) >= max_px:

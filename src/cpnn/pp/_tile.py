@@ -14,22 +14,10 @@ from scipy import ndimage, sparse
 
 from .._core import is_spatialdata
 from .._errors import CpnnError
-from ..data._regions import check_image_dtype, image_um_per_px
+from ..data._regions import check_image_dtype, image_levels, image_um_per_px
 
 #: The tissue mask is computed where a tile spans about this many pixels (never at full resolution).
 _MASK_PX_PER_TILE = 8
-
-
-def image_levels(element: Any) -> list[Any]:
-    """The (c, y, x) arrays of an image element, finest first (one entry for a single-scale image)."""
-    if hasattr(element, "children") and len(getattr(element, "children", {})):
-        levels = []
-        for name in element.children:
-            node = element[name]
-            arr = next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
-            levels.append(arr)
-        return sorted(levels, key=lambda a: -int(a.shape[-1]))
-    return [element]
 
 
 def _block_means(arr: Any, f: int) -> np.ndarray:

@@ -55,7 +55,8 @@ def predict_bag(model: CPNN, z: np.ndarray, *, device: str = "cpu") -> dict[str,
 def composition_share(out: dict[str, np.ndarray]) -> np.ndarray | None:
     """Per gene, the share of the predicted variation that the composition term alone reproduces.
 
-    ``1 - var(log full - log composition) / var(log full)`` across spots, clipped to [0, 1]; 1 for the paper's model (no residual); ``None`` for heads without composition.
+    ``1 - var(log full - log composition) / var(log full)`` across spots, clipped to [0, 1];
+    1 for the paper's model (no residual); ``None`` for heads without composition.
     """
     if "weights" not in out:
         return None
