@@ -12,7 +12,7 @@ from .._errors import CpnnError
 from ._regions import RegionImage
 
 
-def _to_rgb_float(block: np.ndarray) -> np.ndarray:
+def to_rgb_float(block: np.ndarray) -> np.ndarray:
     """(c, h, w) image block -> float32 RGB in [0, 1]."""
     c = block.shape[0]
     if c == 1:
@@ -82,7 +82,7 @@ class PatchDataset(torch.utils.data.Dataset):
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         block = arr[:, cy0:cy1, cx0:cx1]
         block = np.asarray(block.compute() if hasattr(block, "compute") else block)
-        block = _to_rgb_float(block)
+        block = to_rgb_float(block)
         # pad what lies outside the image with white (slide background)
         padded = np.ones((3, y1 - y0, x1 - x0), dtype=np.float32)
         padded[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block

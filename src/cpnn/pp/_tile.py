@@ -14,6 +14,7 @@ from scipy import ndimage, sparse
 
 from .._core import is_spatialdata
 from .._errors import CpnnError
+from ..data._patches import to_rgb_float
 from ..data._regions import check_image_dtype, image_levels, image_um_per_px
 
 #: The tissue mask is computed where a tile spans about this many pixels (never at full resolution).
@@ -21,22 +22,22 @@ _MASK_PX_PER_TILE = 8
 
 
 def _block_means(arr: Any, f: int) -> np.ndarray:
-    """Means over ``f`` x ``f`` pixel blocks of a (c, h, w) array, read one ~1024 px block at a time.
+    """RGB means in [0, 1] over ``f`` x ``f`` pixel blocks of a (c, h, w) image, read ~1024 px at a time.
 
     Each read is a small window of the (lazy) array, so memory stays bounded by the window, not by
     the image; the remainder beyond a multiple of ``f`` is dropped.
     """
     data = arr.data if hasattr(arr, "data") else arr
-    c, h, w = (int(n) for n in data.shape)
+    _, h, w = (int(n) for n in data.shape)
     hh, ww = h // f, w // f
-    out = np.empty((c, hh, ww), np.float32)
+    out = np.empty((3, hh, ww), np.float32)
     step = max(1, 1024 // f) * f
     for y in range(0, hh * f, step):
         for x in range(0, ww * f, step):
             block = data[:, y : min(y + step, hh * f), x : min(x + step, ww * f)]
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float32)
+            block = to_rgb_float(np.asarray(block.compute() if hasattr(block, "compute") else block))
             _, bh, bw = block.shape
-            out[:, y // f : (y + bh) // f, x // f : (x + bw) // f] = block.reshape(c, bh // f, f, bw // f, f).mean(
+            out[:, y // f : (y + bh) // f, x // f : (x + bw) // f] = block.reshape(3, bh // f, f, bw // f, f).mean(
                 (2, 4)
             )
     return out
@@ -58,19 +59,7 @@ def lowres_rgb(element: Any, tile_px: float) -> tuple[np.ndarray, float]:
             chosen, factor = arr, f
     check_image_dtype(chosen.dtype, "image")
     extra = max(1, int(tile_px / factor // _MASK_PX_PER_TILE))
-    img = _block_means(chosen, extra)
-    if np.dtype(chosen.dtype) == np.uint8:
-        img /= 255.0
-    elif np.dtype(chosen.dtype) == np.uint16:
-        img /= 65535.0
-    c = img.shape[0]
-    if c == 1:
-        img = np.repeat(img, 3, axis=0)
-    elif c == 4:
-        img = img[:3]
-    elif c != 3:
-        raise CpnnError(f"Images must have 1, 3 or 4 channels to be tiled, found {c}.")
-    return np.moveaxis(np.clip(img, 0.0, 1.0), 0, -1), factor * extra
+    return np.moveaxis(_block_means(chosen, extra), 0, -1), factor * extra
 
 
 def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> np.ndarray:
