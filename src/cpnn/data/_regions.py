@@ -35,14 +35,6 @@ def _scale(affine: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
 
 
-def _level0(image: Any):
-    """Full-resolution data array of a (multiscale) image element."""
-    if hasattr(image, "children") and "scale0" in getattr(image, "children", {}):
-        node = image["scale0"]
-        return next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
-    return image
-
-
 def image_levels(element: Any) -> list[Any]:
     """The (c, y, x) arrays of an image element, finest first (one entry for a single-scale image)."""
     if hasattr(element, "children") and len(getattr(element, "children", {})):
@@ -182,7 +174,7 @@ def region_images(
             cs = common[0]
             a_shape, a_img = _affine(shapes, cs), _affine(img, cs)
             pts = (np.linalg.inv(a_img) @ (a_shape @ np.c_[xy, np.ones(len(xy))].T)).T[:, :2]
-            arr = _level0(img)
+            arr = image_levels(img)[0]
             h, w = arr.shape[-2], arr.shape[-1]
             if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
                 continue

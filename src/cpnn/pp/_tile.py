@@ -43,7 +43,7 @@ def _block_means(arr: Any, f: int) -> np.ndarray:
     return out
 
 
-def lowres_rgb(element: Any, tile_px: float) -> tuple[np.ndarray, float]:
+def lowres_rgb(element: Any, tile_px: float, *, image_key: str = "image") -> tuple[np.ndarray, float]:
     """The image downsampled so that a ``tile_px`` (full-resolution pixels) tile spans about 8 pixels.
 
     Starts from the coarsest pyramid level that is fine enough and averages pixel blocks one
@@ -57,7 +57,7 @@ def lowres_rgb(element: Any, tile_px: float) -> tuple[np.ndarray, float]:
         f = full_w / int(arr.shape[-1])
         if tile_px / f >= 4:
             chosen, factor = arr, f
-    check_image_dtype(chosen.dtype, "image")
+    check_image_dtype(chosen.dtype, image_key)
     extra = max(1, int(tile_px / factor // _MASK_PX_PER_TILE))
     return np.moveaxis(_block_means(chosen, extra), 0, -1), factor * extra
 
@@ -208,7 +208,7 @@ def tile(
                 f"tile_size_um={tile_size_um} is {tile_px:.1f} px of image {key!r} ({h0} x {w0} px); "
                 "choose a tile of at least 2 pixels that fits in the image."
             )
-        rgb, factor = lowres_rgb(element, tile_px)
+        rgb, factor = lowres_rgb(element, tile_px, image_key=key)
         rows, cols, frac = _grid(tissue_mask(rgb, px_per_tile=tile_px / factor), (h0, w0), tile_px)
         keep = frac >= min_tissue if min_tissue > 0 else np.ones(len(frac), bool)
         if not keep.any():

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._core import check_counts, is_spatialdata, uns_cpnn
+from .._core import check_counts, is_spatialdata, selection_positions, uns_cpnn
 from .._errors import CpnnError
 from ..pp._embed import build_encoder, cached_embedding, embed_spots, store_embedding
 from ..pp._prototypes import in_reference_column
@@ -155,7 +155,7 @@ def spot_coordinates_um(
 
     n = int(mask.sum())
     xy, label = np.zeros((n, 2)), np.empty(n, dtype=object)
-    where = np.cumsum(mask) - 1
+    where = selection_positions(mask)
     if is_spatialdata(data) and len(data.images):
         for r in region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um):
             xy[where[r.obs_index]] = r.centers_px * r.um_per_px
@@ -178,8 +178,9 @@ def add_context(z: np.ndarray, xy: np.ndarray, label: np.ndarray, radius_um: flo
     from scipy.spatial import cKDTree
 
     ctx = np.empty_like(z)
-    for lab in np.unique(label.astype(str)):
-        idx = np.flatnonzero(label.astype(str) == lab)
+    label = label.astype(str)
+    for lab in np.unique(label):
+        idx = np.flatnonzero(label == lab)
         pairs = cKDTree(xy[idx]).query_pairs(radius_um, output_type="ndarray")
         rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(len(idx))]
         cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(len(idx))]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .._core import check_unique_obs, is_spatialdata
+from .._core import check_unique_obs, is_spatialdata, selection_positions
 from .._errors import CpnnError
 
 
@@ -25,16 +25,20 @@ class SlideBag:
     mask: np.ndarray
 
 
-def _read(value: Any, name: str) -> Any:
+def _read(value: Any, name: str, opened: dict[str, Any]) -> Any:
+    """The SpatialData of ``slides[name]``; a store named by several samples is read once (``opened``)."""
     if is_spatialdata(value):
         return value
     if isinstance(value, str | Path):
         path = Path(value)
         if not path.exists():
             raise CpnnError(f"slides[{name!r}] = {str(path)!r} does not exist; pass a SpatialData or a .zarr path.")
-        import spatialdata as sd
+        key = str(path.resolve())
+        if key not in opened:
+            import spatialdata as sd
 
-        return sd.read_zarr(path)
+            opened[key] = sd.read_zarr(path)
+        return opened[key]
     raise CpnnError(f"slides[{name!r}] must be a SpatialData or a path to one, got {type(value).__name__}.")
 
 
@@ -56,7 +60,8 @@ def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) ->
                 f"slides has no entry for {len(missing)} bulk samples (e.g. {missing[:3]}); "
                 "map every obs name of the bulk table to its SpatialData."
             )
-        sources = {n: _read(slides[n], n) for n in names}
+        opened: dict[str, Any] = {}
+        sources = {n: _read(slides[n], n, opened) for n in names}
     else:
         raise CpnnError(
             "slides must be a dict {sample: SpatialData or zarr path} or one SpatialData whose tiles table has "
@@ -162,7 +167,7 @@ def bag_embeddings(
             spot_diameter_um=None,
             key=key,
         )
-        rows = np.cumsum(union) - 1  # table row -> row of z
+        rows = selection_positions(union)  # table row -> row of z
         for i in members:
             out[i] = z[rows[bags[i].mask]]
     return out  # type: ignore[return-value]
