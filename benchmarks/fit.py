@@ -18,7 +18,7 @@ from _util import Peak, max_rss_mib, table
 
 import cpnn as cp
 from cpnn.data import PatchDataset, patch_loader, region_images
-from cpnn.pp._embed import build_encoder, encoder_config
+from cpnn.models import build_encoder, encoder_config
 
 
 def main() -> None:

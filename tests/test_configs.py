@@ -89,7 +89,7 @@ def test_spatial_context_and_mse_loss(synthetic):
     assert model.config["in_dim"] == 2 * table.obsm["cpnn_embedding"].shape[1]
     assert _composition_r(table, "ctx") > 0.8
     # a radius smaller than the spot pitch keeps each spot alone: its context is itself
-    from cpnn.tl._inputs import add_context
+    from cpnn.data import add_context
 
     z = np.arange(12, dtype=np.float32).reshape(6, 2)
     xy = np.c_[np.arange(6) * 40.0, np.zeros(6)]

@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import sparse, stats
 
 import cpnn as cp
-from cpnn.tl._evaluate import columnwise_pearson, columnwise_spearman
+from cpnn._core import columnwise_pearson, columnwise_spearman
 
 
 def _adata(rng, n=60, g=40):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy import sparse
 
 import cpnn as cp
-from cpnn.tl._inputs import panel_genes, panel_prototypes
+from cpnn._core import panel_genes, panel_prototypes
 
 
 def _simulate(rng, *, n_types=4, n_genes=150, n_cells=2400, batch=True):

@@ -8,7 +8,7 @@ import torch
 
 import cpnn as cp
 import cpnn.tl._train as train_mod
-from cpnn.models._heads import DirectHead
+from cpnn.models import DirectHead
 
 from ._synthetic import synthetic_sdata
 

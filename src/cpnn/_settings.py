@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pooch
 import scanpy as sc
+import torch
+
+from ._errors import CpnnError
 
 
 class CpnnSettings:
@@ -62,13 +65,11 @@ class CpnnSettings:
 
     def resolve_device(self, device: str | None = None) -> str:
         """Return the torch device to use: ``"cuda"`` when available and asked for by ``"auto"``."""
-        import torch
-
         device = self.device if device is None else device
         if device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for, but CUDA is not available; use 'cpu' or 'auto'.")
+            raise CpnnError(f"device={device!r} was asked for, but CUDA is not available; use 'cpu' or 'auto'.")
         return device
 
     def __repr__(self) -> str:

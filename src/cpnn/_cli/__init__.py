@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._errors import CpnnError
 from ._demo import run_demo
 from ._scripted import add_parsers
 
@@ -21,8 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=run_demo)
     add_parsers(sub)
     args = parser.parse_args(argv)
-    from .._errors import CpnnError
-
     try:
         return args.run(args)
     except CpnnError as err:  # a user's mistake: the message, not a traceback

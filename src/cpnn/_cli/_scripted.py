@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._errors import CpnnError
+
 
 def _read(path: str):
     import spatialdata as sd
-
-    from .._errors import CpnnError
 
     p = Path(path)
     if not p.exists():
@@ -20,8 +20,6 @@ def _read(path: str):
 def _reference(args: argparse.Namespace):
     import anndata as ad
     import pandas as pd
-
-    from .._errors import CpnnError
 
     if bool(args.reference) == bool(args.profiles):
         raise CpnnError("Pass exactly one of --reference (labelled cells, .h5ad) or --profiles (genes x types, .csv).")

@@ -1,6 +1,33 @@
-"""Internal helpers shared by every layer: table access, input validation, writing results."""
+"""The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
+from ._keys import (
+    EMBEDDING,
+    PREDICTION,
+    PROTOTYPES,
+    SELECTED,
+    SPATIAL,
+    TILES,
+    UNS,
+    in_reference_column,
+    predicted_column,
+    proportions_key,
+)
+from ._metrics import per_gene_metrics, resolve_groupby
+from ._panel import (
+    dense_rows,
+    layer_matrix,
+    panel_counts,
+    panel_genes,
+    panel_prototypes,
+    predicted_mask,
+    predicted_panel,
+    prototype_groups,
+    prototype_set,
+    reference_composition,
+)
+from ._stats import TARGET_SUM, columnwise_pearson, columnwise_spearman, lognorm, lognorm_torch, nanmean
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn
+from ._torch import autocast
 from ._validate import (
     check_counts,
     check_genes,
@@ -13,17 +40,46 @@ from ._validate import (
 )
 
 __all__ = [
+    "EMBEDDING",
+    "PREDICTION",
+    "PROTOTYPES",
+    "SELECTED",
+    "SPATIAL",
+    "TARGET_SUM",
+    "TILES",
+    "UNS",
+    "autocast",
     "check_counts",
     "check_genes",
     "check_key",
     "check_obs_mask",
     "check_unique_obs",
+    "columnwise_pearson",
+    "columnwise_spearman",
+    "dense_rows",
     "gene_names",
     "get_proportions",
     "get_table",
+    "in_reference_column",
     "is_spatialdata",
     "is_tiles_table",
+    "layer_matrix",
+    "lognorm",
+    "lognorm_torch",
+    "nanmean",
+    "panel_counts",
+    "panel_genes",
+    "panel_prototypes",
+    "per_gene_metrics",
+    "predicted_column",
+    "predicted_mask",
+    "predicted_panel",
+    "proportions_key",
+    "prototype_groups",
+    "prototype_set",
+    "reference_composition",
     "region_columns",
+    "resolve_groupby",
     "return_copy",
     "selection_positions",
     "to_uns",

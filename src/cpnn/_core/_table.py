@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import CpnnError
+from ._keys import SPATIAL, UNS
 
 
 def is_spatialdata(data: Any) -> bool:
@@ -52,9 +53,9 @@ def return_copy(data: Any, copy: bool) -> Any:
 
 def uns_cpnn(adata: AnnData) -> dict:
     """The ``uns["cpnn"]`` dict of ``adata``, created when missing."""
-    if "cpnn" not in adata.uns or not isinstance(adata.uns["cpnn"], dict):
-        adata.uns["cpnn"] = {}
-    return adata.uns["cpnn"]
+    if UNS not in adata.uns or not isinstance(adata.uns[UNS], dict):
+        adata.uns[UNS] = {}
+    return adata.uns[UNS]
 
 
 def to_uns(obj: Any) -> Any:
@@ -80,5 +81,5 @@ def get_proportions(adata: AnnData, key: str) -> pd.DataFrame:
 
 def is_tiles_table(adata: AnnData) -> bool:
     """Whether a table holds tissue tiles from :func:`cpnn.pp.tile` (no measured genes)."""
-    spatial = adata.uns.get("cpnn_spatial")
+    spatial = adata.uns.get(SPATIAL)
     return isinstance(spatial, dict) and "tile_size_um" in spatial

@@ -1,6 +1,28 @@
-"""Internal: locating regions on images and reading spot patches."""
+"""Data: where spots lie on images, patch reading, spatial context, slide bags, training datasets."""
 
-from ._patches import PatchDataset, patch_loader
-from ._regions import RegionImage, region_images, table_regions
+from ._bags import SlideBag, slide_bags
+from ._context import add_context, spot_coordinates_um
+from ._datasets import BagDataset, Batch, SpotDataset
+from ._patches import PatchDataset, patch_loader, spot_patches, to_rgb_float
+from ._regions import RegionImage, image_levels, region_images, table_regions
+from ._samplers import PermutationSampler, batch_loader
 
-__all__ = ["PatchDataset", "RegionImage", "patch_loader", "region_images", "table_regions"]
+__all__ = [
+    "BagDataset",
+    "Batch",
+    "PatchDataset",
+    "PermutationSampler",
+    "RegionImage",
+    "SlideBag",
+    "SpotDataset",
+    "add_context",
+    "batch_loader",
+    "image_levels",
+    "patch_loader",
+    "region_images",
+    "slide_bags",
+    "spot_coordinates_um",
+    "spot_patches",
+    "table_regions",
+    "to_rgb_float",
+]

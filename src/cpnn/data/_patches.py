@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._core import selection_positions
 from .._errors import CpnnError
-from ._regions import RegionImage
+from ._regions import RegionImage, region_images
 
 
 def to_rgb_float(block: np.ndarray) -> np.ndarray:
@@ -111,3 +113,25 @@ def patch_loader(dataset: PatchDataset, *, num_workers: int = 0) -> torch.utils.
         worker_init_fn=_worker_init if num_workers > 0 else None,
         persistent_workers=False,
     )
+
+
+def spot_patches(
+    data: Any,
+    adata: Any,
+    mask: np.ndarray,
+    *,
+    patch_size_um: float,
+    patch_px: int,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    block_size: int = 64,
+) -> torch.Tensor:
+    """Every ``mask`` spot's patch as uint8 (N, 3, px, px), in table order (for training an encoder)."""
+    regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=block_size)
+    where = selection_positions(mask)
+    out = torch.zeros((int(mask.sum()), 3, patch_px, patch_px), dtype=torch.uint8)
+    for i in range(len(ds)):
+        idx, p = ds[i]
+        out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
+    return out

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .._core import SPATIAL
 from .._errors import CpnnError
 
 
@@ -88,7 +89,7 @@ def known_spot_diameter_um(sdata: Any, adata: AnnData) -> float | None:
 
 
 def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: float | None) -> float:
-    spatial = adata.uns.get("cpnn_spatial", {})
+    spatial = adata.uns.get(SPATIAL, {})
     per_region = spatial.get("um_per_px", {}) if isinstance(spatial, dict) else {}
     if region in per_region:
         return float(per_region[region])
@@ -240,7 +241,7 @@ def image_um_per_px(sdata: Any, image_key: str) -> float | None:
 
 def table_spot_diameter_um(adata: AnnData) -> float | None:
     """The spot (or tile) side recorded by cpnn in ``uns["cpnn_spatial"]``, else ``None``."""
-    spatial = adata.uns.get("cpnn_spatial")
+    spatial = adata.uns.get(SPATIAL)
     if isinstance(spatial, dict) and spatial.get("spot_diameter_um"):
         return float(spatial["spot_diameter_um"])
     return None

@@ -15,6 +15,7 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
+from .._core import SPATIAL
 from .._errors import CpnnError
 from .._settings import settings
 from ._fetch import fetch, registry
@@ -199,7 +200,7 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
     table = ad.concat(tables, join="inner", merge="same")
     for col in ("section", "patient", "region"):
         table.obs[col] = pd.Categorical(table.obs[col], categories=list(dict.fromkeys(table.obs[col])))
-    table.uns["cpnn_spatial"] = {
+    table.uns[SPATIAL] = {
         "um_per_px": scale,
         "spot_diameter_um": ST_SPOT_DIAMETER_UM,
         "dataset": "HER2ST (Andersson et al. 2021)",

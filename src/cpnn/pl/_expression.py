@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import sparse
 
-from .._core import gene_names, get_table
+from .._core import PREDICTION, columnwise_spearman, dense_rows, gene_names, get_table, lognorm, predicted_panel
 from .._errors import CpnnError
-from ..tl._evaluate import columnwise_spearman, lognorm, predicted_panel
 from ._spatial import draw_spots, resolve_region
 from ._utils import check_names, finish
 
@@ -23,7 +21,7 @@ def expression(
     genes: str | Sequence[str],
     *,
     region: str | None = None,
-    layer: str = "cpnn",
+    layer: str = PREDICTION,
     gene_symbols: str | None = None,
     cmap: str = "magma",
     img_alpha: float | None = None,
@@ -84,12 +82,8 @@ def expression(
     cols = adata.var_names.get_indexer(panel)
     rows = np.flatnonzero(mask)
 
-    def dense(m):
-        block = m[rows][:, cols]
-        return block.toarray() if sparse.issparse(block) else np.asarray(block, float)
-
-    truth = lognorm(dense(adata.X).astype(float))
-    pred = lognorm(dense(adata.layers[layer]).astype(float))
+    truth = lognorm(dense_rows(adata.X, rows, cols).astype(float))
+    pred = lognorm(dense_rows(adata.layers[layer], rows, cols).astype(float))
     at = [panel.index(g) for g in genes]
     rho = columnwise_spearman(pred[:, at], truth[:, at])
     values = pd.DataFrame(index=adata.obs_names, dtype=float)

@@ -11,9 +11,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._core import get_table, uns_cpnn
+from .._core import PREDICTION, get_table, per_gene_metrics, uns_cpnn
 from .._errors import CpnnError
-from ..tl._evaluate import per_gene_metrics
+from ..tl import CPNN
 from ._utils import finish, new_figure
 
 _SUMMARY = ("mean", "pooled")
@@ -33,7 +33,7 @@ def _per_group(df: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
 def correlations(
     data: Any,
     *,
-    layers: str | Sequence[str] = "cpnn",
+    layers: str | Sequence[str] = PREDICTION,
     metric: str = "spearman",
     groupby: str | None = "section",
     kind: str = "violin",
@@ -163,8 +163,6 @@ def history(
     -------
     The Figure, or ``ax`` when one was passed.
     """
-    from ..tl import CPNN
-
     best = None
     if isinstance(data, CPNN):
         records = pd.DataFrame(data.history)

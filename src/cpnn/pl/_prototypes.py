@@ -11,17 +11,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._core import get_table
+from .._core import PROTOTYPES, SELECTED, get_table, in_reference_column, panel_prototypes
 from .._errors import CpnnError
-from ..pp._prototypes import in_reference_column
-from ..tl._inputs import panel_prototypes
+from ..tl import CPNN
 from ._utils import check_names, finish, new_figure
 
 
 def prototype_frame(data: Any, *, key: str, table_key: str) -> pd.DataFrame:
     """Prototypes as a genes x cell types DataFrame, from a model or from the table's ``varm``."""
-    from ..tl import CPNN
-
     if isinstance(data, CPNN):
         if data.prototypes is None:
             raise CpnnError("This model has the direct head: it has no prototypes to plot.")
@@ -53,7 +50,7 @@ def prototypes(
     *,
     genes: str | Sequence[str] | None = None,
     n_markers: int = 5,
-    key: str = "cpnn_prototypes",
+    key: str = PROTOTYPES,
     panel_only: bool = True,
     cmap: str = "RdBu_r",
     figsize: tuple[float, float] | None = None,
@@ -86,8 +83,6 @@ def prototypes(
     -------
     The Figure, or ``ax`` when one was passed.
     """
-    from ..tl import CPNN
-
     profiles = prototype_frame(data, key=key, table_key=table_key)
     if genes is None:
         if n_markers < 1:
@@ -95,8 +90,8 @@ def prototypes(
         pool = profiles
         if panel_only and not isinstance(data, CPNN):
             adata = get_table(data, table_key)
-            if "cpnn_selected" in adata.var:
-                sel = adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)]
+            if SELECTED in adata.var:
+                sel = adata.var_names[adata.var[SELECTED].to_numpy(bool)]
                 pool = profiles.loc[profiles.index.intersection(sel, sort=False)]
                 if pool.empty:
                     pool = profiles

@@ -11,32 +11,11 @@ from anndata import AnnData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._core import check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
+from .._core import EMBEDDING, autocast, check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import PatchDataset, patch_loader, region_images
-from ..models import make_encoder
-
-
-def encoder_config(
-    encoder: str, *, weights: str | Path | None, pretrained: bool, seed: int, patch_size_um: float, patch_px: int
-) -> dict:
-    """The settings that determine an embedding; equal configs give equal embeddings."""
-    return {
-        "encoder": str(encoder),
-        "weights": "" if weights is None else str(Path(weights).resolve()),
-        "pretrained": bool(pretrained or weights is not None),
-        "seed": int(seed),
-        "patch_size_um": float(patch_size_um),
-        "patch_px": int(patch_px),
-    }
-
-
-def build_encoder(config: dict) -> torch.nn.Module:
-    """Create the encoder of ``config``; random initialisation is seeded, so it is reproducible."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return make_encoder(config["encoder"], pretrained=config["pretrained"], weights=config["weights"] or None)
+from ..models import build_encoder, encoder_config
 
 
 @torch.no_grad()
@@ -62,15 +41,10 @@ def embed_spots(
     encoder = encoder.to(device).eval()
     where = selection_positions(mask)
     out = None
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.startswith("cuda")
-        else torch.autocast("cpu", enabled=False)
-    )
     for idx, patches in tqdm(
         patch_loader(ds, num_workers=num_workers), total=len(ds), desc=desc, disable=settings.verbosity < 2
     ):
-        with autocast:
+        with autocast(device):
             z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
         if out is None:
             out = np.zeros((int(mask.sum()), z.shape[1]), dtype=np.float32)
@@ -94,7 +68,7 @@ def embed(
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
     table_key: str = "table",
-    key_added: str = "cpnn_embedding",
+    key_added: str = EMBEDDING,
 ) -> None:
     """Embed a spot-centred patch of every spot with a frozen encoder.
 
@@ -178,10 +152,50 @@ def store_embedding(adata: AnnData, z: np.ndarray, mask: np.ndarray, config: dic
     embeddings[key] = {"config": config, "dim": int(z.shape[1])}
 
 
-def cached_embedding(adata: AnnData, mask: np.ndarray, config: dict, key: str = "cpnn_embedding") -> np.ndarray | None:
+def cached_embedding(adata: AnnData, mask: np.ndarray, config: dict, key: str = EMBEDDING) -> np.ndarray | None:
     """Embeddings of the ``mask`` spots when ``obsm`` holds them for the same config, else ``None``."""
     info = uns_cpnn(adata).get("embeddings", {}).get(key, {})
     if info.get("config") != config or key not in adata.obsm:
         return None
     z = np.asarray(adata.obsm[key])[mask]
     return z if np.isfinite(z).all() else None
+
+
+def spot_embeddings(
+    data: Any,
+    adata: AnnData,
+    mask: np.ndarray,
+    config: dict,
+    encoder: torch.nn.Module | None,
+    *,
+    device: str,
+    batch_size: int,
+    num_workers: int,
+    image_key: str | None,
+    spot_diameter_um: float | None,
+    key: str = EMBEDDING,
+) -> np.ndarray:
+    """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when its config matches, else computed."""
+    z = cached_embedding(adata, mask, config, key)
+    if z is not None:
+        return z
+    if not is_spatialdata(data):
+        raise CpnnError(
+            "The table has no cached embedding for this encoder and there is no image to compute one: "
+            "pass the SpatialData (with its images), or run cp.pp.embed on it first."
+        )
+    z = embed_spots(
+        data,
+        adata,
+        mask,
+        encoder if encoder is not None else build_encoder(config),
+        patch_size_um=config["patch_size_um"],
+        patch_px=config["patch_px"],
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        image_key=image_key,
+        spot_diameter_um=spot_diameter_um,
+    )
+    store_embedding(adata, z, mask, config, key)
+    return z

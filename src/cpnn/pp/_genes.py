@@ -12,7 +12,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_counts, check_genes, gene_names, get_table, return_copy, uns_cpnn
+from .._core import SELECTED, check_counts, check_genes, gene_names, get_table, return_copy, uns_cpnn
 from .._errors import CpnnError
 
 
@@ -112,7 +112,7 @@ def select_genes(
             raise CpnnError(f"flavor={flavor!r}; use 'mean' or 'hvg', or pass genes=[...].")
         method = flavor
 
-    adata.var["cpnn_selected"] = pd.Series(np.asarray(selected, bool), index=adata.var_names)
+    adata.var[SELECTED] = pd.Series(np.asarray(selected, bool), index=adata.var_names)
     uns_cpnn(adata)["panel"] = {
         "flavor": method,
         "n_top_genes": int(n_top_genes) if genes is None else len(genes),

@@ -11,7 +11,18 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_counts, check_key, gene_names, get_table, return_copy, to_uns, uns_cpnn
+from .._core import (
+    PROTOTYPES,
+    SELECTED,
+    check_counts,
+    check_key,
+    gene_names,
+    get_table,
+    in_reference_column,
+    return_copy,
+    to_uns,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from .._settings import settings
 from ..models import fit_nb_regression
@@ -19,12 +30,7 @@ from ..models import fit_nb_regression
 #: Fewest panel genes with a prototype that cpnn accepts.
 MIN_PANEL_GENES = 10
 #: varm key of the prototypes unless told otherwise.
-DEFAULT_KEY = "cpnn_prototypes"
-
-
-def in_reference_column(key: str) -> str:
-    """``var`` column flagging the genes that have a prototype in ``varm[key]``."""
-    return "cpnn_in_reference" if key == DEFAULT_KEY else f"{key}_in_reference"
+DEFAULT_KEY = PROTOTYPES
 
 
 def reference_qc(
@@ -336,8 +342,8 @@ def build_prototypes(
     values = np.zeros((adata.n_vars, profiles.shape[1]), dtype=np.float32)
     values[in_ref] = profiles.reindex(names[in_ref]).to_numpy(np.float32)
     missing = adata.var_names[~in_ref]
-    if "cpnn_selected" in adata.var:
-        sel = adata.var["cpnn_selected"].to_numpy(bool)
+    if SELECTED in adata.var:
+        sel = adata.var[SELECTED].to_numpy(bool)
         lost = adata.var_names[sel & ~in_ref]
         if len(lost):
             logg.warning(
@@ -348,7 +354,7 @@ def build_prototypes(
                 f"Only {int((sel & in_ref).sum())} genes of the selected panel have a prototype (at least "
                 f"{MIN_PANEL_GENES} are needed); choose a panel shared with the reference."
             )
-        adata.var["cpnn_selected"] = sel & in_ref
+        adata.var[SELECTED] = sel & in_ref
     adata.varm[key_added] = values
     cp_uns = uns_cpnn(adata)
     cell_types = [str(c) for c in profiles.columns]

@@ -12,10 +12,10 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import ndimage, sparse
 
-from .._core import is_spatialdata
+from .._core import SPATIAL, TILES, is_spatialdata
 from .._errors import CpnnError
 from ..data._patches import to_rgb_float
-from ..data._regions import check_image_dtype, image_levels, image_um_per_px
+from ..data._regions import _affine, _scale, check_image_dtype, image_levels, image_um_per_px
 
 #: The tissue mask is computed where a tile spans about this many pixels (never at full resolution).
 _MASK_PX_PER_TILE = 8
@@ -87,8 +87,6 @@ def _sharpest_per_space(sdata: Any) -> list[str]:
     """Image keys, keeping per set of coordinate systems only the image with the most pixels per unit."""
     from spatialdata.transformations import get_transformation
 
-    from ..data._regions import _affine, _scale
-
     best: dict[frozenset, tuple[float, str]] = {}
     for key, element in sdata.images.items():
         spaces = get_transformation(element, get_all=True)
@@ -131,7 +129,7 @@ def tile(
     tile_size_um: float = 112.0,
     min_tissue: float = 0.5,
     mpp: float | None = None,
-    key_added: str = "cpnn_tiles",
+    key_added: str = TILES,
 ) -> None:
     """Cut the tissue of whole images into a grid of square tiles.
 
@@ -181,7 +179,7 @@ def tile(
         raise CpnnError(f"tile_size_um={tile_size_um} must be positive.")
     if mpp is not None and not mpp > 0:
         raise CpnnError(f"mpp={mpp} must be positive (micrometres per pixel).")
-    if key_added in sdata.tables and "cpnn_spatial" not in sdata.tables[key_added].uns:
+    if key_added in sdata.tables and SPATIAL not in sdata.tables[key_added].uns:
         raise CpnnError(f"key_added={key_added!r} is an existing table that is not a cpnn tiles table; choose another.")
     if image_key is None:
         keys = _sharpest_per_space(sdata)
@@ -240,7 +238,7 @@ def tile(
     table = ad.concat(tables) if len(tables) > 1 else tables[0]
     for col in ("region", "image"):
         table.obs[col] = pd.Categorical(table.obs[col], categories=list(dict.fromkeys(table.obs[col])))
-    table.uns["cpnn_spatial"] = {
+    table.uns[SPATIAL] = {
         "um_per_px": um_per_px,
         "spot_diameter_um": float(tile_size_um),
         "tile_size_um": float(tile_size_um),

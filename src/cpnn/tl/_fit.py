@@ -1,4 +1,9 @@
-"""cp.tl.fit: train the composition network (or the direct baseline) on spots with images."""
+"""cp.tl.fit: train the composition network (or a baseline head) on spots, tiles or slides.
+
+``fit`` resolves its options into one frozen :class:`~cpnn.tl._config.FitConfig`, reads the two
+sides of the split, builds the inputs for the level, trains (or solves) the head and records the
+result.
+"""
 
 from __future__ import annotations
 
@@ -11,62 +16,25 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
-from torch import nn
 
-from .._core import check_key, check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
+from .._core import EMBEDDING, PROTOTYPES, TILES, get_table, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import PatchDataset, region_images
-from ..models import HANDCRAFTED
-from ..pp._embed import build_encoder, encoder_config
-from ._inputs import (
-    finetuned_config,
-    model_inputs,
-    panel_counts,
-    panel_genes,
-    panel_prototypes,
-    prototype_groups,
-    reference_composition,
-)
+from ..models import build_encoder
+from ._config import PRESETS, FitConfig, resolve_config
+from ._inputs import Split, build_inputs, read_split
 from ._model import CPNN, build_head
-from ._slides import Bags, bag_embeddings, slide_bags
-from ._train import TrainData, TrainingDiverged, run_training
+from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training
+
+__all__ = ["PRESETS", "fit"]
 
 
-class _ToUnit(nn.Module):
-    """uint8 patches -> float in [0, 1] in front of a fine-tuned encoder."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x.float() / 255.0 if x.dtype == torch.uint8 else x)
-
-
-def _patches(data, adata, mask, config, *, image_key, spot_diameter_um, batch_size) -> torch.Tensor:
-    regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
-    ds = PatchDataset(regions, patch_size_um=config["patch_size_um"], out_px=config["patch_px"], block_size=batch_size)
-    where = selection_positions(mask)
-    out = torch.zeros((int(mask.sum()), 3, config["patch_px"], config["patch_px"]), dtype=torch.uint8)
-    for i in range(len(ds)):
-        idx, p = ds[i]
-        out[torch.as_tensor(where[idx.numpy()])] = (p * 255).round().to(torch.uint8)
-    return out
-
-
-#: Configurations of :func:`fit` (explicit options override them). ``"paper"`` is the published model.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"residual": 0.0, "context_um": None, "loss": "nb"},
-    "cpnn": {"residual": 0.0, "context_um": 150.0, "loss": "mse"},
-}
-
-
-def _fingerprint(cfg: dict, train_mask: np.ndarray, val_mask: np.ndarray, **settings_: Any) -> str:
-    """Hash of what a checkpoint must match to be resumed: settings, panel and the spots on each side."""
-    h = hashlib.sha256(json.dumps({**cfg, **settings_}, sort_keys=True, default=str).encode())
-    h.update(np.packbits(train_mask).tobytes())
-    h.update(np.packbits(val_mask).tobytes())
+def _fingerprint(config: FitConfig, split: Split) -> str:
+    """Hash of what a checkpoint must match to be resumed: settings, panel, spots on each side, data."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(np.packbits(split.train).tobytes())
+    h.update(np.packbits(split.validation).tobytes())
+    h.update(split.digest().encode())
     return h.hexdigest()
 
 
@@ -75,7 +43,7 @@ def fit(
     *,
     train: Any = None,
     validation: Any = None,
-    head: Literal["cpnn", "direct"] = "cpnn",
+    head: str = "cpnn",
     encoder: str = "resnet18",
     weights: str | Path | None = None,
     pretrained: bool = False,
@@ -84,7 +52,7 @@ def fit(
     patch_px: int = 224,
     prototypes: Literal["learn", "freeze", "random"] = "learn",
     correction: bool = True,
-    prototypes_key: str = "cpnn_prototypes",
+    prototypes_key: str = PROTOTYPES,
     composition_key: str | None = None,
     proto_reg: float = 1e3,
     comp_reg: float = 1e3,
@@ -106,13 +74,13 @@ def fit(
     num_workers: int | None = None,
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
-    embedding_key: str = "cpnn_embedding",
+    embedding_key: str = EMBEDDING,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     level: Literal["spot", "slide"] | None = None,
     slides: Any = None,
     max_patches: int = 4096,
-    tiles_key: str = "cpnn_tiles",
+    tiles_key: str = TILES,
     slide_key: str = "slide",
     table_key: str = "table",
 ) -> CPNN:
@@ -134,8 +102,11 @@ def fit(
     validation
         Spots for early stopping (same forms). Default none: train for ``epochs`` epochs.
     head
-        ``"cpnn"``: composition weights x cell-type prototypes (the paper). ``"direct"``: the same
-        MLP straight to the genes, trained with MSE on log-normalised expression (the baseline).
+        A registered head (:data:`cpnn.models.HEADS`): ``"cpnn"``, composition weights x cell-type
+        prototypes (the paper); ``"direct"``, the same MLP straight to the genes, trained with MSE on
+        log-normalised expression (the baseline); ``"ridge"``, ridge regression from the embeddings
+        to log-normalised expression in closed form, alpha chosen on the validation spots (the HEST
+        benchmark's probe; frozen encoders only).
     encoder
         ``"resnet18"`` or any timm architecture, or ``"handcrafted"`` colour/texture features.
     weights
@@ -231,265 +202,98 @@ def fit(
     becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
     holds the model with the last good weights.
     """
-    level = level or ("slide" if slides is not None else "spot")
-    if level not in ("spot", "slide"):
-        raise CpnnError(f"level={level!r}; use 'spot' or 'slide'.")
-    if level == "slide":
-        if slides is None:
-            raise CpnnError("level='slide' needs slides=: a dict {sample: SpatialData} or one SpatialData with tiles.")
-        if not isinstance(data, AnnData):
-            raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
-        if finetune:
-            raise CpnnError("finetune=True is spot-level only; slide level trains on cached tile embeddings.")
-        if max_patches < 1:
-            raise CpnnError(f"max_patches={max_patches} must be at least 1.")
-    elif slides is not None:
-        raise CpnnError("slides= is for level='slide'; drop it or pass level='slide'.")
-    if sample_key is not None:
-        if level == "slide":
-            raise CpnnError("sample_key is spot level only; slides are the samples at slide level.")
-        check_key(get_table(data, table_key), sample_key, argument="sample_key")
-    if preset not in PRESETS:
-        raise CpnnError(f"preset={preset!r}; use one of {list(PRESETS)}.")
-    chosen = {**PRESETS[preset]}
-    if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
-        chosen["context_um"] = None
-    chosen.update(
-        {k: v for k, v in {"residual": residual, "context_um": context_um, "loss": loss}.items() if v is not None}
-    )
-    residual, context_um, loss = float(chosen["residual"]), chosen["context_um"], chosen["loss"]
-    if residual < 0:
-        raise CpnnError(f"residual={residual} must be >= 0 (0 switches the residual path off).")
-    if loss not in ("nb", "mse"):
-        raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")
-    if context_um is not None and (context_um < 0 or (context_um > 0 and (finetune or level == "slide"))):
-        raise CpnnError(
-            f"context_um={context_um} needs a positive radius, a frozen encoder and spot level; "
-            "pass context_um=0 to switch the spatial context off."
-        )
-    context_um = float(context_um) if context_um else None
-    batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)
-    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r}, level={level!r})")
-    adata = get_table(data, table_key)
-    if head not in ("cpnn", "direct"):
-        raise CpnnError(f"head={head!r}; use 'cpnn' or 'direct'.")
-    if prototypes not in ("learn", "freeze", "random"):
-        raise CpnnError(f"prototypes={prototypes!r}; use 'learn', 'freeze' or 'random'.")
-    if finetune and encoder == HANDCRAFTED:
-        raise CpnnError("encoder='handcrafted' has no weights to fine-tune; use a timm encoder or finetune=False.")
-    if finetune and not is_spatialdata(data):
-        raise CpnnError("finetune=True reads patches, so data must be a SpatialData with images.")
+    config = resolve_config(
+        head=head, level=level, slides=slides, encoder=encoder, weights=weights, pretrained=pretrained,
+        finetune=finetune, patch_size_um=patch_size_um, patch_px=patch_px, prototypes=prototypes,
+        correction=correction, prototypes_key=prototypes_key, composition_key=composition_key,
+        proto_reg=proto_reg, comp_reg=comp_reg, hidden=hidden, dropout=dropout, preset=preset, residual=residual,
+        context_um=context_um, loss=loss, sample_key=sample_key, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, patience=patience, layer=layer, seed=seed, max_patches=max_patches,
+        tiles_key=tiles_key, slide_key=slide_key, embedding_key=embedding_key, image_key=image_key,
+        spot_diameter_um=spot_diameter_um,
+    )  # fmt: skip
+    if config.level == "slide" and not isinstance(data, AnnData):
+        raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
     if resume and checkpoint_dir is None:
         raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise CpnnError(f"epochs={epochs}, batch_size={batch_size} and lr={lr} must be positive.")
-    genes = panel_genes(adata)
-    protos, types = panel_prototypes(adata, genes, prototypes_key) if head == "cpnn" else (None, [])
-    val_mask = (
-        check_obs_mask(adata, validation, argument="validation")
-        if validation is not None
-        else np.zeros(adata.n_obs, bool)
-    )
-    train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
-    if (train_mask & val_mask).any():
-        raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
-    if not train_mask.any():
-        raise CpnnError("The training set is empty; check train= and validation=.")
-    counts_tr = panel_counts(adata, genes, train_mask, layer, argument="training")
-    lib_tr = counts_tr.sum(1)
-    if (lib_tr <= 0).any():
-        keep = lib_tr > 0
-        logg.warning(f"{int((~keep).sum())} training spots have no counts in the panel and are left out")
-        rows = np.flatnonzero(train_mask)
-        train_mask = train_mask.copy()
-        train_mask[rows[~keep]] = False
-        counts_tr, lib_tr = counts_tr[keep], lib_tr[keep]
-        if not train_mask.any():
-            raise CpnnError("No training spot has counts in the panel.")
-    counts_va = panel_counts(adata, genes, val_mask, layer, argument="validation") if val_mask.any() else None
-
+    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r}, level={config.level!r})")
+    adata = get_table(data, table_key)
+    split = read_split(adata, config, train, validation)
     dev = settings.resolve_device(device)
+    enc = build_encoder(config.encoder_config)
     workers = settings.num_workers if num_workers is None else num_workers
-    config = encoder_config(
-        encoder, weights=weights, pretrained=pretrained, seed=seed, patch_size_um=patch_size_um, patch_px=patch_px
+    inputs = build_inputs(data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers)
+    fingerprint = _fingerprint(config.with_data(genes=split.genes, in_dim=inputs.in_dim), split)
+    config = config.with_data(
+        encoder_config=inputs.encoder_config, genes=split.genes, cell_types=split.cell_types, groups=split.groups,
+        samples=split.samples, in_dim=inputs.in_dim, median_library=float(np.median(split.library_train)),
+    )  # fmt: skip
+    torch.manual_seed(config.seed)  # after any data loading, which draws from the global generator
+    head_module = build_head(config, inputs.in_dim, split.prototypes)
+    if inputs.standardise and not config.head_class.closed_form:
+        getattr(head_module, "head", head_module).fit_inputs(
+            inputs.train.standardisation_inputs(config.head_class.per_tile)
+        )
+    result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
+    model = CPNN(config, enc.cpu().eval(), head_module, result.history)
+    _record(adata, config, result, split, dev)
+    logg.info(
+        f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
+        f"{'slides' if config.level == 'slide' else 'spots'}",
+        time=start,
+        deep="added\n    'fit', 'history' (adata.uns['cpnn'])",
     )
-    enc = build_encoder(config)
-    if level == "slide":
-        bags = slide_bags(adata, slides, tiles_key=tiles_key, slide_key=slide_key)
-        used = train_mask | val_mask
-        z_bags = bag_embeddings(
-            [b for b, u in zip(bags, used, strict=True) if u],
-            config,
-            enc,
-            device=dev,
-            num_workers=workers,
-            image_key=image_key,
-            key=embedding_key,
-        )
-        by_row = dict(zip(np.flatnonzero(used), z_bags, strict=True))
-        x_tr = Bags([torch.as_tensor(by_row[i]) for i in np.flatnonzero(train_mask)], max_patches, seed)
-        x_va = Bags([torch.as_tensor(by_row[i]) for i in np.flatnonzero(val_mask)], max_patches, seed)
-        in_dim = x_tr.z[0].shape[1]
-        model = nn.Identity()
-    elif finetune:
-        x_tr = _patches(
-            data, adata, train_mask, config, image_key=image_key, spot_diameter_um=spot_diameter_um, batch_size=64
-        )
-        x_va = (
-            _patches(
-                data, adata, val_mask, config, image_key=image_key, spot_diameter_um=spot_diameter_um, batch_size=64
-            )
-            if val_mask.any()
-            else None
-        )
-        in_dim = int(enc.out_dim)
-        model: nn.Module = _ToUnit(enc)
-    else:
-        both = train_mask | val_mask
-        z = model_inputs(
-            data,
-            adata,
-            both,
-            config,
-            enc,
-            context_um=context_um,
-            device=dev,
-            batch_size=64,
-            num_workers=workers,
-            image_key=image_key,
-            spot_diameter_um=spot_diameter_um,
-            key=embedding_key,
-        )
-        where = selection_positions(both)
-        x_tr = torch.as_tensor(z[where[train_mask]])
-        x_va = torch.as_tensor(z[where[val_mask]]) if val_mask.any() else None
-        in_dim = z.shape[1]
-        model = nn.Identity()
-    cfg = {
-        "head": head,
-        "genes": genes,
-        "cell_types": types,
-        "prototypes": prototypes,
-        "correction": bool(correction),
-        "proto_reg": float(proto_reg),
-        "comp_reg": float(comp_reg),
-        "hidden": [int(h) for h in hidden],
-        "dropout": float(dropout),
-        "seed": int(seed),
-        "finetune": bool(finetune),
-        "in_dim": int(in_dim),
-        "encoder_config": finetuned_config(config) if finetune else config,
-        "median_library": float(np.median(lib_tr)),
-        "layer": layer,
-        "level": level,
-        "max_patches": int(max_patches) if level == "slide" else 0,
-        "groups": prototype_groups(adata, prototypes_key) if head == "cpnn" else {},
-        "residual": residual if head == "cpnn" else 0.0,
-        "loss": loss,
-        "context_um": context_um,
-        "preset": preset,
-    }
-    sample_tr = None
-    if sample_key is not None and head == "cpnn":
-        samples_tr = adata.obs[sample_key].astype(str).to_numpy()[train_mask]
-        cfg["samples"] = sorted(set(samples_tr))
-        sample_tr = np.searchsorted(cfg["samples"], samples_tr).astype(np.int64)
-    torch.manual_seed(seed)  # after any data loading, which draws from the global generator
-    head_module = build_head(cfg, in_dim, protos)
-    if level == "slide":
-        # the cpnn head sees tiles, the direct head mean-pooled slides: standardise what each sees
-        inputs = x_tr.tiles() if head == "cpnn" else torch.stack([t.mean(0) for t in x_tr.z])
-        head_module.head.standardise.fit(inputs)
-    elif not finetune:
-        head_module.standardise.fit(x_tr)
-    comp_tr = reference_composition(adata, composition_key, train_mask, types) if head == "cpnn" else None
-    comp_va = (
-        reference_composition(adata, composition_key, val_mask, types) if head == "cpnn" and val_mask.any() else None
-    )
-    tr = TrainData(
-        x_tr,
-        torch.as_tensor(counts_tr),
-        torch.as_tensor(lib_tr),
-        None if comp_tr is None else torch.as_tensor(comp_tr),
-        sample=None if sample_tr is None else torch.as_tensor(sample_tr),
-    )
-    va = None
-    if counts_va is not None:
-        va = TrainData(
-            x_va,
-            torch.as_tensor(counts_va),
-            torch.as_tensor(counts_va.sum(1).clip(1.0)),
-            None if comp_va is None else torch.as_tensor(comp_va),
-            eval_batch_size=batch_size if level == "slide" else None,
-        )
-    model.to(dev)
-    head_module.to(dev)
-    fingerprint = _fingerprint(
-        cfg,
-        train_mask,
-        val_mask,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-    )
+    return model
+
+
+def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, resume) -> TrainResult:
+    """The gradient loop (or the closed-form solution) for the built inputs and head."""
+    module = inputs.module
+    module.to(device)
+    head.to(device)
     try:
-        result = run_training(
-            model,
-            head_module,
-            tr,
-            va,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            patience=patience,
-            seed=seed,
-            device=dev,
-            desc=f"fit {head}",
-            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
-            resume=resume,
-            fingerprint=fingerprint,
-        )
+        if config.head_class.closed_form:
+            result = fit_closed_form(head, inputs.train, inputs.validation)
+        else:
+            result = run_training(
+                module,
+                head,
+                inputs.train,
+                inputs.validation,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                patience=config.patience,
+                seed=config.seed,
+                device=device,
+                desc=f"fit {config.head}",
+                checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
+                resume=resume,
+                fingerprint=fingerprint,
+            )
     except TrainingDiverged as err:
-        err.model = CPNN(cfg, enc.cpu().eval(), head_module.cpu().eval(), [])
+        err.model = CPNN(config, encoder.cpu().eval(), head.cpu().eval(), [])
         raise
-    model.cpu().eval()
-    head_module.cpu().eval()
+    module.cpu().eval()
+    head.cpu().eval()
     if result.stop_reason == "interrupted":
         logg.warning(f"training interrupted after {len(result.history)} epochs; returning the best model so far")
-    cpnn = CPNN(cfg, enc.cpu().eval(), head_module, result.history)
+    return result
+
+
+def _record(adata: AnnData, config: FitConfig, result: TrainResult, split: Split, device: str) -> None:
+    """Write the fit's settings, outcome and history into ``uns["cpnn"]``."""
     info = uns_cpnn(adata)
     info["fit"] = {
-        "head": head,
-        "encoder": encoder,
-        "finetune": bool(finetune),
-        "level": level,
-        "preset": preset,
-        "residual": cfg["residual"],
-        "context_um": context_um or 0.0,
-        "loss": loss,
-        "prototypes": prototypes,
-        "correction": bool(correction),
-        "epochs": int(epochs),
+        **config.to_uns(),
         "best_epoch": int(result.best_epoch),
         "stopped_early": bool(result.stopped_early),
         "stop_reason": result.stop_reason,
         "resumed_from_epoch": int(result.resumed_from),
-        "n_train": int(train_mask.sum()),
-        "n_validation": int(val_mask.sum()),
-        "lr": float(lr),
-        "batch_size": int(batch_size),
-        "seed": int(seed),
-        "device": dev,
+        "n_train": int(split.train.sum()),
+        "n_validation": int(split.validation.sum()),
+        "device": device,
     }
     keys = sorted({k for r in result.history for k in r})
     info["history"] = {k: np.array([r.get(k, np.nan) for r in result.history], dtype=float) for k in keys}
-    logg.info(
-        f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(train_mask.sum())} "
-        f"{'slides' if level == 'slide' else 'spots'}",
-        time=start,
-        deep="added\n    'fit', 'history' (adata.uns['cpnn'])",
-    )
-    return cpnn

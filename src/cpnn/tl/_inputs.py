@@ -1,193 +1,167 @@
-"""Gathering what fit and predict need from the table: panel, prototypes, counts, embeddings."""
+"""What a fit trains on: the two sides of the split read from the table, then one input builder per kind.
+
+:func:`read_split` gathers counts, library sizes, prototypes and reference compositions of the
+training and validation spots (or bulk samples); :func:`build_inputs` turns them into training and
+validation datasets of cached embeddings, image patches (fine-tuning) or slide bags of tiles.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import torch
 from anndata import AnnData
-from scipy import sparse
+from scanpy import logging as logg
+from torch import nn
 
-from .._core import check_counts, is_spatialdata, selection_positions, uns_cpnn
+from .._core import (
+    check_key,
+    check_obs_mask,
+    panel_counts,
+    panel_genes,
+    panel_prototypes,
+    prototype_groups,
+    reference_composition,
+    selection_positions,
+)
 from .._errors import CpnnError
-from ..pp._embed import build_encoder, cached_embedding, embed_spots, store_embedding
-from ..pp._prototypes import in_reference_column
+from ..data import (
+    BagDataset,
+    SlideBag,
+    SpotDataset,
+    add_context,
+    slide_bags,
+    spot_coordinates_um,
+    spot_patches,
+    table_regions,
+)
+from ..models import Uint8Input
+from ..pp._embed import spot_embeddings
+from ._config import FitConfig
 
 
-def panel_genes(adata: AnnData) -> list[str]:
-    """Genes of ``var["cpnn_selected"]``."""
-    if "cpnn_selected" not in adata.var:
-        raise CpnnError("No gene panel yet: call cp.pp.select_genes(data) first (it sets var['cpnn_selected']).")
-    genes = adata.var_names[adata.var["cpnn_selected"].to_numpy(bool)]
-    if len(genes) == 0:
-        raise CpnnError("var['cpnn_selected'] selects no gene; call cp.pp.select_genes with a non-empty panel.")
-    return list(genes)
+@dataclass
+class Split:
+    """Training and validation spots (or bulk samples) and what the heads learn from them."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    genes: list[str]
+    counts_train: np.ndarray
+    counts_validation: np.ndarray | None
+    prototypes: np.ndarray | None = None
+    cell_types: list[str] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+    composition_train: np.ndarray | None = None
+    composition_validation: np.ndarray | None = None
+    samples: list[str] = field(default_factory=list)
+    sample_codes: np.ndarray | None = None
+
+    @property
+    def library_train(self) -> np.ndarray:
+        """Panel library size of each training row."""
+        return self.counts_train.sum(1)
+
+    def digest(self) -> str:
+        """SHA-256 of the data a checkpoint must match: the panel counts and the prototypes."""
+        h = hashlib.sha256()
+        for arr in (self.counts_train, self.counts_validation, self.prototypes, self.composition_train):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+        return h.hexdigest()
 
 
-def prototype_groups(adata: AnnData, key: str) -> dict[str, str]:
-    """The display group of each prototype of ``varm[key]`` (empty when the prototypes are not grouped)."""
-    entry = uns_cpnn(adata).get("prototype_sets", {}).get(key) or {}
-    groups = entry.get("groups")
-    return {str(k): str(v) for k, v in groups.items()} if isinstance(groups, dict) else {}
-
-
-def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.ndarray, list[str]]:
-    """Prototypes of the panel genes (K x G) and the cell types."""
-    if key not in adata.varm:
-        raise CpnnError(
-            f"No prototypes in varm[{key!r}]: call cp.pp.build_prototypes(data, reference, ...) first, "
-            "or pass head='direct' for the baseline without cell types."
-        )
-    info = uns_cpnn(adata)
-    entry = info.get("prototype_sets", {}).get(key)
-    # older objects (or hand-made prototypes) keep the default key's cell types at the top level
-    types = [str(t) for t in (entry["cell_types"] if entry is not None else info.get("cell_types", []))]
-    column = in_reference_column(key)
-    in_ref = adata.var[column].to_numpy(bool) if column in adata.var else None
-    P = np.asarray(adata.varm[key], dtype=np.float32)
-    if P.shape[1] != len(types):
-        raise CpnnError(
-            f"varm[{key!r}] has {P.shape[1]} columns but its record in uns['cpnn'] names {len(types)} cell types; "
-            "rebuild the prototypes with cp.pp.build_prototypes."
-        )
-    idx = adata.var_names.get_indexer(genes)
-    sub = P[idx]
-    if in_ref is not None:
-        lacking = [g for g, ok in zip(genes, in_ref[idx], strict=True) if not ok]
-    else:
-        lacking = [g for g, row in zip(genes, sub, strict=True) if not row.any()]
-    if lacking:
-        raise CpnnError(
-            f"Panel/prototype mismatch: {len(lacking)} selected genes have no prototype (e.g. {lacking[:5]}); "
-            "run cp.pp.build_prototypes after cp.pp.select_genes, which drops such genes from the panel."
-        )
-    if not np.isfinite(sub).all() or (sub < 0).any():
-        raise CpnnError(f"varm[{key!r}] holds NaN, infinite or negative values; rebuild the prototypes.")
-    return sub.T.copy(), types
-
-
-def panel_counts(adata: AnnData, genes: list[str], mask: np.ndarray, layer: str | None, *, argument: str) -> np.ndarray:
-    """Dense raw counts of the panel genes for the ``mask`` spots, validated."""
-    if layer is not None and layer not in adata.layers:
-        raise CpnnError(f"layer={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
-    X = adata.layers[layer] if layer is not None else adata.X
-    idx = adata.var_names.get_indexer(genes)
-    block = X[np.flatnonzero(mask)][:, idx]
-    block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-    check_counts(
-        block,
-        argument=f"the counts of the {argument} spots ({'X' if layer is None else 'layer ' + repr(layer)})",
-        integer=False,
+def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -> Split:
+    """Masks, panel counts, prototypes and reference compositions of both sides, validated."""
+    head_cls = config.head_class
+    if config.sample_key is not None:
+        check_key(adata, config.sample_key, argument="sample_key")
+    genes = panel_genes(adata)
+    protos, types = panel_prototypes(adata, genes, config.prototypes_key) if head_cls.composition else (None, [])
+    val_mask = (
+        check_obs_mask(adata, validation, argument="validation")
+        if validation is not None
+        else np.zeros(adata.n_obs, bool)
     )
-    return block.astype(np.float32)
-
-
-def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, types: list[str]) -> np.ndarray | None:
-    """Reference proportions from ``obsm[key]`` aligned to ``types`` (rows renormalised)."""
-    if key is None:
-        return None
-    if key not in adata.obsm:
-        raise CpnnError(f"composition_key={key!r} is not in obsm; keys are {list(adata.obsm)}.")
-    comp = adata.obsm[key]
-    if not isinstance(comp, pd.DataFrame):
-        raise CpnnError(f"obsm[{key!r}] must be a DataFrame whose columns are cell types {types}.")
-    missing = [t for t in types if t not in comp.columns]
-    if missing:
-        raise CpnnError(f"obsm[{key!r}] lacks the cell types {missing}; its columns are {list(comp.columns)}.")
-    values = comp[types].to_numpy(np.float32)[mask]
-    if not np.isfinite(values).all():
-        raise CpnnError(f"obsm[{key!r}] has NaN values for selected spots.")
-    return values / np.clip(values.sum(1, keepdims=True), 1e-12, None)
-
-
-def spot_embeddings(
-    data: Any,
-    adata: AnnData,
-    mask: np.ndarray,
-    config: dict,
-    encoder,
-    *,
-    device: str,
-    batch_size: int,
-    num_workers: int,
-    image_key: str | None,
-    spot_diameter_um: float | None,
-    key: str = "cpnn_embedding",
-) -> np.ndarray:
-    """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when its config matches, else computed."""
-    z = cached_embedding(adata, mask, config, key)
-    if z is not None:
-        return z
-    if not is_spatialdata(data):
-        raise CpnnError(
-            "The table has no cached embedding for this encoder and there is no image to compute one: "
-            "pass the SpatialData (with its images), or run cp.pp.embed on it first."
-        )
-    z = embed_spots(
-        data,
-        adata,
-        mask,
-        encoder if encoder is not None else build_encoder(config),
-        patch_size_um=config["patch_size_um"],
-        patch_px=config["patch_px"],
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        image_key=image_key,
-        spot_diameter_um=spot_diameter_um,
+    train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
+    if (train_mask & val_mask).any():
+        raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
+    if not train_mask.any():
+        raise CpnnError("The training set is empty; check train= and validation=.")
+    integer = head_cls.composition and config.loss == "nb"
+    counts_tr = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=integer)
+    lib_tr = counts_tr.sum(1)
+    if (lib_tr <= 0).any():
+        keep = lib_tr > 0
+        logg.warning(f"{int((~keep).sum())} training spots have no counts in the panel and are left out")
+        rows = np.flatnonzero(train_mask)
+        train_mask = train_mask.copy()
+        train_mask[rows[~keep]] = False
+        counts_tr = counts_tr[keep]
+        if not train_mask.any():
+            raise CpnnError("No training spot has counts in the panel.")
+    counts_va = (
+        panel_counts(adata, genes, val_mask, config.layer, argument="validation", integer=integer)
+        if val_mask.any()
+        else None
     )
-    store_embedding(adata, z, mask, config, key)
-    return z
+    split = Split(train_mask, val_mask, genes, counts_tr, counts_va)
+    if head_cls.composition:
+        split.prototypes, split.cell_types = protos, types
+        split.groups = prototype_groups(adata, config.prototypes_key)
+        split.composition_train = reference_composition(adata, config.composition_key, train_mask, types)
+        if val_mask.any():
+            split.composition_validation = reference_composition(adata, config.composition_key, val_mask, types)
+        if config.sample_key is not None:
+            samples_tr = adata.obs[config.sample_key].astype(str).to_numpy()[train_mask]
+            split.samples = sorted(set(samples_tr))
+            split.sample_codes = np.searchsorted(split.samples, samples_tr).astype(np.int64)
+    return split
 
 
-def finetuned_config(config: dict) -> dict:
+@dataclass
+class Inputs:
+    """Datasets of one fit, the input width of the head, and the module trained in front of it."""
+
+    train: Any
+    validation: Any | None
+    in_dim: int
+    module: nn.Module
+    encoder_config: dict
+    #: whether the head's input standardisation is fitted on the training inputs
+    standardise: bool = True
+
+
+def _finetuned(config: dict) -> dict:
     """An encoder config that marks fine-tuned weights, so cached embeddings never mix them up."""
     return {**config, "finetuned": uuid.uuid4().hex}
 
 
-def spot_coordinates_um(
-    data: Any, adata: AnnData, mask: np.ndarray, *, image_key: str | None, spot_diameter_um: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (x, y) in micrometres and the region of the ``mask`` spots (neighbours never cross regions)."""
-    from ..data import region_images, table_regions
+def _spot_datasets(split: Split, x_tr: Any, x_va: Any) -> tuple[SpotDataset, SpotDataset | None]:
+    def t(a):
+        return None if a is None else torch.as_tensor(a)
 
-    n = int(mask.sum())
-    xy, label = np.zeros((n, 2)), np.empty(n, dtype=object)
-    where = selection_positions(mask)
-    if is_spatialdata(data) and len(data.images):
-        for r in region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um):
-            xy[where[r.obs_index]] = r.centers_px * r.um_per_px
-            label[where[r.obs_index]] = r.region
-        return xy, label
-    _, region_key, _ = table_regions(adata)
-    scale = adata.uns.get("cpnn_spatial", {}).get("um_per_px", {})
-    regions = adata.obs[region_key].astype(str).to_numpy()[mask]
-    if "spatial" not in adata.obsm or not set(regions) <= set(scale):
-        raise CpnnError(
-            "context_um needs the spots' positions in micrometres: pass the SpatialData (with images), keep "
-            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table, or pass context_um=0."
+    train = SpotDataset(
+        x_tr,
+        t(split.counts_train),
+        t(split.library_train),
+        t(split.composition_train),
+        sample=t(split.sample_codes),
+    )
+    val = None
+    if split.counts_validation is not None:
+        val = SpotDataset(
+            x_va,
+            t(split.counts_validation),
+            t(split.counts_validation.sum(1).clip(1.0)),
+            t(split.composition_validation),
         )
-    coords = np.asarray(adata.obsm["spatial"], float)[mask]
-    return coords * np.array([float(scale[r]) for r in regions])[:, None], regions
-
-
-def add_context(z: np.ndarray, xy: np.ndarray, label: np.ndarray, radius_um: float) -> np.ndarray:
-    """``[z, mean of z over the spots within radius_um of each spot (itself included), same region]``."""
-    from scipy.spatial import cKDTree
-
-    ctx = np.empty_like(z)
-    label = label.astype(str)
-    for lab in np.unique(label):
-        idx = np.flatnonzero(label == lab)
-        pairs = cKDTree(xy[idx]).query_pairs(radius_um, output_type="ndarray")
-        rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(len(idx))]
-        cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(len(idx))]
-        a = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(idx), len(idx)))
-        a = sparse.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
-        ctx[idx] = a @ z[idx]
-    return np.concatenate([z, ctx], axis=1).astype(np.float32)
+    return train, val
 
 
 def model_inputs(
@@ -220,11 +194,147 @@ def model_inputs(
     }
     if not context_um:
         return spot_embeddings(data, adata, mask, config, encoder, **kw)
-    from ..data import table_regions
-
     _, region_key, _ = table_regions(adata)
     regions = adata.obs[region_key].astype(str)
     around = regions.isin(set(regions[mask])).to_numpy()
     z = spot_embeddings(data, adata, around, config, encoder, **kw)
     xy, label = spot_coordinates_um(data, adata, around, image_key=image_key, spot_diameter_um=spot_diameter_um)
     return add_context(z, xy, label, float(context_um))[mask[around]]
+
+
+def bag_embeddings(
+    bags: list[SlideBag],
+    config: dict,
+    encoder: Any,
+    *,
+    device: str,
+    num_workers: int,
+    image_key: str | None,
+    key: str,
+) -> list[np.ndarray]:
+    """Tile embeddings of each bag, cached in its tiles table's ``obsm[key]`` (one pass per table)."""
+    groups: dict[int, list[int]] = {}
+    for i, bag in enumerate(bags):
+        groups.setdefault(id(bag.table), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(bags)
+    for members in groups.values():
+        first = bags[members[0]]
+        union = np.zeros(first.table.n_obs, bool)
+        for i in members:
+            union |= bags[i].mask
+        z = spot_embeddings(
+            first.sdata,
+            first.table,
+            union,
+            config,
+            encoder,
+            device=device,
+            batch_size=64,
+            num_workers=num_workers,
+            image_key=image_key,
+            spot_diameter_um=None,
+            key=key,
+        )
+        rows = selection_positions(union)  # table row -> row of z
+        for i in members:
+            out[i] = z[rows[bags[i].mask]]
+    return out  # type: ignore[return-value]
+
+
+def _embedding_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+    """Frozen encoder, spot level: cached embeddings (with spatial context when asked)."""
+    both = split.train | split.validation
+    z = model_inputs(
+        data,
+        adata,
+        both,
+        config.encoder_config,
+        encoder,
+        context_um=config.context_um,
+        device=device,
+        batch_size=64,
+        num_workers=num_workers,
+        image_key=config.image_key,
+        spot_diameter_um=config.spot_diameter_um,
+        key=config.embedding_key,
+    )
+    where = selection_positions(both)
+    x_va = torch.as_tensor(z[where[split.validation]]) if split.validation.any() else None
+    train, val = _spot_datasets(split, torch.as_tensor(z[where[split.train]]), x_va)
+    return Inputs(train, val, int(z.shape[1]), nn.Identity(), config.encoder_config)
+
+
+def _patch_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+    """Fine-tuning: every spot's patch as uint8, the encoder trained in front of the head."""
+    enc = config.encoder_config
+    kw = {
+        "patch_size_um": enc["patch_size_um"],
+        "patch_px": enc["patch_px"],
+        "image_key": config.image_key,
+        "spot_diameter_um": config.spot_diameter_um,
+    }
+    x_tr = spot_patches(data, adata, split.train, **kw)
+    x_va = spot_patches(data, adata, split.validation, **kw) if split.validation.any() else None
+    train, val = _spot_datasets(split, x_tr, x_va)
+    return Inputs(train, val, int(encoder.out_dim), Uint8Input(encoder), _finetuned(enc), standardise=False)
+
+
+def _slide_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+    """Slide level: each bulk sample's bag of tile embeddings (cached in its tiles table)."""
+    bags = slide_bags(adata, sources, tiles_key=config.tiles_key, slide_key=config.slide_key)
+    used = split.train | split.validation
+    z_bags = bag_embeddings(
+        [b for b, u in zip(bags, used, strict=True) if u],
+        config.encoder_config,
+        encoder,
+        device=device,
+        num_workers=num_workers,
+        image_key=config.image_key,
+        key=config.embedding_key,
+    )
+    by_row = dict(zip(np.flatnonzero(used), z_bags, strict=True))
+
+    def bags_of(mask, counts, comp, library, eval_batch_size=None):
+        return BagDataset(
+            [torch.as_tensor(by_row[i]) for i in np.flatnonzero(mask)],
+            torch.as_tensor(counts),
+            torch.as_tensor(library),
+            None if comp is None else torch.as_tensor(comp),
+            max_patches=config.max_patches,
+            seed=config.seed,
+            eval_batch_size=eval_batch_size,
+        )
+
+    train = bags_of(split.train, split.counts_train, split.composition_train, split.library_train)
+    val = None
+    if split.counts_validation is not None:
+        cv = split.counts_validation
+        val = bags_of(
+            split.validation, cv, split.composition_validation, cv.sum(1).clip(1.0), eval_batch_size=config.batch_size
+        )
+    return Inputs(train, val, int(z_bags[0].shape[1]), nn.Identity(), config.encoder_config)
+
+
+#: One builder per kind of input (:attr:`FitConfig.inputs`).
+BUILDERS: dict[str, Callable[..., Inputs]] = {
+    "embeddings": _embedding_inputs,
+    "patches": _patch_inputs,
+    "slide": _slide_inputs,
+}
+
+
+def build_inputs(
+    data: Any,
+    adata: AnnData,
+    config: FitConfig,
+    split: Split,
+    encoder: nn.Module,
+    *,
+    sources: Any,
+    device: str,
+    num_workers: int,
+) -> Inputs:
+    """The training and validation datasets of a fit (``sources``: the slides at slide level)."""
+    return BUILDERS[config.inputs](
+        data, adata, config, split, encoder, sources=sources, device=device, num_workers=num_workers
+    )

@@ -5,98 +5,87 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._errors import CpnnError
-from ..models import CPNNHead, DirectHead, SlideHead
-from ..pp._embed import build_encoder
+from ..models import build_encoder
+from ..models.heads import HEADS, Head, SlideHead
+from ._config import FitConfig
 from ._train import save_atomic
 
 FORMAT = "cpnn-model"
 FORMAT_VERSION = 1
 
 
-def build_head(config: dict, in_dim: int, prototypes: np.ndarray | None) -> nn.Module:
-    """Create the head described by ``config``."""
-    hidden = tuple(config["hidden"])
-    if config.get("level", "spot") == "slide":
-        return SlideHead(build_head({**config, "level": "spot"}, in_dim, prototypes))
-    if config["head"] == "cpnn":
-        if prototypes is None:
-            prototypes = np.ones((len(config["cell_types"]), len(config["genes"])), np.float32)
-        return CPNNHead(
-            in_dim,
-            prototypes,
-            mode=config["prototypes"],
-            correction=config["correction"],
-            hidden=hidden,
-            dropout=config["dropout"],
-            proto_reg=config["proto_reg"],
-            comp_reg=config["comp_reg"],
-            residual=config.get("residual", 0.0),
-            loss=config.get("loss", "nb"),
-            n_samples=len(config.get("samples") or []),
-            seed=config["seed"],
-        )
-    return DirectHead(in_dim, len(config["genes"]), hidden=hidden, dropout=config["dropout"])
+def build_head(config: FitConfig, in_dim: int, prototypes: np.ndarray | None) -> nn.Module:
+    """Create the head described by ``config`` (wrapped for slide level)."""
+    head = HEADS.get(config.head).from_config(config, in_dim, prototypes)
+    return SlideHead(head) if config.level == "slide" else head
 
 
 class CPNN:
     """A trained cpnn model, as returned by :func:`cpnn.tl.fit`.
 
-    Holds the encoder, the head (composition network with prototypes, or the direct baseline),
-    the gene panel, the cell types and the training history. Use :func:`cpnn.tl.predict` to
-    apply it, :meth:`save` / :meth:`load` to keep it.
+    Holds the encoder, the head (composition network with prototypes, or a baseline), the
+    configuration of the fit (gene panel and cell types included) and the training history. Use
+    :func:`cpnn.tl.predict` to apply it, :meth:`save` / :meth:`load` to keep it.
     """
 
-    def __init__(self, config: dict, encoder: nn.Module, head: nn.Module, history: list[dict] | None = None) -> None:
-        self.config = config
+    def __init__(
+        self, config: FitConfig | dict, encoder: nn.Module, head: nn.Module, history: list[dict] | None = None
+    ) -> None:
+        self.config = config if isinstance(config, FitConfig) else FitConfig.from_dict(config)
         self.encoder = encoder
         self.head = head
         self.history = history or []
 
     @property
+    def tile_head(self) -> Head:
+        """The head applied to one patch (the slide-level wrapper's inner head)."""
+        return self.head.head if isinstance(self.head, SlideHead) else self.head
+
+    @property
+    def has_composition(self) -> bool:
+        """Whether the head outputs a cell-type composition."""
+        return bool(self.tile_head.composition)
+
+    @property
     def genes(self) -> list[str]:
         """The predicted gene panel, in model order."""
-        return list(self.config["genes"])
+        return list(self.config.genes)
 
     @property
     def cell_types(self) -> list[str]:
-        """Cell types of the composition weights (empty for the direct head)."""
-        return list(self.config["cell_types"]) if self.config["head"] == "cpnn" else []
+        """Cell types of the composition weights (empty for heads without a composition)."""
+        return list(self.config.cell_types) if self.has_composition else []
 
     @property
     def groups(self) -> dict[str, str]:
         """Display group of each cell type, when the prototypes are finer than what is shown (else empty)."""
-        return dict(self.config.get("groups") or {})
+        return dict(self.config.groups or {})
 
     @property
     def prototypes(self) -> np.ndarray | None:
-        """Learned prototypes, genes x K (``None`` for the direct head)."""
-        if self.config["head"] != "cpnn":
-            return None
-        return torch.exp(self.tile_head.log_prototypes.detach().cpu()).numpy().T
+        """Learned prototypes, genes x K (``None`` for heads without prototypes)."""
+        learned = getattr(self.tile_head, "learned_prototypes", None)
+        return None if learned is None else learned().T
 
     @property
     def level(self) -> str:
         """``"spot"`` (one patch per sample) or ``"slide"`` (a bag of tiles per sample)."""
-        return str(self.config.get("level", "spot"))
-
-    @property
-    def tile_head(self) -> nn.Module:
-        """The head applied to one patch (the slide-level wrapper's inner head)."""
-        return self.head.head if isinstance(self.head, SlideHead) else self.head
+        return self.config.level
 
     def __repr__(self) -> str:
         c = self.config
-        k = f", {len(c['cell_types'])} cell types" if c["head"] == "cpnn" else ""
+        k = f", {len(c.cell_types)} cell types" if self.has_composition else ""
         k += ", slide level" if self.level == "slide" else ""
         return (
-            f"CPNN(head={c['head']!r}, encoder={c['encoder_config']['encoder']!r}, "
-            f"{len(c['genes'])} genes{k}, finetune={c['finetune']}, epochs trained={len(self.history)})"
+            f"CPNN(head={c.head!r}, encoder={c.encoder_config['encoder']!r}, "
+            f"{len(c.genes)} genes{k}, finetune={c.finetune}, epochs trained={len(self.history)})"
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -107,16 +96,15 @@ class CPNN:
         path
             Destination file (conventionally ``*.pt``).
         """
-        path = Path(path)
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "config": json.dumps(self.config),
+            "config": json.dumps(self.config.to_dict()),
             "history": json.dumps(self.history),
             "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
         }
-        save_atomic(payload, path)
+        save_atomic(payload, Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CPNN:
@@ -142,9 +130,19 @@ class CPNN:
                 f"{str(path)!r} has model format version {version}, this cpnn reads version {FORMAT_VERSION}; "
                 "use the cpnn release that wrote it, or retrain."
             )
-        config = json.loads(payload["config"])
-        encoder = build_encoder(config["encoder_config"])
+        config = FitConfig.from_dict(json.loads(payload["config"]))
+        encoder = build_encoder(config.encoder_config)
         encoder.load_state_dict(payload["encoder"])
-        head = build_head(config, config["in_dim"], None)
+        head = build_head(config, config.in_dim, None)
         head.load_state_dict(payload["head"])
         return cls(config, encoder.eval(), head.eval(), json.loads(payload["history"]))
+
+
+def model_summary(model: CPNN) -> dict[str, Any]:
+    """What a prediction records about the model that made it."""
+    return {
+        "head": model.config.head,
+        "encoder": model.config.encoder_config["encoder"],
+        "genes": list(model.genes),
+        "cell_types": model.cell_types,
+    }

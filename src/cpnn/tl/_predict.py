@@ -11,12 +11,25 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import check_obs_mask, get_table, is_spatialdata, is_tiles_table, uns_cpnn
+from .._core import (
+    EMBEDDING,
+    PREDICTION,
+    TILES,
+    check_obs_mask,
+    dense_rows,
+    get_table,
+    is_spatialdata,
+    is_tiles_table,
+    layer_matrix,
+    predicted_column,
+    proportions_key,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from .._settings import settings
-from ._inputs import model_inputs
+from ..data import slide_bags
+from ._inputs import bag_embeddings, model_inputs
 from ._model import CPNN
-from ._slides import bag_embeddings, slide_bags
 
 
 @torch.no_grad()
@@ -37,19 +50,15 @@ def predict_embeddings(
 
 @torch.no_grad()
 def predict_bag(model: CPNN, z: np.ndarray, *, device: str = "cpu") -> dict[str, np.ndarray]:
-    """Slide-level outputs of one bag of tile embeddings (every tile), plus per-tile weights."""
-    if model.config["head"] == "cpnn":
-        out = predict_embeddings(model, z, device=device)
-        y = out["expression"].astype(np.float64).mean(0)
-        return {
-            "proportions": y / y.sum(),
-            "weights": out["weights"].mean(0),
-            "tile_weights": out["weights"],
-        }
+    """Slide-level outputs of one bag of tile embeddings (every tile, pooled by the head), plus per-tile weights."""
     head = model.tile_head.to(device).eval()
-    out = head(torch.as_tensor(z.mean(0, keepdims=True), dtype=torch.float32, device=device))
+    bag = torch.as_tensor(z, dtype=torch.float32, device=device)[None]
+    out = head.pool(bag, torch.ones(bag.shape[:2], dtype=torch.bool, device=device))
     head.cpu()
-    return {"proportions": out["proportions"].float().cpu().numpy()[0]}
+    result = {k: out[k].float().cpu().numpy()[0] for k in ("proportions", "weights") if k in out}
+    if model.has_composition:
+        result["tile_weights"] = predict_embeddings(model, z, device=device)["weights"]
+    return result
 
 
 def composition_share(out: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -82,13 +91,12 @@ def _write_expression(
         old = adata.obsm.get(key)
         if isinstance(old, pd.DataFrame) and list(old.columns) == genes:
             frame = old.copy()
-        frame.iloc[rows] = (props * model.config["median_library"]).astype(np.float32)
+        frame.iloc[rows] = (props * model.config.median_library).astype(np.float32)
         adata.obsm[key] = frame
         return f"{key!r} (adata.obsm)"
     gidx = adata.var_names.get_indexer(genes)
-    X = adata.layers[layer] if layer is not None else adata.X
-    lib = np.asarray(X[rows][:, gidx].sum(axis=1)).ravel().astype(np.float64)
-    lib = np.where(np.isfinite(lib) & (lib > 0), lib, model.config["median_library"])
+    lib = dense_rows(layer_matrix(adata, layer), rows, gidx).sum(axis=1).astype(np.float64)
+    lib = np.where(np.isfinite(lib) & (lib > 0), lib, model.config.median_library)
     pred = (props * lib[:, None]).astype(np.float32)
     full = sparse.csr_matrix(
         (pred.ravel(), (np.repeat(rows, len(gidx)), np.tile(gidx, len(rows)))), shape=(adata.n_obs, adata.n_vars)
@@ -127,7 +135,7 @@ def _write_weights(adata: AnnData, rows: np.ndarray, weights: np.ndarray, model:
 
 
 def _mark(adata: AnnData, mask: np.ndarray, key_added: str) -> str:
-    col = f"{key_added}_predicted"
+    col = predicted_column(key_added)
     prev = adata.obs[col].to_numpy(bool) if col in adata.obs else np.zeros(adata.n_obs, bool)
     adata.obs[col] = prev | mask
     return col
@@ -138,16 +146,16 @@ def predict(
     model: CPNN,
     *,
     regions: Any = None,
-    key_added: str = "cpnn",
+    key_added: str = PREDICTION,
     layer: str | None = None,
     device: str = "auto",
     batch_size: int = 64,
     num_workers: int | None = None,
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
-    embedding_key: str = "cpnn_embedding",
+    embedding_key: str = EMBEDDING,
     slides: Any = None,
-    tiles_key: str = "cpnn_tiles",
+    tiles_key: str = TILES,
     slide_key: str = "slide",
     table_key: str = "table",
 ) -> None:
@@ -232,9 +240,9 @@ def predict(
         data,
         adata,
         mask,
-        model.config["encoder_config"],
+        model.config.encoder_config,
         model.encoder,
-        context_um=model.config.get("context_um"),
+        context_um=model.config.context_um,
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,
@@ -247,7 +255,7 @@ def predict(
     where = _write_expression(adata, rows, out["proportions"], model, layer=layer, key_added=key_added)
     col = _mark(adata, mask, key_added)
     if "weights" in out:
-        _write_weights(adata, rows, out["weights"], model, f"{key_added}_proportions")
+        _write_weights(adata, rows, out["weights"], model, proportions_key(key_added))
     share = composition_share(out)
     if share is not None and not is_tiles_table(adata):
         column = np.full(adata.n_vars, np.nan)
@@ -257,7 +265,7 @@ def predict(
     logg.info(
         f"    predicted {len(genes)} genes for {int(mask.sum())} {'tiles' if is_tiles_table(adata) else 'spots'}",
         time=start,
-        deep=f"added\n    {where}\n    {key_added + '_proportions'!r} (adata.obsm)\n    {col!r} (adata.obs)",
+        deep=f"added\n    {where}\n    {proportions_key(key_added)!r} (adata.obsm)\n    {col!r} (adata.obs)",
     )
 
 
@@ -265,8 +273,8 @@ def _record(adata: AnnData, model: CPNN, key_added: str, n: int, *, level: str, 
     uns_cpnn(adata)["predict"] = {
         "composition_share": float(np.mean(share)) if share is not None else float("nan"),
         "key_added": key_added,
-        "head": model.config["head"],
-        "encoder": model.config["encoder_config"]["encoder"],
+        "head": model.config.head,
+        "encoder": model.config.encoder_config["encoder"],
         "level": level,
         "n_spots": n,
         "genes": list(model.genes),
@@ -306,7 +314,7 @@ def _predict_slides(
     dev = settings.resolve_device(device)
     zs = bag_embeddings(
         bags,
-        model.config["encoder_config"],
+        model.config.encoder_config,
         model.encoder,
         device=dev,
         num_workers=settings.num_workers if num_workers is None else num_workers,
@@ -319,8 +327,8 @@ def _predict_slides(
         bulk, rows, np.stack([o["proportions"] for o in outs]), model, layer=layer, key_added=key_added
     )
     col = _mark(bulk, mask, key_added)
-    key = f"{key_added}_proportions"
-    if model.config["head"] == "cpnn":
+    key = proportions_key(key_added)
+    if model.has_composition:
         _write_weights(bulk, rows, np.stack([o["weights"] for o in outs]), model, key)
         for bag, out in zip(bags, outs, strict=True):
             _write_weights(bag.table, np.flatnonzero(bag.mask), out["tile_weights"], model, key)

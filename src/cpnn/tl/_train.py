@@ -7,42 +7,17 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._core import autocast
+from .._errors import CpnnError
 from .._settings import settings
-from ._slides import Bags
-
-
-@dataclass
-class TrainData:
-    """Inputs (embeddings or patches), panel counts, library sizes, optional reference composition and sample."""
-
-    x: torch.Tensor | Bags
-    counts: torch.Tensor
-    library: torch.Tensor
-    composition: torch.Tensor | None = None
-    #: samples per step when computing validation losses (default: max(batch_size, 256))
-    eval_batch_size: int | None = None
-    #: index of each sample's batch (section) for a per-sample correction, -1 when unseen
-    sample: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batch(self, idx: torch.Tensor, device: str, gen: torch.Generator | None = None) -> tuple:
-        """Inputs, counts, library sizes and composition of samples ``idx``; bags draw tiles with ``gen``."""
-        comp = None if self.composition is None else self.composition[idx].to(device)
-        if isinstance(self.x, Bags):
-            z, valid = self.x.take(idx, gen)
-            x = (z.to(device), valid.to(device))
-        else:
-            x = self.x[idx].to(device)
-        sample = None if self.sample is None else self.sample[idx].to(device)
-        return x, self.counts[idx].to(device), self.library[idx].to(device), comp, sample
+from ..data import Batch, PermutationSampler, batch_loader
 
 
 @dataclass
@@ -83,8 +58,6 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict:
-    from .._errors import CpnnError
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file gets the same advice
@@ -108,28 +81,22 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _forward(model: nn.Module, head: nn.Module, x: torch.Tensor, device: str):
-    ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.startswith("cuda")
-        else torch.autocast("cpu", enabled=False)
-    )
-    with ctx:
-        return head(model(x))
+def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str) -> torch.Tensor:
+    with autocast(device):
+        out = head(model(batch.x))
+    return head.loss(out, batch.counts, batch.library, batch.composition, batch.sample)
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, head: nn.Module, data: TrainData, *, batch_size: int, device: str) -> float:
-    """Mean loss over ``data`` without gradient."""
+def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str) -> float:
+    """Mean loss over the dataset ``data`` without gradient."""
     model.eval()
     head.eval()
     total, n = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(data)))
-        x, y, lib, comp, sample = data.batch(idx, device)
-        out = _forward(model, head, x, device)
-        total += float(head.loss(out, y, lib, comp, sample)) * len(idx)
-        n += len(idx)
+    for batch in batch_loader(data, batch_size=batch_size):
+        batch = batch.to(device)
+        total += float(_loss(model, head, batch, device)) * len(batch)
+        n += len(batch)
     return total / max(n, 1)
 
 
@@ -141,8 +108,8 @@ def _snapshot(model: nn.Module, head: nn.Module) -> tuple[dict, dict]:
 def run_training(
     model: nn.Module,
     head: nn.Module,
-    train_data: TrainData,
-    val_data: TrainData | None,
+    train_data: Any,
+    val_data: Any | None,
     *,
     epochs: int,
     batch_size: int,
@@ -161,6 +128,10 @@ def run_training(
 ) -> TrainResult:
     """Train ``head(model(x))``; ``model`` is the encoder when fine-tuning, else ``nn.Identity``.
 
+    ``train_data`` and ``val_data`` are datasets indexed by lists of positions (:mod:`cpnn.data`);
+    each epoch a :class:`~cpnn.data.PermutationSampler` orders the training rows and a DataLoader
+    fetches one batch per step.
+
     Early stopping watches the validation loss (patience in epochs) and the best weights are
     returned; without validation data the last weights are returned. With ``checkpoint_dir`` the
     whole state (weights, optimiser, scheduler, random generators, best weights, history) is
@@ -170,6 +141,8 @@ def run_training(
     weights loaded.
     """
     gen = torch.Generator().manual_seed(seed)
+    train_data.generator = gen  # random tile draws of slide bags come from the loop's stream
+    sampler = PermutationSampler(len(train_data), gen)
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
@@ -201,14 +174,11 @@ def run_training(
         for epoch in bar:
             model.train()
             head.train()
-            perm = torch.randperm(len(train_data), generator=gen)
             total = 0.0
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i : i + batch_size]
-                x, y, lib, comp, sample = train_data.batch(idx, device, gen)
-                x = augment(x, gen)
-                out = _forward(model, head, x, device)
-                loss = head.loss(out, y, lib, comp, sample)
+            for batch in batch_loader(train_data, batch_size=batch_size, sampler=sampler):
+                batch = batch.to(device)
+                batch.x = augment(batch.x, gen)
+                loss = _loss(model, head, batch, device)
                 if not torch.isfinite(loss):
                     model.load_state_dict(last_good[0])
                     head.load_state_dict(last_good[1])
@@ -220,7 +190,7 @@ def run_training(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
-                total += float(loss.detach()) * len(idx)
+                total += float(loss.detach()) * len(batch)
             sched.step()
             # one copy per epoch serves as the last good weights and, when better, as the best ones
             # (the copies are never modified, so sharing them is safe)
@@ -281,3 +251,11 @@ def run_training(
         stop_reason=stop_reason,
         resumed_from=resumed_from,
     )
+
+
+def fit_closed_form(head: nn.Module, train_data: Any, val_data: Any | None) -> TrainResult:
+    """Fit a closed-form head (``head.closed_form``) on the datasets' features in one step."""
+    inner = getattr(head, "head", head)  # the per-tile head of a slide-level wrapper
+    train = (train_data.features(), train_data.counts, train_data.library)
+    val = None if val_data is None else (val_data.features(), val_data.counts, val_data.library)
+    return TrainResult(best_epoch=1, history=inner.fit_closed_form(train, val))

@@ -1,48 +1,18 @@
-"""Image encoders: any timm architecture, or fixed hand-crafted colour/texture features."""
+"""Fixed hand-crafted colour and texture features: no weights, fast on CPU."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .._errors import CpnnError
-
-HANDCRAFTED = "handcrafted"
+from ..._errors import CpnnError
+from ._base import Encoder
 
 
-class TimmEncoder(nn.Module):
-    """A timm backbone with its input normalisation; input float RGB in [0, 1], NCHW."""
-
-    def __init__(self, name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> None:
-        super().__init__()
-        import timm
-
-        kwargs: dict = {"num_classes": 0}
-        if weights is not None:
-            if not Path(weights).is_file():
-                raise CpnnError(f"weights={str(weights)!r} is not a file; pass the path of a local checkpoint.")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-            pretrained = True
-        try:
-            self.backbone = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except RuntimeError as e:
-            if "Unknown model" in str(e):
-                raise CpnnError(f"encoder={name!r} is not a timm architecture (see timm.list_models()).") from e
-            raise
-        cfg = timm.data.resolve_data_config({}, model=self.backbone)
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
-        self.out_dim = int(self.backbone.num_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed a batch of patches."""
-        return self.backbone((x - self.mean) / self.std)
-
-
-class HandcraftedEncoder(nn.Module):
+class HandcraftedEncoder(Encoder):
     """Fixed colour and texture features per patch: no weights, fast on CPU.
 
     Per RGB channel and per haematoxylin/eosin optical-density channel: mean, standard
@@ -50,6 +20,7 @@ class HandcraftedEncoder(nn.Module):
     scales; an 8-bin grey histogram; the fraction of near-white (background) pixels.
     """
 
+    trainable = False
     # Ruifrok & Johnston H&E stain vectors (optical density)
     _HE = torch.tensor([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]])
 
@@ -62,6 +33,13 @@ class HandcraftedEncoder(nn.Module):
         lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
         self.register_buffer("lap", lap.view(1, 1, 3, 3), persistent=False)
         self.out_dim = 5 * 5 + 2 * 2 * 2 + 8 + 1
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HandcraftedEncoder:
+        """The features take no weights; asking for any is an error."""
+        if config.get("weights") or config.get("pretrained"):
+            raise CpnnError("encoder='handcrafted' has no weights; drop weights=/pretrained=.")
+        return cls()
 
     @staticmethod
     def _stats(x: torch.Tensor) -> torch.Tensor:
@@ -89,12 +67,3 @@ class HandcraftedEncoder(nn.Module):
         )
         white = (x.min(1).values > 0.85).float().mean((1, 2)).unsqueeze(1)
         return torch.cat([*feats, hist, white], dim=1)
-
-
-def make_encoder(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-    """Build the encoder ``name``: ``"handcrafted"`` or any timm architecture."""
-    if name == HANDCRAFTED:
-        if weights is not None or pretrained:
-            raise CpnnError("encoder='handcrafted' has no weights; drop weights=/pretrained=.")
-        return HandcraftedEncoder()
-    return TimmEncoder(name, pretrained=pretrained, weights=weights)

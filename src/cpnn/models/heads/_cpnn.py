@@ -1,47 +1,28 @@
-"""The CPNN module (composition head x cell-type prototypes) and the direct regression baseline."""
+"""The CPNN head: composition weights over K cell types times learnable prototypes, with per-gene correction."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._losses import gene_softmax_mse, nb_log_prob
+from ..._core import lognorm_torch
+from .._losses import gene_softmax_mse, nb_log_prob
+from ._base import Head, Standardise, mlp
 
 
-def _mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.GELU(), nn.Dropout(dropout)]
-        d = h
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
-
-
-class _Standardise(nn.Module):
-    """Fixed z-scoring of the input features with training statistics."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, z: torch.Tensor) -> None:
-        self.mean.copy_(z.mean(0))
-        self.std.copy_(z.std(0).clamp_min(1e-6))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
-
-
-class CPNNHead(nn.Module):
+class CPNNHead(Head):
     """Composition weights over K cell types times learnable prototypes, with per-gene correction.
 
     ``w = softmax(MLP(z))``; ``e = w @ exp(P)``; ``y = exp(alpha) * e + exp(beta)``; the prediction
     is ``y`` renormalised over genes (times the library size for counts). Loss: NB on counts with a
     learnable per-gene inverse dispersion, plus ``proto_reg`` x MSE between gene-softmaxed learned
     and initial log-prototypes, plus ``comp_reg`` x MSE to a reference composition when given.
+    At slide level the slide's expression is the mean over its tiles of ``y`` (the paper: no
+    attention, no MIL pooling) and its composition the mean of the tile weights.
 
     Parameters
     ----------
@@ -56,6 +37,10 @@ class CPNNHead(nn.Module):
         Learn the per-gene ``alpha``/``beta`` modality correction.
     efficiency
         Per-gene detection efficiency initialising ``exp(alpha)`` (1 when unknown).
+    hidden, dropout
+        MLP hidden sizes and dropout.
+    proto_reg, comp_reg
+        Weights of the prototype and composition regularisers.
     residual
         Strength of a per-gene log-scale residual ``r`` from the same features: ``y * exp(r)``,
         with ``sum_g r_g^2 / residual`` added to the loss; 0 switches it off (the paper's model).
@@ -64,9 +49,12 @@ class CPNNHead(nn.Module):
     n_samples
         Number of training samples (sections) with their own per-gene log-scale offset in the
         loss (L2-penalised; 0: none). Predictions never use it: new samples get no offset.
+    seed
+        Seed of the random prototypes of ``mode="random"``.
     """
 
-    kind = "cpnn"
+    composition = True
+    per_tile = True
 
     def __init__(
         self,
@@ -87,16 +75,14 @@ class CPNNHead(nn.Module):
     ) -> None:
         super().__init__()
         k, g = prototypes.shape
-        self.standardise = _Standardise(in_dim)
-        self.mlp = _mlp(in_dim, k, hidden, dropout)
+        self.standardise = Standardise(in_dim)
+        self.mlp = mlp(in_dim, k, hidden, dropout)
         self.residual = float(residual)
         if self.residual > 0:
             # a per-gene log-scale residual from the same features, starting at 0 (the paper's model)
-            self.residual_mlp = _mlp(in_dim, g, (hidden[-1],) if hidden else (), dropout)
+            self.residual_mlp = mlp(in_dim, g, (hidden[-1],) if hidden else (), dropout)
             nn.init.zeros_(self.residual_mlp[-1].weight)
             nn.init.zeros_(self.residual_mlp[-1].bias)
-        if loss not in ("nb", "mse"):
-            raise ValueError(f"loss={loss!r}; use 'nb' or 'mse'.")
         self.loss_kind = loss
         # per training sample (section) and gene: a log-scale offset used in the loss only, so that
         # the composition network is not bent to fit one sample's technical gene scaling
@@ -119,6 +105,26 @@ class CPNNHead(nn.Module):
         self.proto_reg = proto_reg if mode == "learn" else 0.0
         self.comp_reg = comp_reg
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], in_dim: int, prototypes: np.ndarray | None) -> CPNNHead:
+        """The head of a fit's configuration; without ``prototypes`` (loading) a placeholder of the right shape."""
+        if prototypes is None:
+            prototypes = np.ones((len(config["cell_types"]), len(config["genes"])), np.float32)
+        return cls(
+            in_dim,
+            prototypes,
+            mode=config["prototypes"],
+            correction=config["correction"],
+            hidden=tuple(config["hidden"]),
+            dropout=config["dropout"],
+            proto_reg=config["proto_reg"],
+            comp_reg=config["comp_reg"],
+            residual=config["residual"],
+            loss=config["loss"],
+            n_samples=len(config["samples"] or ()),
+            seed=config["seed"],
+        )
+
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Composition weights (N x K), predicted gene proportions and unnormalised expression (N x G).
 
@@ -140,6 +146,18 @@ class CPNNHead(nn.Module):
         out["expression"] = y
         return out
 
+    def pool_outputs(
+        self, out: dict[str, torch.Tensor], frac: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Mean over tiles of the corrected expression and of the weights; the residual of the real tiles."""
+        b, m = frac.shape
+        y = torch.einsum("bm,bmg->bg", frac, out["expression"].reshape(b, m, -1))
+        w = torch.einsum("bm,bmk->bk", frac, out["weights"].reshape(b, m, -1))
+        slide = {"weights": w, "proportions": y / y.sum(-1, keepdim=True), "expression": y}
+        if "residual" in out:  # penalise the residual of the real tiles
+            slide["residual"] = out["residual"][valid.reshape(-1)]
+        return slide
+
     def loss(
         self,
         out: dict[str, torch.Tensor],
@@ -159,8 +177,7 @@ class CPNNHead(nn.Module):
             mu = props * library[:, None]
             nll = -nb_log_prob(counts, mu, torch.exp(self.log_theta)).sum(-1).mean()
         else:
-            target = torch.log1p(counts / library.clamp_min(1.0)[:, None] * 1e4)
-            nll = ((torch.log1p(props * 1e4) - target) ** 2).sum(-1).mean()
+            nll = ((torch.log1p(props * 1e4) - lognorm_torch(counts, library)) ** 2).sum(-1).mean()
         if self.residual > 0:
             nll = nll + (out["residual"] ** 2).sum(-1).mean() / self.residual
         if self.n_samples:
@@ -171,83 +188,6 @@ class CPNNHead(nn.Module):
             nll = nll + self.comp_reg * torch.mean((out["weights"] - composition) ** 2)
         return nll
 
-
-class DirectHead(nn.Module):
-    """Baseline: the same MLP straight to the genes, trained with MSE on log-normalised expression.
-
-    The output is log1p of counts per 10,000 over the panel; ``forward`` returns the implied
-    gene proportions so that predictions are comparable with :class:`CPNNHead`.
-    """
-
-    kind = "direct"
-
-    def __init__(
-        self, in_dim: int, n_genes: int, *, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.standardise = _Standardise(in_dim)
-        self.mlp = _mlp(in_dim, n_genes, hidden, dropout)
-
-    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Predicted log-normalised expression and gene proportions (N x G)."""
-        log_norm = self.mlp(self.standardise(z)).float()
-        expr = torch.expm1(log_norm.clamp(min=0.0, max=20.0))
-        return {"log_norm": log_norm, "proportions": expr / expr.sum(-1, keepdim=True).clamp_min(1e-12)}
-
-    def loss(
-        self,
-        out: dict[str, torch.Tensor],
-        counts: torch.Tensor,
-        library: torch.Tensor,
-        composition: torch.Tensor | None = None,
-        sample: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """MSE to log1p(counts / library * 1e4)."""
-        target = torch.log1p(counts / library.clamp_min(1.0)[:, None] * 1e4)
-        return torch.mean((out["log_norm"] - target) ** 2)
-
-
-class SlideHead(nn.Module):
-    """Slide level: a bag of tile embeddings in, one prediction per slide out.
-
-    For :class:`CPNNHead` the slide's expression is the mean over its tiles of the corrected
-    expression ``y`` (the paper: no attention, no MIL pooling) and its composition the mean of the
-    tile weights; for :class:`DirectHead` the tile embeddings are mean-pooled first (the usual
-    mean-pooling baseline). The loss is the wrapped head's.
-
-    Parameters
-    ----------
-    head
-        The per-tile head.
-    """
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-        self.kind = head.kind
-
-    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``x = (z, valid)``: padded embeddings (B, M, D) and the (B, M) mask of real tiles."""
-        z, valid = x
-        b, m, d = z.shape
-        frac = valid.float() / valid.float().sum(1, keepdim=True).clamp_min(1.0)  # mean weights
-        if self.kind == "cpnn":
-            out = self.head(z.reshape(b * m, d))
-            y = torch.einsum("bm,bmg->bg", frac, out["expression"].reshape(b, m, -1))
-            w = torch.einsum("bm,bmk->bk", frac, out["weights"].reshape(b, m, -1))
-            slide = {"weights": w, "proportions": y / y.sum(-1, keepdim=True), "expression": y}
-            if "residual" in out:  # penalise the residual of the real tiles
-                slide["residual"] = out["residual"][valid.reshape(-1)]
-            return slide
-        return self.head(torch.einsum("bm,bmd->bd", frac, z))
-
-    def loss(
-        self,
-        out: dict[str, torch.Tensor],
-        counts: torch.Tensor,
-        library: torch.Tensor,
-        composition: torch.Tensor | None = None,
-        sample: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The wrapped head's loss on slide-level outputs."""
-        return self.head.loss(out, counts, library, composition, sample)
+    def learned_prototypes(self) -> np.ndarray:
+        """The learned prototypes, K x G, on the count scale."""
+        return torch.exp(self.log_prototypes.detach().cpu()).numpy()

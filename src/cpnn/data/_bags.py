@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from anndata import AnnData
 
-from .._core import check_unique_obs, is_spatialdata, selection_positions
+from .._core import check_unique_obs, is_spatialdata
 from .._errors import CpnnError
 
 
@@ -89,85 +88,3 @@ def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) ->
             raise CpnnError(f"Sample {name!r} has no tile in table {tiles_key!r}; check obs[{slide_key!r}].")
         bags.append(SlideBag(name, sdata, table, mask))
     return bags
-
-
-class Bags:
-    """Tile embeddings of several slides; indexing draws at most ``max_patches`` tiles per slide.
-
-    ``bags[idx]`` (training, with a generator) samples a random subset per slide; without a
-    generator the subset is a fixed one, so validation losses are comparable between epochs.
-    Returns ``(z, valid)``: padded embeddings (B, M, D) and a (B, M) mask of real tiles.
-    """
-
-    def __init__(self, z: list[torch.Tensor], max_patches: int, seed: int = 0) -> None:
-        self.z = z
-        self.max_patches = int(max_patches)
-        gen = torch.Generator().manual_seed(seed)
-        self._fixed = [torch.randperm(len(t), generator=gen)[: self.max_patches] for t in z]
-
-    def __len__(self) -> int:
-        return len(self.z)
-
-    def tiles(self) -> torch.Tensor:
-        """Every tile embedding, concatenated (for the input standardisation)."""
-        return torch.cat(self.z)
-
-    def take(self, idx: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        picks = []
-        for i in idx.tolist():
-            t = self.z[i]
-            if gen is None:
-                sel = self._fixed[i]
-            elif len(t) > self.max_patches:
-                sel = torch.randperm(len(t), generator=gen)[: self.max_patches]
-            else:
-                sel = torch.arange(len(t))
-            picks.append(t[sel])
-        m = max(len(p) for p in picks)
-        z = torch.zeros((len(picks), m, picks[0].shape[1]), dtype=picks[0].dtype)
-        valid = torch.zeros((len(picks), m), dtype=torch.bool)
-        for j, p in enumerate(picks):
-            z[j, : len(p)] = p
-            valid[j, : len(p)] = True
-        return z, valid
-
-
-def bag_embeddings(
-    bags: list[SlideBag],
-    config: dict,
-    encoder: Any,
-    *,
-    device: str,
-    num_workers: int,
-    image_key: str | None,
-    key: str,
-) -> list[np.ndarray]:
-    """Tile embeddings of each bag, cached in its tiles table's ``obsm[key]`` (one pass per table)."""
-    from ._inputs import spot_embeddings
-
-    groups: dict[int, list[int]] = {}
-    for i, bag in enumerate(bags):
-        groups.setdefault(id(bag.table), []).append(i)
-    out: list[np.ndarray | None] = [None] * len(bags)
-    for members in groups.values():
-        first = bags[members[0]]
-        union = np.zeros(first.table.n_obs, bool)
-        for i in members:
-            union |= bags[i].mask
-        z = spot_embeddings(
-            first.sdata,
-            first.table,
-            union,
-            config,
-            encoder,
-            device=device,
-            batch_size=64,
-            num_workers=num_workers,
-            image_key=image_key,
-            spot_diameter_um=None,
-            key=key,
-        )
-        rows = selection_positions(union)  # table row -> row of z
-        for i in members:
-            out[i] = z[rows[bags[i].mask]]
-    return out  # type: ignore[return-value]

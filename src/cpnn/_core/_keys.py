@@ -1,0 +1,33 @@
+"""Names of what cpnn writes into a table: one place, read by every layer."""
+
+from __future__ import annotations
+
+#: ``uns`` key of cpnn's records (panel, prototype sets, embeddings, fits, predictions, metrics).
+UNS = "cpnn"
+#: ``var`` column marking the predicted gene panel.
+SELECTED = "cpnn_selected"
+#: ``varm`` key of the default prototype set.
+PROTOTYPES = "cpnn_prototypes"
+#: ``obsm`` key of the default cached embeddings.
+EMBEDDING = "cpnn_embedding"
+#: ``key_added`` of :func:`cpnn.tl.predict` (a layer; ``f"{PREDICTION}_proportions"`` in ``obsm``).
+PREDICTION = "cpnn"
+#: ``uns`` key of the physical scale cpnn records (micrometres per pixel per region, spot diameter).
+SPATIAL = "cpnn_spatial"
+#: Key of the tiles table written by :func:`cpnn.pp.tile`.
+TILES = "cpnn_tiles"
+
+
+def in_reference_column(key: str) -> str:
+    """``var`` column flagging the genes that have a prototype in ``varm[key]``."""
+    return "cpnn_in_reference" if key == PROTOTYPES else f"{key}_in_reference"
+
+
+def proportions_key(key_added: str) -> str:
+    """``obsm`` key of the composition weights written by a prediction ``key_added``."""
+    return f"{key_added}_proportions"
+
+
+def predicted_column(key_added: str) -> str:
+    """``obs`` column marking the spots a prediction ``key_added`` covers."""
+    return f"{key_added}_predicted"

@@ -1,0 +1,145 @@
+"""The table accessors every layer reads: panel genes, prototypes, counts, reference compositions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from .._errors import CpnnError
+from ._keys import SELECTED, in_reference_column, predicted_column
+from ._table import uns_cpnn
+from ._validate import check_counts
+
+
+def dense_rows(X: Any, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """Rows (and columns) of a dense or sparse matrix as a dense float array."""
+    block = X[rows] if cols is None else X[rows][:, cols]
+    return block.toarray() if sparse.issparse(block) else np.asarray(block)
+
+
+def panel_genes(adata: AnnData) -> list[str]:
+    """Genes of ``var["cpnn_selected"]``."""
+    if SELECTED not in adata.var:
+        raise CpnnError("No gene panel yet: call cp.pp.select_genes(data) first (it sets var['cpnn_selected']).")
+    genes = adata.var_names[adata.var[SELECTED].to_numpy(bool)]
+    if len(genes) == 0:
+        raise CpnnError("var['cpnn_selected'] selects no gene; call cp.pp.select_genes with a non-empty panel.")
+    return list(genes)
+
+
+def prototype_set(adata: AnnData, key: str) -> dict:
+    """The record of the prototype set ``varm[key]`` in ``uns["cpnn"]["prototype_sets"]`` (empty when absent)."""
+    entry = uns_cpnn(adata).get("prototype_sets", {}).get(key)
+    return entry if isinstance(entry, dict) else {}
+
+
+def prototype_groups(adata: AnnData, key: str) -> dict[str, str]:
+    """The display group of each prototype of ``varm[key]`` (empty when the prototypes are not grouped)."""
+    groups = prototype_set(adata, key).get("groups")
+    return {str(k): str(v) for k, v in groups.items()} if isinstance(groups, dict) else {}
+
+
+def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.ndarray, list[str]]:
+    """Prototypes of the panel genes (K x G) and the cell types."""
+    if key not in adata.varm:
+        raise CpnnError(
+            f"No prototypes in varm[{key!r}]: call cp.pp.build_prototypes(data, reference, ...) first, "
+            "or pass head='direct' for the baseline without cell types."
+        )
+    info = uns_cpnn(adata)
+    entry = info.get("prototype_sets", {}).get(key)
+    # older objects (or hand-made prototypes) keep the default key's cell types at the top level
+    types = [str(t) for t in (entry["cell_types"] if entry is not None else info.get("cell_types", []))]
+    column = in_reference_column(key)
+    in_ref = adata.var[column].to_numpy(bool) if column in adata.var else None
+    P = np.asarray(adata.varm[key], dtype=np.float32)
+    if P.ndim != 2 or P.shape[1] != len(types):
+        raise CpnnError(
+            f"varm[{key!r}] has {P.shape[1] if P.ndim == 2 else P.shape} columns but its record in uns['cpnn'] "
+            f"names {len(types)} cell types; rebuild the prototypes with cp.pp.build_prototypes."
+        )
+    if len(types) < 2:
+        raise CpnnError(
+            f"varm[{key!r}] holds {len(types)} cell type; a composition needs at least two. Build the prototypes "
+            "from a reference with several cell types (cp.pp.build_prototypes), or use head='direct'."
+        )
+    idx = adata.var_names.get_indexer(genes)
+    sub = P[idx]
+    if in_ref is not None:
+        lacking = [g for g, ok in zip(genes, in_ref[idx], strict=True) if not ok]
+    else:
+        lacking = [g for g, row in zip(genes, sub, strict=True) if not row.any()]
+    if lacking:
+        raise CpnnError(
+            f"Panel/prototype mismatch: {len(lacking)} selected genes have no prototype (e.g. {lacking[:5]}); "
+            "run cp.pp.build_prototypes after cp.pp.select_genes, which drops such genes from the panel."
+        )
+    if not np.isfinite(sub).all() or (sub < 0).any():
+        raise CpnnError(f"varm[{key!r}] holds NaN, infinite or negative values; rebuild the prototypes.")
+    return sub.T.copy(), types
+
+
+def layer_matrix(adata: AnnData, layer: str | None, *, argument: str = "layer") -> Any:
+    """``adata.layers[layer]`` (``X`` for ``None``), or a clear error naming the layers."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise CpnnError(f"{argument}={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
+    return adata.layers[layer]
+
+
+def panel_counts(
+    adata: AnnData, genes: list[str], mask: np.ndarray, layer: str | None, *, argument: str, integer: bool = False
+) -> np.ndarray:
+    """Dense raw counts of the panel genes for the ``mask`` spots, validated.
+
+    With ``integer`` the counts must be whole numbers (what a negative-binomial loss models).
+    """
+    X = layer_matrix(adata, layer)
+    block = dense_rows(X, np.flatnonzero(mask), adata.var_names.get_indexer(genes))
+    where = f"the counts of the {argument} spots ({'X' if layer is None else 'layer ' + repr(layer)})"
+    check_counts(block, argument=where, integer=False)
+    if integer and block.size and not np.allclose(block, np.round(block)):
+        raise CpnnError(
+            f"{where} are not whole numbers, but loss='nb' models raw counts: pass the raw counts "
+            "(layer= naming them), or loss='mse' for normalised values."
+        )
+    return block.astype(np.float32)
+
+
+def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, types: list[str]) -> np.ndarray | None:
+    """Reference proportions from ``obsm[key]`` aligned to ``types`` (rows renormalised)."""
+    if key is None:
+        return None
+    if key not in adata.obsm:
+        raise CpnnError(f"composition_key={key!r} is not in obsm; keys are {list(adata.obsm)}.")
+    comp = adata.obsm[key]
+    if not isinstance(comp, pd.DataFrame):
+        raise CpnnError(f"obsm[{key!r}] must be a DataFrame whose columns are cell types {types}.")
+    missing = [t for t in types if t not in comp.columns]
+    if missing:
+        raise CpnnError(f"obsm[{key!r}] lacks the cell types {missing}; its columns are {list(comp.columns)}.")
+    values = comp[types].to_numpy(np.float32)[mask]
+    if not np.isfinite(values).all():
+        raise CpnnError(f"obsm[{key!r}] has NaN values for selected spots.")
+    return values / np.clip(values.sum(1, keepdims=True), 1e-12, None)
+
+
+def predicted_panel(adata: AnnData, layer: str) -> list[str] | None:
+    """The genes predicted into ``layer`` (as recorded by predict), else the selected panel, else ``None``."""
+    info = uns_cpnn(adata).get("predict", {})
+    if info.get("key_added") == layer and info.get("genes"):
+        return list(info["genes"])
+    if SELECTED in adata.var:
+        return list(adata.var_names[adata.var[SELECTED].to_numpy(bool)])
+    return None
+
+
+def predicted_mask(adata: AnnData, key_added: str) -> np.ndarray | None:
+    """Spots covered by the prediction ``key_added`` (``None`` when no prediction marks them)."""
+    col = predicted_column(key_added)
+    return adata.obs[col].to_numpy(bool) if col in adata.obs else None

@@ -1,0 +1,42 @@
+"""What every encoder is: RGB patches in [0, 1] in, one embedding per patch out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """The protocol of an image encoder: register a subclass with :func:`cpnn.models.register_encoder`.
+
+    ``forward`` takes float RGB patches in [0, 1], shape (N, 3, px, px), and returns (N, ``out_dim``).
+
+    Attributes
+    ----------
+    trainable
+        Whether the encoder has weights that ``finetune=True`` can train.
+    """
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = True
+    out_dim: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Encoder:
+        """Build the encoder of an :func:`encoder_config` (name, weights, pretrained, patch geometry)."""
+        raise NotImplementedError
+
+
+class Uint8Input(nn.Module):
+    """uint8 patches -> float in [0, 1] in front of an encoder (patches are kept as uint8 while fine-tuning)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x):
+        """Embed a batch of uint8 (or float) patches."""
+        return self.encoder(x.float() / 255.0 if x.dtype == torch.uint8 else x)

@@ -1,0 +1,28 @@
+"""Heads: embeddings -> panel expression (and a cell-type composition), registered by name."""
+
+from .._registry import Registry
+from ._base import Head, SlideHead, Standardise, mlp
+from ._cpnn import CPNNHead
+from ._direct import DirectHead, LogNormHead
+from ._ridge import RidgeHead
+
+#: Heads by the name :func:`cpnn.tl.fit` takes as ``head=``.
+HEADS: Registry[type[Head]] = Registry("head", "head")
+register_head = HEADS.register
+
+register_head("cpnn")(CPNNHead)
+register_head("direct")(DirectHead)
+register_head("ridge")(RidgeHead)
+
+__all__ = [
+    "HEADS",
+    "CPNNHead",
+    "DirectHead",
+    "Head",
+    "LogNormHead",
+    "RidgeHead",
+    "SlideHead",
+    "Standardise",
+    "mlp",
+    "register_head",
+]

@@ -1,0 +1,131 @@
+"""What every head is: embeddings in, gene proportions (and maybe a composition) out, a loss, slide pooling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
+    """Linear layers with GELU and dropout between them (the paper's head: D -> 1024 -> 512 -> out)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.GELU(), nn.Dropout(dropout)]
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Standardise(nn.Module):
+    """Fixed z-scoring of the input features with training statistics."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, z: torch.Tensor) -> None:
+        """Take the mean and standard deviation of ``z`` (rows = samples)."""
+        self.mean.copy_(z.mean(0))
+        self.std.copy_(z.std(0).clamp_min(1e-6))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+
+class Head(nn.Module):
+    """The protocol of a head: register a subclass with :func:`cpnn.models.register_head`.
+
+    A head maps embeddings (N x D) to a dict holding at least ``"proportions"`` (N x G, rows sum
+    to 1: the predicted share of each panel gene); heads with ``composition = True`` also output
+    ``"weights"`` (N x K, the cell-type composition) and are built with the prototypes.
+
+    Attributes
+    ----------
+    composition
+        Whether the head outputs a cell-type composition (and needs prototypes).
+    per_tile
+        Slide level: whether the head is applied to every tile and its outputs averaged
+        (:meth:`pool_outputs`), rather than to the mean of the tile embeddings.
+    closed_form
+        Whether the head is fitted in one step (:meth:`fit_closed_form`) instead of the gradient loop.
+    """
+
+    name: ClassVar[str] = ""
+    composition: ClassVar[bool] = False
+    per_tile: ClassVar[bool] = False
+    closed_form: ClassVar[bool] = False
+
+    standardise: Standardise
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], in_dim: int, prototypes: np.ndarray | None) -> Head:
+        """Build the head for a fit's configuration (``prototypes``: K x G, or ``None`` when loading)."""
+        raise NotImplementedError
+
+    def loss(
+        self,
+        out: dict[str, torch.Tensor],
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        composition: torch.Tensor | None = None,
+        sample: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Training loss of a batch: outputs, raw panel counts, library sizes, optional targets."""
+        raise NotImplementedError
+
+    def fit_inputs(self, z: torch.Tensor) -> None:
+        """Prepare for the training inputs ``z`` (rows = what the head sees): standardisation."""
+        self.standardise.fit(z)
+
+    def pool(self, z: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Slide level: outputs for padded bags ``z`` (B, M, D) with real tiles marked in ``valid`` (B, M).
+
+        A ``per_tile`` head is applied to every tile and :meth:`pool_outputs` averages its outputs;
+        any other head sees the mean embedding of each bag.
+        """
+        b, m, d = z.shape
+        frac = valid.float() / valid.float().sum(1, keepdim=True).clamp_min(1.0)  # mean weights
+        if not self.per_tile:
+            return self(torch.einsum("bm,bmd->bd", frac, z))
+        out = self(z.reshape(b * m, d))
+        return self.pool_outputs(out, frac, valid)
+
+    def pool_outputs(
+        self, out: dict[str, torch.Tensor], frac: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Combine the per-tile outputs (flattened, B*M rows) of ``per_tile`` heads into one per bag."""
+        raise NotImplementedError
+
+    def fit_closed_form(
+        self, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor], validation: tuple | None
+    ) -> list[dict]:
+        """Closed-form heads: fit on ``(inputs, counts, library)``; returns the history records."""
+        raise NotImplementedError
+
+
+class SlideHead(nn.Module):
+    """Slide level: a bag of tile embeddings in, one prediction per slide out (through :meth:`Head.pool`).
+
+    Parameters
+    ----------
+    head
+        The per-tile head.
+    """
+
+    def __init__(self, head: Head) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``x = (z, valid)``: padded embeddings (B, M, D) and the (B, M) mask of real tiles."""
+        return self.head.pool(*x)
+
+    def loss(self, *args: Any) -> torch.Tensor:
+        """The wrapped head's loss on slide-level outputs."""
+        return self.head.loss(*args)
