@@ -38,3 +38,18 @@ def cid4465():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cpnn_log():
+    """What cpnn logs (scanpy's logger) during a test, as a function returning the text so far."""
+    import io
+    import logging
+
+    import scanpy as sc
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    sc.settings._root_logger.addHandler(handler)
+    yield buf.getvalue
+    sc.settings._root_logger.removeHandler(handler)

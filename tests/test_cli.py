@@ -82,3 +82,44 @@ def test_errors_exit_with_a_message(store, capsys):
     with pytest.raises(SystemExit):
         main(["fit", str(store / "data.zarr"), "--out", "m.pt"])
     assert "exactly one of --reference" in capsys.readouterr().err
+
+
+def _fails(capsys, argv, message):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    text = capsys.readouterr().err
+    assert message in text, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+
+
+def test_outputs_are_checked_before_any_work(store, tmp_path, capsys):
+    """Every output path is checked first; nothing is overwritten without --force; bad inputs get one line."""
+    data, profiles = str(store / "data.zarr"), str(store / "profiles.csv")
+    fit = ["fit", data, "--profiles", profiles, "--encoder", "handcrafted", "--epochs", "1"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    _fails(capsys, [*fit, "--out", str(blocker / "m.pt")], "which is a file")
+    existing = tmp_path / "m.pt"
+    existing.write_bytes(b"old")
+    _fails(capsys, [*fit, "--out", str(existing)], "pass --force")
+    assert existing.read_bytes() == b"old"
+    _fails(capsys, [*fit, "--out", str(tmp_path)], "is a folder")
+    text_store = tmp_path / "notes.txt"
+    text_store.write_text("not a store")
+    _fails(
+        capsys, ["fit", str(text_store), "--profiles", profiles, "--out", str(tmp_path / "n.pt")], "not a SpatialData"
+    )
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["fit", str(tmp_path / "empty"), "--profiles", profiles, "--out", str(tmp_path / "n.pt")], "not a")
+    _fails(capsys, ["fit", data, "--profiles", str(tmp_path / "no.csv"), "--out", str(tmp_path / "n.pt")], "--profiles")
+    _fails(capsys, [*fit, "--genes", str(tmp_path / "no.txt"), "--out", str(tmp_path / "n.pt")], "--genes")
+    _fails(
+        capsys,
+        ["fit", data, "--reference", str(text_store), "--cell-type-key", "ct", "--out", str(tmp_path / "n.pt")],
+        ".h5ad",
+    )
+    pred = ["predict", data, "--model", str(tmp_path / "none.pt")]
+    _fails(capsys, [*pred, "--out", str(blocker / "p.h5ad")], "which is a file")
+    _fails(capsys, [*pred, "--out", str(tmp_path / "p.h5ad")], "--model")
+    assert not (tmp_path / "n.pt").exists() and not (tmp_path / "p.h5ad").exists()

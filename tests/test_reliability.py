@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 
 import cpnn as cp
 import cpnn.tl._train as train_mod
@@ -115,10 +116,293 @@ def test_model_files_are_versioned_and_never_execute_code(sdata, tmp_path, capsy
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(cp.CpnnError, match="format version 99, this cpnn reads version 1"):
+    with pytest.raises(cp.CpnnError, match="format version 99, this cpnn reads version 1 or 2"):
         cp.CPNN.load(tmp_path / "future.pt")
     torch.save({"format": "cpnn-model", "evil": _Payload()}, tmp_path / "evil.pt")
     with pytest.raises(cp.CpnnError, match="not a readable cpnn model file"):
         cp.CPNN.load(tmp_path / "evil.pt")
     assert "code ran" not in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+# ---- round two: no stale results, no silent corruption, no work lost -------------------------------
+
+
+def _world(seed=8, **kw):
+    s, profiles = synthetic_sdata(np.random.default_rng(seed), n_side=6, sections=("S1", "S2"), **kw)
+    cp.pp.select_genes(s, n_top_genes=30)
+    cp.pp.build_prototypes(s, profiles)
+    return s
+
+
+CPNN_FIT = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "epochs": 20, "context_um": 0}
+
+
+def _replace_image(s, key, array):
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    s.images[key] = Image2DModel.parse(
+        array, dims=("c", "y", "x"), transformations=get_transformation(s.images[key], get_all=True)
+    )
+
+
+def test_a_replaced_image_or_an_override_never_reuses_stale_embeddings():
+    """1. The embedding cache is keyed by image content, spot geometry and scale."""
+    s = _world()
+    model = cp.tl.fit(s, train=["S1"], **CPNN_FIT)
+    cp.tl.predict(s, model, regions=["S2"])
+    before = s["table"].obsm["cpnn_proportions"].loc[s["table"].obs["section"] == "S2"].to_numpy()
+    # the same image element replaced by other content (same name and shape): predictions follow it
+    full = np.asarray(s.images["S2_full"])
+    _replace_image(s, "S2_full", full[::-1].copy())  # channels swapped: other colours, same shape
+    cp.tl.predict(s, model, regions=["S2"])
+    after = s["table"].obsm["cpnn_proportions"].loc[s["table"].obs["section"] == "S2"].to_numpy()
+    fresh = _world()
+    _replace_image(fresh, "S2_full", full[::-1].copy())
+    cp.tl.predict(fresh, model, regions=["S2"])
+    expected = fresh["table"].obsm["cpnn_proportions"].loc[fresh["table"].obs["section"] == "S2"].to_numpy()
+    assert np.abs(after - before).max() > 0.01
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+    # overrides recompute: another image, another spot diameter
+    for override in ({"image_key": "S2_hires"}, {"spot_diameter_um": 48.0}):
+        cp.tl.predict(s, model, regions=["S2"], key_added="o", **override)
+        fresh = _world()
+        _replace_image(fresh, "S2_full", full[::-1].copy())
+        cp.tl.predict(fresh, model, regions=["S2"], key_added="o", **override)
+        np.testing.assert_allclose(
+            s["table"].obsm["o_proportions"].dropna().to_numpy(),
+            fresh["table"].obsm["o_proportions"].dropna().to_numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_image_intensity_ranges_are_read_as_8_bit():
+    """2. A float image holding 0..255 and a uint16 image holding 8-bit values read like the uint8 original."""
+    s = _world()
+    cp.pp.embed(s, encoder="handcrafted", patch_size_um=32, patch_px=32, key_added="u8")
+    for key in ("S1_full", "S2_full", "S1_hires", "S2_hires"):
+        _replace_image(s, key, np.asarray(s.images[key]).astype(np.float32))
+    cp.pp.embed(s, encoder="handcrafted", patch_size_um=32, patch_px=32, key_added="f255")
+    for key in ("S1_full", "S2_full", "S1_hires", "S2_hires"):
+        _replace_image(s, key, np.asarray(s.images[key]).astype(np.uint16))
+    cp.pp.embed(s, encoder="handcrafted", patch_size_um=32, patch_px=32, key_added="u16")
+    t = s["table"]
+    np.testing.assert_allclose(t.obsm["f255"], t.obsm["u8"], atol=1e-5)
+    np.testing.assert_allclose(t.obsm["u16"], t.obsm["u8"], atol=1e-5)
+
+
+def test_a_broken_image_store_is_rebuilt(her2st_all, cpnn_log):
+    """3. A chunk missing from, or truncated in, cpnn's own zarr image cache is found and rebuilt."""
+    store = next((cp.settings.cachedir / "her2st").glob("B4_image_*.zarr"))
+    chunks = sorted(p for p in store.rglob("*") if p.is_file() and p.parent.name.isdigit())
+    original = np.asarray(cp.datasets.her2st(["B4"]).images["B4_image"]["scale0"].image[:, 2000:2064, 2000:2064])
+    chunks[3].unlink()  # a chunk lost
+    chunks[5].write_bytes(chunks[5].read_bytes()[:10])  # a chunk cut short
+    from cpnn._core import check_manifest
+
+    assert "missing" in check_manifest(store)
+    again = cp.datasets.her2st(["B4"])
+    assert "rebuilding" in cpnn_log()
+    assert check_manifest(store) == ""
+    rebuilt = np.asarray(again.images["B4_image"]["scale0"].image[:, 2000:2064, 2000:2064])
+    np.testing.assert_array_equal(rebuilt, original)
+
+
+def test_manifest_names_each_kind_of_damage(tmp_path):
+    from cpnn._core import check_manifest, write_manifest
+
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 10)
+    assert "no manifest" in check_manifest(tmp_path)
+    write_manifest(tmp_path)
+    assert check_manifest(tmp_path) == ""
+    (tmp_path / "a").write_bytes(b"z" * 100)  # same size, other content
+    assert "changed" in check_manifest(tmp_path)
+    (tmp_path / "a").write_bytes(b"x" * 99)
+    assert "bytes" in check_manifest(tmp_path)
+    (tmp_path / "c").write_bytes(b"")
+    assert "not in its manifest" in check_manifest(tmp_path)
+
+
+def test_resume_refuses_changed_counts_or_prototypes(tmp_path):
+    """4. The checkpoint fingerprint covers the training counts and the prototypes."""
+    s = _world()
+    kw = {**CPNN_FIT, "train": ["S1"], "epochs": 3}
+    cp.tl.fit(s, **kw, checkpoint_dir=tmp_path)
+    t = s["table"]
+    X = t.X.toarray()
+    X[0, 0] += 1
+    t.X = type(t.X)(X)
+    with pytest.raises(cp.CpnnError, match="different training run"):
+        cp.tl.fit(s, **kw, checkpoint_dir=tmp_path, resume=True)
+    X[0, 0] -= 1
+    t.X = type(t.X)(X)
+    cp.tl.fit(s, **kw, checkpoint_dir=tmp_path, resume=True)  # the same data resumes
+    t.varm["cpnn_prototypes"] = np.asarray(t.varm["cpnn_prototypes"]) * 1.01
+    with pytest.raises(cp.CpnnError, match="different training run"):
+        cp.tl.fit(s, **kw, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_model_files_carry_a_checksum(tmp_path):
+    """5. Every single-byte flip of a model file is refused or loads the very same model."""
+    s = _world()
+    model = cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 2}, hidden=(8,))
+    path = tmp_path / "m.pt"
+    model.save(path)
+    raw = path.read_bytes()
+    rng = np.random.default_rng(0)
+    same = refused = 0
+    for pos in rng.choice(len(raw), size=150, replace=False):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 0xFF
+        (tmp_path / "f.pt").write_bytes(bytes(flipped))
+        try:
+            other = cp.CPNN.load(tmp_path / "f.pt")
+        except cp.CpnnError:
+            refused += 1
+            continue
+        _same_weights(other, model)
+        assert other.config == model.config
+        same += 1
+    assert refused + same == 150 and refused > 100, (refused, same)
+
+
+def test_evaluate_refuses_a_mixture_of_panels():
+    """6. Spots of one model are never scored with another model's genes."""
+    s = _world()
+    t = s["table"]
+    a = cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 2})
+    cp.tl.predict(s, a, regions=["S1"])
+    genes = list(t.var_names[t.var["cpnn_selected"].to_numpy(bool)])
+    cp.pp.select_genes(s, genes=genes[:20])
+    b = cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 2})
+    cp.tl.predict(s, b, regions=["S2"])
+    assert set(t.obs["cpnn_model"].astype(str)) == {a.fingerprint, b.fingerprint}
+    with pytest.raises(cp.CpnnError, match="different gene panels"):
+        cp.tl.evaluate(s)
+    df = cp.tl.evaluate(s, genes=genes[:20])  # genes both models predicted
+    assert len(df) == 20
+    with pytest.raises(cp.CpnnError, match="were not predicted by model"):
+        cp.tl.evaluate(s, genes=genes[20:25])
+    assert len(cp.tl.evaluate(s, spots=["S1"])) == 30  # one model's spots: its own panel
+
+
+def test_a_degenerate_image_is_passed_over_or_refused(cpnn_log):
+    """9. A black sharper image is passed over for the next image covering the spots; forced, it is refused."""
+    s = _world()
+    black = np.zeros_like(np.asarray(s.images["S1_full"]))
+    _replace_image(s, "S1_full", black)
+    from cpnn.data import region_images
+
+    t = s["table"]
+    s1 = t.obs["section"].to_numpy() == "S1"
+    (chosen,) = region_images(s, t, s1)
+    err = cpnn_log()
+    assert chosen.image_key == "S1_hires" and "passed over" in err and "nearly black" in err
+    with pytest.raises(cp.CpnnError, match="no usable image"):
+        region_images(s, t, s1, image_key="S1_full")
+    _replace_image(s, "S1_hires", np.zeros_like(np.asarray(s.images["S1_hires"])))
+    with pytest.raises(cp.CpnnError, match="no usable image"):
+        region_images(s, t, s1)
+
+
+def test_embeddings_that_barely_vary_are_reported(cpnn_log):
+    from cpnn.data import region_images
+    from cpnn.pp._embed import embed_regions
+
+    s = _world()
+    t = s["table"]
+    mask = t.obs["section"].to_numpy() == "S1"
+    regions = region_images(s, t, mask)
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
+    torch.nn.init.zeros_(constant[1].weight)
+    embed_regions(regions, int(mask.sum()), np.arange(t.n_obs), constant, patch_size_um=32, patch_px=32, device="cpu")
+    assert "barely vary" in cpnn_log()
+
+
+def test_near_constant_predictions_have_no_correlation():
+    """10. Predictions that vary only by float32 rounding are treated as constant."""
+    s = _world()
+    t = s["table"]
+    noise = 1.0 + np.random.default_rng(0).normal(0, 1e-8, size=t.shape)
+    t.layers["flat"] = sparse.csr_matrix((np.full(t.shape, 5.0) * noise).astype(np.float32))
+    df = cp.tl.evaluate(s, layer="flat")
+    assert df["spearman_mean"].isna().all() and df["spearman_pooled"].isna().all()
+
+
+def test_training_at_its_cap_or_at_its_start_is_reported(cpnn_log):
+    """11. A run whose best epoch is its last (or one of its first) warns with the fix and records it."""
+    from cpnn.tl._train import TrainResult, training_warnings
+
+    s = _world()
+    cp.tl.fit(s, train=["S1"], validation=["S2"], **{**CPNN_FIT, "epochs": 3})
+    warnings_ = s["table"].uns["cpnn"]["fit"]["warnings"]
+    assert any("stopped at its cap" in w for w in warnings_) and "raise epochs" in cpnn_log().lower()
+    early = TrainResult(best_epoch=2, history=[{"epoch": e} for e in range(1, 33)], stop_reason="early stopping")
+    (note,) = training_warnings(early, epochs=300, validated=True)
+    assert "lowest at epoch 2" in note and "lr=" in note
+    assert training_warnings(early, epochs=300, validated=False) == []
+
+
+def test_evaluate_groups_by_region_without_a_section_column():
+    """12. The default groupby falls back to the table's region key (spatialdata-io Visium has no section)."""
+    s = _world()
+    model = cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 2})
+    cp.tl.predict(s, model)
+    del s["table"].obs["section"]
+    df = cp.tl.evaluate(s)
+    assert {"spearman_S1_spots", "spearman_S2_spots"} <= set(df.columns)
+
+
+def test_select_genes_says_it_took_every_gene(cpnn_log):
+    """14. Asking for more genes than the table has selects them all, and says how many have no counts."""
+    s = _world()
+    t = s["table"]
+    X = t.X.toarray()
+    X[:, 0] = 0
+    t.X = sparse.csr_matrix(X)
+    cp.pp.select_genes(s, n_top_genes=250)
+    assert t.var["cpnn_selected"].all()
+    assert f"all {t.n_vars} are selected, 1 of them without any count" in cpnn_log()
+
+
+def test_model_files_with_a_broken_configuration_are_refused(tmp_path):
+    """15. Missing keys, invalid JSON, weights that do not fit, versions written as floats."""
+    import json
+
+    s = _world()
+    model = cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 1}, hidden=(8,))
+    model.save(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+
+    def write(p):
+        from cpnn.tl._model import _payload_digest
+
+        p["sha256"] = _payload_digest(p)
+        torch.save(p, tmp_path / "x.pt")
+        return tmp_path / "x.pt"
+
+    config = json.loads(payload["config"])
+    del config["genes"]
+    with pytest.raises(cp.CpnnError, match="lacks"):
+        cp.CPNN.load(write({**payload, "config": json.dumps(config)}))
+    with pytest.raises(cp.CpnnError, match="not valid JSON"):
+        cp.CPNN.load(write({**payload, "config": "{not json"}))
+    config = json.loads(payload["config"])
+    config["genes"] = config["genes"][:10]
+    with pytest.raises(cp.CpnnError, match="do not fit its configuration"):
+        cp.CPNN.load(write({**payload, "config": json.dumps(config)}))
+    assert cp.CPNN.load(write({**payload, "format_version": 2.0})).genes == model.genes
+    with pytest.raises(cp.CpnnError, match="no valid model format version"):
+        cp.CPNN.load(write({**payload, "format_version": "2"}))
+
+
+def test_an_interrupted_checkpoint_write_is_cleaned_up(tmp_path):
+    """15. Temporary files of a write cut short are removed when the next run starts."""
+    s = _world()
+    (tmp_path / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half")
+    cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 1}, checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]

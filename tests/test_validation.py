@@ -96,6 +96,64 @@ def _bad_dtype_sdata(w):
     return sd.SpatialData(images=images, shapes=dict(s.shapes), tables={"table": s["table"].copy()})
 
 
+def _copy_sdata(w, *, table=None, shapes=None, images=None):
+    """A SpatialData sharing the world's elements except those replaced (the world is never touched)."""
+    import spatialdata as sd
+
+    s = w["sdata"]
+    return sd.SpatialData(
+        images=images if images is not None else dict(s.images),
+        shapes=shapes if shapes is not None else dict(s.shapes),
+        tables={"table": table if table is not None else s["table"].copy()},
+    )
+
+
+def _with_radius(w, value):
+    s = _copy_sdata(w, shapes={k: v.copy() for k, v in w["sdata"].shapes.items()})
+    s.shapes["S1_spots"]["radius"] = value  # edited in place, after spatialdata's own checks
+    return s
+
+
+def _image_values(w, values):
+    """The world's images replaced by float images of ``values`` (a function of the uint8 array)."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    images = {}
+    for k, im in w["sdata"].images.items():
+        arr = np.asarray(im)
+        images[k] = Image2DModel.parse(
+            values(arr), dims=("c", "y", "x"), transformations=get_transformation(im, get_all=True)
+        )
+    return _copy_sdata(w, images=images)
+
+
+def _nan_pixels(arr):
+    out = arr.astype(np.float32) / 255
+    out[:, : out.shape[1] // 2] = np.nan
+    return out
+
+
+def _region_not_annotated(w):
+    s = _copy_sdata(w)
+    s["table"].uns["spatialdata_attrs"]["region"] = ["S1_spots"]
+    return s
+
+
+def _lognormed(w):
+    t = w["sdata"]["table"].copy()
+    X = t.X.toarray()
+    t.X = sparse.csr_matrix(np.log1p(X / X.sum(1, keepdims=True) * 1e4))
+    return _copy_sdata(w, table=t)
+
+
+def _one_type(w):
+    t = w["sdata"]["table"].copy()
+    t.varm["one"] = np.asarray(t.varm["cpnn_prototypes"])[:, :1]
+    t.uns["cpnn"]["prototype_sets"]["one"] = {"cell_types": ["t0"]}
+    return _copy_sdata(w, table=t)
+
+
 # (id, call, expected message fragment); every call gets the module's objects through ``w``
 CASES = [
     ("wrong object type", lambda w: cp.pp.select_genes(pd.DataFrame()), "data must be an AnnData or a SpatialData"),
@@ -193,6 +251,59 @@ CASES = [
         "resume without checkpoint_dir",
         lambda w: cp.tl.fit(w["sdata"], resume=True, encoder="handcrafted", patch_size_um=32, patch_px=32, epochs=1),
         "checkpoint_dir",
+    ),
+    # round two: every option checked before anything is read or written
+    ("epochs not whole", lambda w: cp.tl.fit(w["sdata"], epochs=2.5), "epochs=2.5"),
+    ("lr NaN", lambda w: cp.tl.fit(w["sdata"], lr=float("nan")), "lr=nan"),
+    ("negative weight_decay", lambda w: cp.tl.fit(w["sdata"], weight_decay=-1.0), "weight_decay=-1.0"),
+    ("dropout above 1", lambda w: cp.tl.fit(w["sdata"], dropout=1.5), "dropout=1.5"),
+    ("patch_px zero", lambda w: cp.tl.fit(w["sdata"], patch_px=0), "patch_px=0"),
+    ("patience zero", lambda w: cp.tl.fit(w["sdata"], patience=0), "patience=0"),
+    ("embed batch_size zero", lambda w: cp.pp.embed(w["sdata"], batch_size=0), "batch_size=0"),
+    ("predict batch_size zero", lambda w: cp.tl.predict(w["sdata"], w["model"], batch_size=0), "batch_size=0"),
+    ("n_top_genes as text", lambda w: cp.pp.select_genes(w["sdata"], n_top_genes="250"), "n_top_genes='250'"),
+    ("n_top_genes fractional", lambda w: cp.pp.select_genes(w["sdata"], n_top_genes=2.5), "n_top_genes=2.5"),
+    (
+        "several sections in one string",
+        lambda w: cp.tl.fit(w["sdata"], train="S1,S2", encoder="handcrafted"),
+        "several names in one string",
+    ),
+    (
+        "negative spot radius",
+        lambda w: cp.tl.predict(_with_radius(w, -3.0), w["model"], regions=["S1"], embedding_key="fresh"),
+        "radius",
+    ),
+    (
+        "NaN spot radius",
+        lambda w: cp.tl.predict(_with_radius(w, np.nan), w["model"], regions=["S1"], embedding_key="fresh"),
+        "radius",
+    ),
+    (
+        "NaN pixels",
+        lambda w: cp.tl.predict(_image_values(w, _nan_pixels), w["model"], regions=["S1"], embedding_key="fresh"),
+        "NaN",
+    ),
+    (
+        "float image above 255",
+        lambda w: cp.tl.predict(
+            _image_values(w, lambda a: a.astype(np.float32) * 4), w["model"], regions=["S1"], embedding_key="fresh"
+        ),
+        "Rescale it first",
+    ),
+    (
+        "region not annotated by the table",
+        lambda w: cp.tl.predict(_region_not_annotated(w), w["model"], embedding_key="fresh"),
+        "S2_spots",
+    ),
+    (
+        "NB loss on normalised values",
+        lambda w: cp.tl.fit(_lognormed(w), preset="paper", encoder="handcrafted", patch_size_um=32, patch_px=32),
+        "whole numbers",
+    ),
+    (
+        "a single cell type",
+        lambda w: cp.tl.fit(_one_type(w), prototypes_key="one", encoder="handcrafted", patch_size_um=32, patch_px=32),
+        "at least two",
     ),
 ]
 

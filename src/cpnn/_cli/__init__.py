@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._errors import CpnnError
+from .._errors import CpnnError, DataFileError
 from ._demo import run_demo
 from ._scripted import add_parsers
 
@@ -19,12 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=300)
     demo.add_argument("--n-genes", type=int, default=250)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier demo in --out")
     demo.set_defaults(run=run_demo)
     add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except CpnnError as err:  # a user's mistake: the message, not a traceback
+    except (CpnnError, DataFileError) as err:  # a user's mistake or a bad file: the message, not a traceback
         parser.exit(2, f"cpnn {args.command}: error: {err}\n")
 
 

@@ -7,6 +7,12 @@ import shutil
 import time
 from pathlib import Path
 
+from .._errors import CpnnError
+from ._scripted import check_output
+
+#: The figures the demo writes.
+FIGURES = ("proportions.png", "expression.png", "correlations.png", "prototypes.png", "history.png")
+
 
 def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     """Composition maps, measured vs predicted markers, accuracy and training history as PNGs."""
@@ -21,13 +27,14 @@ def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     markers = [g for g in ("ERBB2", "KRT19", "COL1A1", "CD74") if g in model.genes][:3]
     # the best-predicted genes, so that the figure also shows what the model gets right
     best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
-    for name, draw in (
-        ("proportions.png", lambda p: cp.pl.proportions(sdata, region="B4", save=p)),
-        ("expression.png", lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p)),
-        ("correlations.png", lambda p: cp.pl.correlations(metrics, save=p)),
-        ("prototypes.png", lambda p: cp.pl.prototypes(model, save=p)),
-        ("history.png", lambda p: cp.pl.history(model, save=p)),
-    ):
+    draws = (
+        lambda p: cp.pl.proportions(sdata, region="B4", save=p),
+        lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p),
+        lambda p: cp.pl.correlations(metrics, save=p),
+        lambda p: cp.pl.prototypes(model, save=p),
+        lambda p: cp.pl.history(model, save=p),
+    )
+    for name, draw in zip(FIGURES, draws, strict=True):
         draw(out / name)
         plt.close("all")
         paths.append(out / name)
@@ -39,7 +46,14 @@ def run_demo(args: argparse.Namespace) -> int:
     import cpnn as cp
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = ["model.pt", "metrics_per_gene.csv", "table.h5ad", "B4_annotated.zarr", *FIGURES]
+    earlier = [name for name in outputs if (out / name).exists()]
+    if earlier and not args.force:
+        raise CpnnError(
+            f"--out {str(out)!r} holds the outputs of an earlier demo ({', '.join(earlier[:3])}, ...); "
+            "pass --force to overwrite them, or another --out."
+        )
+    check_output(out / "model.pt", force=True)
     cp.settings.verbosity = 2
     t0 = time.time()
     print(f"cpnn {cp.__version__} demo: data from {cp.settings.datadir}, cache in {cp.settings.cachedir}")

@@ -3,18 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .._errors import CpnnError
 
 
-def _read(path: str):
-    import spatialdata as sd
-
+def check_store(path: str) -> Path:
+    """The SpatialData zarr store ``path``, or an error saying what it is instead."""
     p = Path(path)
     if not p.exists():
         raise CpnnError(f"{path!r} does not exist; pass a SpatialData zarr store (e.g. written by sdata.write).")
-    return sd.read_zarr(p)
+    if not p.is_dir() or not any((p / name).is_file() for name in ("zarr.json", ".zgroup", ".zattrs")):
+        raise CpnnError(f"{path!r} is not a SpatialData zarr store (a folder written by sdata.write).")
+    return p
+
+
+def _read(path: Path):
+    import spatialdata as sd
+
+    try:
+        return sd.read_zarr(path)
+    except Exception as err:  # any unreadable store gets the same advice
+        raise CpnnError(f"{str(path)!r} cannot be read as a SpatialData zarr store ({err}).") from err
+
+
+def check_output(path: str | Path, *, force: bool, argument: str = "--out") -> Path:
+    """An output path that can be written: its folder exists or can be made and is writable; no overwrite."""
+    p = Path(path)
+    if p.is_dir():
+        raise CpnnError(f"{argument} {str(p)!r} is a folder; pass a file path.")
+    if p.exists() and not force:
+        raise CpnnError(f"{argument} {str(p)!r} exists; pass --force to overwrite it, or another path.")
+    parent = p.parent
+    blocker = next((a for a in [parent, *parent.parents] if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CpnnError(f"{argument} {str(p)!r} lies under {str(blocker)!r}, which is a file.")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CpnnError(f"{argument} {str(p)!r}: its folder cannot be created ({err.strerror}).") from err
+    if not os.access(parent, os.W_OK):
+        raise CpnnError(f"{argument} {str(p)!r}: the folder {str(parent)!r} is not writable.")
+    return p
+
+
+def _input_file(path: str, argument: str, suffixes: tuple[str, ...] = ()) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CpnnError(f"{argument} {path!r} is not a file.")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise CpnnError(f"{argument} {path!r} must be a {' or '.join(suffixes)} file.")
+    return p
 
 
 def _reference(args: argparse.Namespace):
@@ -24,10 +64,20 @@ def _reference(args: argparse.Namespace):
     if bool(args.reference) == bool(args.profiles):
         raise CpnnError("Pass exactly one of --reference (labelled cells, .h5ad) or --profiles (genes x types, .csv).")
     if args.profiles:
-        return pd.read_csv(args.profiles, index_col=0), {}
+        path = _input_file(args.profiles, "--profiles", (".csv", ".tsv", ".txt"))
+        try:
+            return pd.read_csv(path, index_col=0, sep=None, engine="python"), {}
+        except Exception as err:
+            raise CpnnError(
+                f"--profiles {args.profiles!r} cannot be read as a genes x cell types table ({err})."
+            ) from err
     if not args.cell_type_key:
         raise CpnnError("--reference needs --cell-type-key (the obs column with the cell-type labels).")
-    return ad.read_h5ad(args.reference), {"cell_type_key": args.cell_type_key}
+    path = _input_file(args.reference, "--reference", (".h5ad",))
+    try:
+        return ad.read_h5ad(path), {"cell_type_key": args.cell_type_key}
+    except Exception as err:
+        raise CpnnError(f"--reference {args.reference!r} cannot be read as an AnnData .h5ad ({err}).") from err
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -35,9 +85,13 @@ def run_fit(args: argparse.Namespace) -> int:
     import cpnn as cp
 
     cp.settings.verbosity = 2
-    sdata = _read(args.data)
+    store = check_store(args.data)
+    out = check_output(args.out, force=args.force)
+    if args.checkpoint_dir:
+        check_output(Path(args.checkpoint_dir) / "checkpoint.pt", force=True, argument="--checkpoint-dir")
+    genes = _input_file(args.genes, "--genes").read_text().split() if args.genes else None
     reference, kw = _reference(args)
-    genes = Path(args.genes).read_text().split() if args.genes else None
+    sdata = _read(store)
     cp.pp.select_genes(sdata, n_top_genes=args.n_genes, genes=genes, table_key=args.table_key)
     cp.pp.build_prototypes(sdata, reference, table_key=args.table_key, **kw)
     model = cp.tl.fit(
@@ -57,8 +111,8 @@ def run_fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         table_key=args.table_key,
     )
-    model.save(args.out)
-    print(f"{model}\nsaved to {args.out}")
+    model.save(out)
+    print(f"{model}\nsaved to {out}")
     return 0
 
 
@@ -67,17 +121,18 @@ def run_predict(args: argparse.Namespace) -> int:
     import cpnn as cp
 
     cp.settings.verbosity = 2
-    sdata = _read(args.data)
-    model = cp.CPNN.load(args.model)
+    store = check_store(args.data)
+    out = check_output(args.out, force=args.force)
+    metrics_path = check_output(out.with_suffix(".metrics.csv"), force=args.force, argument="--out (metrics)")
+    model = cp.CPNN.load(_input_file(args.model, "--model"))
+    sdata = _read(store)
     cp.tl.predict(sdata, model, regions=args.regions, spot_diameter_um=args.spot_diameter_um, table_key=args.table_key)
     table = sdata[args.table_key]
     if table.X is not None and table.X.sum() > 0:
         metrics = cp.tl.evaluate(sdata, table_key=args.table_key, groupby=args.groupby)
         summary = table.uns["cpnn"]["metrics"]["cpnn"]
         print(f"mean per-gene Spearman {summary['spearman_per_group_mean']:.3f} per {args.groupby}")
-        metrics.to_csv(Path(args.out).with_suffix(".metrics.csv"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        metrics.to_csv(metrics_path)
     table.write_h5ad(out)
     print(f"predictions: layers['cpnn'], obsm['cpnn_proportions'] in {out}")
     return 0
@@ -95,7 +150,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--n-genes", type=int, default=250)
     fit.add_argument("--train", nargs="+", help="training regions or sections (default: all but --validation)")
     fit.add_argument("--validation", nargs="+", help="regions or sections for early stopping")
-    fit.add_argument("--head", default="cpnn", choices=["cpnn", "direct"])
+    fit.add_argument("--head", default="cpnn", help="a registered head: cpnn, direct, ridge")
     fit.add_argument("--preset", default="cpnn", choices=["cpnn", "paper"], help="'paper': the published model")
     fit.add_argument("--encoder", default="resnet18", help="'handcrafted' or a timm architecture")
     fit.add_argument("--weights", help="local encoder checkpoint")
@@ -107,6 +162,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--checkpoint-dir", help="write a checkpoint every epoch here")
     fit.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     fit.add_argument("--table-key", default="table")
+    fit.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     fit.set_defaults(run=run_fit)
 
     pred = sub.add_parser("predict", help="predict expression and composition with a saved model")
@@ -117,4 +173,5 @@ def add_parsers(sub) -> None:
     pred.add_argument("--groupby", default="region", help="obs column to evaluate per group, when counts exist")
     pred.add_argument("--spot-diameter-um", type=float)
     pred.add_argument("--table-key", default="table")
+    pred.add_argument("--force", action="store_true", help="overwrite --out (and its .metrics.csv) if they exist")
     pred.set_defaults(run=run_predict)

@@ -1,5 +1,6 @@
 """The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
+from ._files import MANIFEST, check_manifest, remove_stale_temporaries, save_atomic, sha256_file, write_manifest
 from ._keys import (
     EMBEDDING,
     PREDICTION,
@@ -16,22 +17,35 @@ from ._metrics import per_gene_metrics, resolve_groupby
 from ._panel import (
     dense_rows,
     layer_matrix,
+    model_column,
     panel_counts,
     panel_genes,
     panel_prototypes,
+    predicted_genes,
     predicted_mask,
     predicted_panel,
+    prediction_models,
     prototype_groups,
     prototype_set,
     reference_composition,
 )
-from ._stats import TARGET_SUM, columnwise_pearson, columnwise_spearman, lognorm, lognorm_torch, nanmean
+from ._stats import (
+    TARGET_SUM,
+    columnwise_pearson,
+    columnwise_spearman,
+    lognorm,
+    lognorm_torch,
+    nanmean,
+    near_constant,
+)
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn
-from ._torch import autocast
+from ._torch import autocast, state_digest
 from ._validate import (
     check_counts,
     check_genes,
+    check_int,
     check_key,
+    check_number,
     check_obs_mask,
     check_unique_obs,
     gene_names,
@@ -41,6 +55,7 @@ from ._validate import (
 
 __all__ = [
     "EMBEDDING",
+    "MANIFEST",
     "PREDICTION",
     "PROTOTYPES",
     "SELECTED",
@@ -51,7 +66,10 @@ __all__ = [
     "autocast",
     "check_counts",
     "check_genes",
+    "check_int",
     "check_key",
+    "check_manifest",
+    "check_number",
     "check_obs_mask",
     "check_unique_obs",
     "columnwise_pearson",
@@ -66,22 +84,31 @@ __all__ = [
     "layer_matrix",
     "lognorm",
     "lognorm_torch",
+    "model_column",
     "nanmean",
+    "near_constant",
     "panel_counts",
     "panel_genes",
     "panel_prototypes",
     "per_gene_metrics",
     "predicted_column",
+    "predicted_genes",
     "predicted_mask",
     "predicted_panel",
+    "prediction_models",
     "proportions_key",
     "prototype_groups",
     "prototype_set",
     "reference_composition",
     "region_columns",
+    "remove_stale_temporaries",
     "resolve_groupby",
     "return_copy",
+    "save_atomic",
     "selection_positions",
+    "sha256_file",
+    "state_digest",
     "to_uns",
     "uns_cpnn",
+    "write_manifest",
 ]

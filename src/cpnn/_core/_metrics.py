@@ -10,8 +10,8 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import CpnnError
-from ._panel import dense_rows, layer_matrix, predicted_mask, predicted_panel
-from ._stats import columnwise_pearson, columnwise_spearman, lognorm, nanmean
+from ._panel import dense_rows, layer_matrix, predicted_genes, predicted_mask
+from ._stats import columnwise_pearson, columnwise_spearman, lognorm, nanmean, near_constant
 from ._validate import check_key, check_obs_mask, check_unique_obs, region_columns
 
 
@@ -43,21 +43,22 @@ def per_gene_metrics(
             f"layer={layer!r} is not a layer of the table; run cp.tl.predict first. Layers: {list(adata.layers)}."
         )
     truth_matrix = layer_matrix(adata, truth_layer, argument="truth_layer")
-    if genes is None:
-        genes = predicted_panel(adata, layer)
-        if genes is None:
-            raise CpnnError("genes= is needed: there is no predicted panel recorded in the table.")
-    genes = list(genes)
-    unknown = [g for g in genes if g not in adata.var_names]
-    if unknown:
-        raise CpnnError(f"genes: {len(unknown)} are not in the table, e.g. {unknown[:5]}.")
-    if len(genes) == 0:
-        raise CpnnError("genes is empty.")
     check_unique_obs(adata)
     marked = predicted_mask(adata, layer)
     mask = marked if spots is None and marked is not None else check_obs_mask(adata, spots, argument="spots")
     if mask.sum() < 3:
         raise CpnnError(f"Only {int(mask.sum())} spots to evaluate; correlations need at least 3.")
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        unknown = [g for g in genes if g not in adata.var_names]
+        if unknown:
+            raise CpnnError(f"genes: {len(unknown)} are not in the table, e.g. {unknown[:5]}.")
+        if len(genes) == 0:
+            raise CpnnError("genes is empty.")
+    genes = predicted_genes(adata, layer, mask, genes)
+    if genes is None:
+        raise CpnnError("genes= is needed: there is no predicted panel recorded in the table.")
+    genes = list(genes)
     groupby = resolve_groupby(adata, groupby)
     gidx = adata.var_names.get_indexer(genes)
     rows = np.flatnonzero(mask)
@@ -74,15 +75,17 @@ def per_gene_metrics(
         sel = groups == grp
         if sel.sum() < 3:
             continue
-        out[f"spearman_{grp}"] = columnwise_spearman(pred[sel], truth[sel])
-        out[f"pearson_{grp}"] = columnwise_pearson(pred[sel], truth[sel])
+        flat = near_constant(pred[sel]) | near_constant(truth[sel])  # rounding noise is no signal
+        out[f"spearman_{grp}"] = np.where(flat, np.nan, columnwise_spearman(pred[sel], truth[sel]))
+        out[f"pearson_{grp}"] = np.where(flat, np.nan, columnwise_pearson(pred[sel], truth[sel]))
         n_nan[str(grp)] = int(np.isnan(out[f"spearman_{grp}"]).sum())
     df = pd.DataFrame(out, index=pd.Index(genes, name="gene"))
     for m in ("spearman", "pearson"):
         cols = [c for c in df.columns if c.startswith(f"{m}_")]
         df[f"{m}_mean"] = df[cols].mean(axis=1, skipna=True)
-    df["spearman_pooled"] = columnwise_spearman(pred, truth)
-    df["pearson_pooled"] = columnwise_pearson(pred, truth)
+    flat = near_constant(pred) | near_constant(truth)
+    df["spearman_pooled"] = np.where(flat, np.nan, columnwise_spearman(pred, truth))
+    df["pearson_pooled"] = np.where(flat, np.nan, columnwise_pearson(pred, truth))
     group_means = {
         m: [df[c].mean() for c in df.columns if c.startswith(f"{m}_") and c not in (f"{m}_mean", f"{m}_pooled")]
         for m in ("spearman", "pearson")

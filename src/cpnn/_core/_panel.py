@@ -129,6 +129,54 @@ def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, typ
     return values / np.clip(values.sum(1, keepdims=True), 1e-12, None)
 
 
+def model_column(key_added: str) -> str:
+    """``obs`` column naming, per spot, the model whose prediction ``key_added`` holds."""
+    return f"{key_added}_model"
+
+
+def prediction_models(adata: AnnData, layer: str, mask: np.ndarray | None = None) -> dict[str, dict]:
+    """The records of the models whose predictions ``layer`` holds for the ``mask`` spots (empty if unrecorded)."""
+    record = uns_cpnn(adata).get("predictions", {}).get(layer)
+    col = model_column(layer)
+    if not isinstance(record, dict) or col not in adata.obs:
+        return {}
+    ids = adata.obs[col]
+    ids = ids[mask] if mask is not None else ids
+    used = [str(i) for i in pd.unique(ids.dropna().astype(str))]
+    return {i: record["models"][i] for i in used if i in record.get("models", {})}
+
+
+def predicted_genes(adata: AnnData, layer: str, mask: np.ndarray | None, genes: list[str] | None) -> list[str] | None:
+    """The genes to evaluate in ``layer`` for the ``mask`` spots, refusing a mixture of gene panels.
+
+    Without ``genes``: the panel of the model(s) that predicted those spots, which must agree;
+    with ``genes``: checked to be predicted for every one of them. Layers without a record (written
+    by hand) fall back to :func:`predicted_panel`.
+    """
+    models = prediction_models(adata, layer, mask)
+    if not models:
+        return genes if genes is not None else predicted_panel(adata, layer)
+    panels = {mid: list(m["genes"]) for mid, m in models.items()}
+    if genes is None:
+        distinct = {tuple(p) for p in panels.values()}
+        if len(distinct) > 1:
+            sizes = ", ".join(f"model {mid} ({len(p)} genes)" for mid, p in panels.items())
+            raise CpnnError(
+                f"layer {layer!r} holds predictions of {len(panels)} models with different gene panels ({sizes}) "
+                f"for the selected spots (obs[{model_column(layer)!r}] names each spot's model). Evaluate them "
+                "apart with spots=, pass genes= that every model predicted, or predict into separate key_added."
+            )
+        return next(iter(panels.values()))
+    for mid, panel in panels.items():
+        lacking = [g for g in genes if g not in set(panel)]
+        if lacking:
+            raise CpnnError(
+                f"genes: {len(lacking)} were not predicted by model {mid} for some of the selected spots "
+                f"(e.g. {lacking[:5]}); pass genes that every model in layer {layer!r} predicted, or spots=."
+            )
+    return genes
+
+
 def predicted_panel(adata: AnnData, layer: str) -> list[str] | None:
     """The genes predicted into ``layer`` (as recorded by predict), else the selected panel, else ``None``."""
     info = uns_cpnn(adata).get("predict", {})

@@ -13,6 +13,41 @@ from scipy import sparse
 from .._errors import CpnnError
 
 
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int, or an error naming ``name`` when it is not a whole number of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        ok = False
+    else:
+        ok = bool(np.isfinite(value)) and int(value) == value and value >= minimum
+    if not ok:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise CpnnError(f"{name}={value!r} must be {what} and a whole number.")
+    return int(value)
+
+
+def check_number(
+    name: str, value: Any, *, low: float | None = None, high: float | None = None, strict: bool = False
+) -> float:
+    """``value`` as a float, or an error naming ``name`` when it is not finite or outside the bounds.
+
+    ``low`` is inclusive unless ``strict``; ``high`` is exclusive.
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    ok = ok and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if strict else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"< {high:g}")
+        raise CpnnError(f"{name}={value!r} must be a finite number{' ' if bounds else ''}{' and '.join(bounds)}.")
+    return float(value)
+
+
 def check_key(adata: AnnData, key: str, *, where: str = "obs", argument: str = "key") -> None:
     """Raise when ``key`` is not a column of ``adata.obs`` (or a key of another slot)."""
     container = getattr(adata, where)
@@ -116,9 +151,12 @@ def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarr
                 mask |= hit
                 matched = True
             if not matched:
+                hint = ""
+                if isinstance(selection, str) and any(sep in selection for sep in ", ;"):
+                    hint = f" It looks like several names in one string: pass a list, e.g. {selection.replace(',', ' ').split()}."
                 raise CpnnError(
                     f"{argument}={values[:5]} matches no region, section or spot name; "
-                    f"use a boolean mask, a (column, value) tuple, or names from {region_columns(adata)}."
+                    f"use a boolean mask, a (column, value) tuple, or names from {region_columns(adata)}.{hint}"
                 )
     if not mask.any():
         raise CpnnError(f"{argument} selects no spot; the selection is empty.")

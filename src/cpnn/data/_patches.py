@@ -14,8 +14,12 @@ from .._errors import CpnnError
 from ._regions import RegionImage, region_images
 
 
-def to_rgb_float(block: np.ndarray) -> np.ndarray:
-    """(c, h, w) image block -> float32 RGB in [0, 1]."""
+def to_rgb_float(block: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """(c, h, w) image block -> float32 RGB in [0, 1].
+
+    ``scale`` divides the stored values (see :func:`cpnn.data._content.intensity_scale`); default
+    the dtype's range: 255 for uint8, 65535 for uint16, 1 for floats.
+    """
     c = block.shape[0]
     if c == 1:
         block = np.repeat(block, 3, axis=0)
@@ -23,13 +27,19 @@ def to_rgb_float(block: np.ndarray) -> np.ndarray:
         block = block[:3]
     elif c != 3:
         raise CpnnError(f"Images must have 1 (grey), 3 (RGB) or 4 (RGBA) channels, found {c}.")
-    if block.dtype == np.uint8:
-        return block.astype(np.float32) / 255.0
-    if block.dtype == np.uint16:
-        return block.astype(np.float32) / 65535.0
-    if np.issubdtype(block.dtype, np.floating):
-        return np.clip(block.astype(np.float32), 0.0, 1.0)
-    raise CpnnError(f"Image dtype {block.dtype} is not supported; use uint8, uint16 or float in [0, 1].")
+    if scale is None:
+        if block.dtype == np.uint8:
+            scale = 255.0
+        elif block.dtype == np.uint16:
+            scale = 65535.0
+        elif np.issubdtype(block.dtype, np.floating):
+            scale = 1.0
+        else:
+            raise CpnnError(f"Image dtype {block.dtype} is not supported; use uint8, uint16 or float in [0, 1].")
+    out = block.astype(np.float32)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    return np.clip(out, 0.0, 1.0)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -84,7 +94,12 @@ class PatchDataset(torch.utils.data.Dataset):
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         block = arr[:, cy0:cy1, cx0:cx1]
         block = np.asarray(block.compute() if hasattr(block, "compute") else block)
-        block = to_rgb_float(block)
+        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+            raise CpnnError(
+                f"Image {region.image_key!r} holds NaN or infinite pixels near spots of region {region.region!r}; "
+                "fill them (e.g. np.nan_to_num) first."
+            )
+        block = to_rgb_float(block, region.scale)
         # pad what lies outside the image with white (slide background)
         padded = np.ones((3, y1 - y0, x1 - x0), dtype=np.float32)
         padded[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from anndata import AnnData
 
 from .._core import SPATIAL
 from .._errors import CpnnError
+from ._content import ImageSample, sample_image
 
 
 @dataclass
@@ -23,6 +25,8 @@ class RegionImage:
     obs_index: np.ndarray  # positions of the spots in the table
     um_per_px: float
     spot_diameter_px: float | None = None  # median spot diameter in image pixels, when known
+    scale: float = 255.0  # divisor mapping stored values to [0, 1]
+    fingerprint: str = ""  # image content, spot geometry and scale: what embeddings of this region depend on
 
 
 def _affine(element: Any, cs: str) -> np.ndarray:
@@ -104,6 +108,48 @@ def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: flo
     return float(diameter) / (2.0 * float(np.median(shapes["radius"])))
 
 
+def _check_regions(adata: AnnData, obs_mask: np.ndarray, regions: list[str], region_key: str) -> None:
+    """Every selected spot must belong to a region the table annotates (else it would have no image)."""
+    values = adata.obs[region_key]
+    missing = values.isna().to_numpy() & obs_mask
+    if missing.any():
+        raise CpnnError(
+            f"{int(missing.sum())} selected spots have no region (obs[{region_key!r}] is missing); "
+            "fill the column or deselect them."
+        )
+    outside = sorted(set(values.astype(str).to_numpy()[obs_mask]) - set(regions))
+    if outside:
+        raise CpnnError(
+            f"Spots of region(s) {outside[:5]} are selected, but the table's spatialdata_attrs['region'] lists only "
+            f"{regions[:5]}; so they have no shapes or image. Add the region to the table's annotation "
+            "(spatialdata.models.TableModel.parse(..., region=[...])) or deselect those spots."
+        )
+
+
+def _check_radius(shapes: Any, region: str) -> None:
+    if "radius" not in shapes:
+        return
+    radius = np.asarray(shapes["radius"], dtype=float)
+    bad = ~(np.isfinite(radius) & (radius > 0))
+    if bad.any():
+        raise CpnnError(
+            f"Region {region!r} has {int(bad.sum())} spots whose radius is zero, negative or NaN; "
+            "fix the shapes' 'radius' column (spots must have a positive size)."
+        )
+
+
+def _fingerprint(key: str, arr: Any, sample: ImageSample, shapes: Any, um_per_px: float, a_shape, a_img) -> str:
+    """Digest of what embeddings of a region depend on: the image's content and the spots' geometry and scale."""
+    h = hashlib.sha256(f"{key}|{sample.digest}|{sample.scale}|{um_per_px:.12g}".encode())
+    h.update(np.ascontiguousarray(a_shape, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(a_img, dtype=np.float64).tobytes())
+    cent = shapes.geometry.centroid
+    h.update(np.ascontiguousarray(np.c_[cent.x.to_numpy(), cent.y.to_numpy()], dtype=np.float64).tobytes())
+    if "radius" in shapes:
+        h.update(np.ascontiguousarray(shapes["radius"].to_numpy(), dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
 def region_images(
     sdata: Any,
     adata: AnnData,
@@ -113,10 +159,12 @@ def region_images(
     spot_diameter_um: float | None = None,
     mpp: float | None = None,
 ) -> list[RegionImage]:
-    """Find, for every region with selected spots, the sharpest image covering them.
+    """Find, for every region with selected spots, the sharpest usable image covering them.
 
     Images are matched to a region through a shared coordinate system (never by name). Among
-    candidates the one with the most pixels per micrometre that covers all spot centres wins.
+    candidates that cover all spot centres the one with the most pixels per micrometre wins,
+    unless a sample of its pixels under the spots shows it is blank, constant, or far too dark or
+    bright: then the next one is taken, with a warning (a forced ``image_key`` is refused instead).
     Spot centres are mapped into that image's pixels with the SpatialData transformations.
 
     Parameters
@@ -134,7 +182,12 @@ def region_images(
     mpp
         Micrometres per unit of the spots' coordinates; overrides everything else.
     """
+    from spatialdata.transformations import get_transformation
+
     regions, region_key, instance_key = table_regions(adata)
+    _check_regions(adata, obs_mask, regions, region_key)
+    if image_key is not None and image_key not in sdata.images:
+        raise CpnnError(f"image_key={image_key!r} is not an image of the SpatialData; images are {list(sdata.images)}.")
     out: list[RegionImage] = []
     obs_region = adata.obs[region_key].astype(str).to_numpy()
     for region in regions:
@@ -144,6 +197,7 @@ def region_images(
         if region not in sdata.shapes:
             raise CpnnError(f"Region {region!r} of the table is not a shapes element of the SpatialData.")
         shapes = sdata.shapes[region]
+        _check_radius(shapes, region)
         ids = adata.obs[instance_key].to_numpy()[idx]
         try:
             geom = shapes.loc[ids].geometry
@@ -152,61 +206,71 @@ def region_images(
                 f"Some {instance_key!r} values of region {region!r} are not in its shapes index: {e}"
             ) from e
         xy = np.c_[geom.centroid.x.to_numpy(), geom.centroid.y.to_numpy()]
+        every = shapes.geometry.centroid
+        xy_all = np.c_[every.x.to_numpy(), every.y.to_numpy()]
         diameter = (
             spot_diameter_um
             if spot_diameter_um is not None
             else table_spot_diameter_um(adata) or known_spot_diameter_um(sdata, adata)
         )
         um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, diameter)
-        from spatialdata.transformations import get_transformation
-
         shape_cs = list(get_transformation(shapes, get_all=True))
-        candidates = [image_key] if image_key is not None else list(sdata.images)
-        best = None
-        for key in candidates:
-            if key not in sdata.images:
-                raise CpnnError(
-                    f"image_key={key!r} is not an image of the SpatialData; images are {list(sdata.images)}."
-                )
+        candidates = []
+        for key in [image_key] if image_key is not None else list(sdata.images):
             img = sdata.images[key]
             common = [cs for cs in get_transformation(img, get_all=True) if cs in shape_cs]
             if not common:
                 continue
             cs = common[0]
             a_shape, a_img = _affine(shapes, cs), _affine(img, cs)
-            pts = (np.linalg.inv(a_img) @ (a_shape @ np.c_[xy, np.ones(len(xy))].T)).T[:, :2]
+            to_px = np.linalg.inv(a_img) @ a_shape
+            pts = (to_px @ np.c_[xy, np.ones(len(xy))].T).T[:, :2]
             arr = image_levels(img)[0]
             h, w = arr.shape[-2], arr.shape[-1]
             if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
                 continue
             um_px = um_unit * _scale(a_img) / _scale(a_shape)
-            if best is None or um_px < best.um_per_px:
-                if "radius" in shapes:  # shape units -> coordinate system -> image pixels
-                    spot_px = 2.0 * float(np.median(shapes["radius"])) * _scale(a_shape) / _scale(a_img)
-                else:
-                    spot_px = float(diameter) / um_px if diameter else None
-                best = RegionImage(region, key, arr.data if hasattr(arr, "data") else arr, pts, idx, um_px, spot_px)
-        if best is None:
+            if "radius" in shapes:  # shape units -> coordinate system -> image pixels
+                spot_px = 2.0 * float(np.median(shapes["radius"])) * _scale(a_shape) / _scale(a_img)
+            else:
+                spot_px = float(diameter) / um_px if diameter else None
+            data = arr.data if hasattr(arr, "data") else arr
+            all_px = (to_px @ np.c_[xy_all, np.ones(len(xy_all))].T).T[:, :2]
+            candidates.append((um_px, key, data, pts, spot_px, all_px, a_shape, a_img))
+        if not candidates:
             raise CpnnError(
                 f"Region {region!r} has no image: no image element shares a coordinate system with it and "
                 f"covers its spots (images: {list(sdata.images)}). Add the H&E image, or deselect the region."
             )
-        check_image_dtype(best.array.dtype, best.image_key)
-        out.append(best)
+        out.append(_choose(region, idx, shapes, sorted(candidates, key=lambda c: c[0]), forced=image_key is not None))
     return out
 
 
-#: Image dtypes cpnn reads: 8- and 16-bit unsigned integers (scaled by their maximum) and floats in [0, 1].
-SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+def _choose(region: str, idx: np.ndarray, shapes: Any, candidates: list, *, forced: bool) -> RegionImage:
+    """The sharpest candidate whose pixels under the spots are usable; warn for each one passed over."""
+    from scanpy import logging as logg
 
-
-def check_image_dtype(dtype: Any, key: str) -> None:
-    """Raise for image dtypes whose intensity range cpnn cannot know (signed or wide integers, bool)."""
-    if np.dtype(dtype).type not in SUPPORTED_DTYPES:
-        raise CpnnError(
-            f"Image {key!r} has dtype {np.dtype(dtype)}; cpnn reads uint8, uint16 or float images in [0, 1]. "
-            "Convert it first, e.g. (img / img.max() * 255).astype('uint8')."
-        )
+    problems = []
+    for um_px, key, data, pts, spot_px, all_px, a_shape, a_img in candidates:
+        inside = all_px[
+            (all_px[:, 0] >= 0)
+            & (all_px[:, 0] < data.shape[-1])
+            & (all_px[:, 1] >= 0)
+            & (all_px[:, 1] < data.shape[-2])
+        ]
+        sample = sample_image(data, inside if len(inside) else pts, key)
+        problem = sample.problem()
+        if problem:
+            problems.append(f"{key!r}: {problem}")
+            continue
+        if sample.rescaled:
+            logg.warning(sample.rescaled)
+        if problems:
+            logg.warning(f"region {region!r}: passed over image(s) {'; '.join(problems)}; using {key!r}")
+        fp = _fingerprint(key, data, sample, shapes, um_px, a_shape, a_img)
+        return RegionImage(region, key, data, pts, idx, um_px, spot_px, sample.scale, fp)
+    fix = "pass another image_key=" if forced else "add a usable H&E image (or pass image_key=)"
+    raise CpnnError(f"Region {region!r} has no usable image: {'; '.join(problems)}. Check the image, or {fix}.")
 
 
 def image_um_per_px(sdata: Any, image_key: str) -> float | None:

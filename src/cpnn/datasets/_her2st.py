@@ -15,7 +15,7 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import SPATIAL
+from .._core import SPATIAL, check_manifest, write_manifest
 from .._errors import CpnnError
 from .._settings import settings
 from ._fetch import fetch, registry
@@ -97,6 +97,11 @@ def _image_store(section: str):
     rel = _image_path(section)
     sha = registry()[rel][0]
     store = settings.cachedir / "her2st" / f"{section}_image_{sha[:12]}.zarr"
+    if store.exists():
+        problem = check_manifest(store)
+        if problem:
+            logg.warning(f"the cached image store {store} is incomplete or corrupt ({problem}); rebuilding it")
+            shutil.rmtree(store)
     if not store.exists():
         store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_name(f".{store.name}.{uuid.uuid4().hex}")
@@ -115,6 +120,7 @@ def _image_store(section: str):
             )
             sd.SpatialData(images={"image": img}).write(tmp)
             del img
+            write_manifest(tmp)  # last: a store without its manifest never counts as complete
             tmp.rename(store)
         finally:
             for path in (tmp, level0):
@@ -151,7 +157,7 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
     from spatialdata.transformations import Identity
 
     start = logg.info("loading HER2ST")
-    sections = list(HER2ST_IMAGED if sections is None else sections)
+    sections = [sections] if isinstance(sections, str) else list(HER2ST_IMAGED if sections is None else sections)
     if not sections:
         raise CpnnError("sections is empty; pass section names such as ['B4', 'C3'] or None.")
     unknown = [s for s in sections if s not in HER2ST_SECTIONS]
@@ -234,7 +240,7 @@ def her2st_proportions(level: str = "major", *, sections: Sequence[str] | None =
     """
     if level not in ("major", "minor", "subset"):
         raise CpnnError(f"level={level!r}; use 'major', 'minor' or 'subset'.")
-    sections = list(HER2ST_IMAGED if sections is None else sections)
+    sections = [sections] if isinstance(sections, str) else list(HER2ST_IMAGED if sections is None else sections)
     unknown = [s for s in sections if s not in HER2ST_SECTIONS]
     if unknown:
         raise CpnnError(f"sections: unknown HER2ST section(s) {unknown}.")

@@ -21,6 +21,7 @@ from .encoders import (
     build_encoder,
     encoder_class,
     encoder_config,
+    file_digest,
     make_encoder,
     register_encoder,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "build_encoder",
     "encoder_class",
     "encoder_config",
+    "file_digest",
     "fit_nb_regression",
     "gene_softmax_mse",
     "make_encoder",

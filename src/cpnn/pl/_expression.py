@@ -10,7 +10,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .._core import PREDICTION, columnwise_spearman, dense_rows, gene_names, get_table, lognorm, predicted_panel
+from .._core import (
+    PREDICTION,
+    columnwise_spearman,
+    dense_rows,
+    gene_names,
+    get_table,
+    lognorm,
+    near_constant,
+    predicted_genes,
+    predicted_mask,
+)
 from .._errors import CpnnError
 from ._spatial import draw_spots, resolve_region
 from ._utils import check_names, finish
@@ -66,26 +76,27 @@ def expression(
         raise CpnnError(
             f"layer={layer!r} is not a layer of the table; run cp.tl.predict first. Layers: {list(adata.layers)}."
         )
-    panel = predicted_panel(adata, layer)
+    predicted = predicted_mask(adata, layer)
+    name, mask = resolve_region(adata, region, prefer=predicted)
+    if predicted is not None:
+        mask = mask & predicted
+    if mask.sum() < 3:
+        raise CpnnError(f"Region {name!r} has {int(mask.sum())} predicted spots; predict it with cp.tl.predict.")
+    panel = predicted_genes(adata, layer, mask, None)
     if not panel:
         raise CpnnError("No predicted panel is recorded in the table; run cp.pp.select_genes and cp.tl.predict.")
     names = gene_names(adata, gene_symbols)
     shown = dict(zip(adata.var_names, names, strict=True))
     by_name = {shown[g]: g for g in panel}
     genes = [by_name[g] for g in check_names(genes, list(by_name), argument="genes", what="gene")]
-    predicted = adata.obs[f"{layer}_predicted"].to_numpy(bool) if f"{layer}_predicted" in adata.obs else None
-    name, mask = resolve_region(adata, region, prefer=predicted)
-    if predicted is not None:
-        mask = mask & predicted
-    if mask.sum() < 3:
-        raise CpnnError(f"Region {name!r} has {int(mask.sum())} predicted spots; predict it with cp.tl.predict.")
     cols = adata.var_names.get_indexer(panel)
     rows = np.flatnonzero(mask)
 
     truth = lognorm(dense_rows(adata.X, rows, cols).astype(float))
     pred = lognorm(dense_rows(adata.layers[layer], rows, cols).astype(float))
     at = [panel.index(g) for g in genes]
-    rho = columnwise_spearman(pred[:, at], truth[:, at])
+    flat = near_constant(pred[:, at]) | near_constant(truth[:, at])  # rounding noise is no signal
+    rho = np.where(flat, np.nan, columnwise_spearman(pred[:, at], truth[:, at]))
     values = pd.DataFrame(index=adata.obs_names, dtype=float)
     titles = []
     for k, (gene, j) in enumerate(zip(genes, at, strict=True)):

@@ -11,8 +11,7 @@ from anndata import AnnData
 
 from .._core import get_table, is_spatialdata, is_tiles_table, region_columns
 from .._errors import CpnnError
-from ..data import region_images
-from ..data._regions import image_levels
+from ..data import image_levels, region_images, to_rgb_float
 from ._utils import label_colorbars
 
 #: Margin around the spots when cropping the image, in spot diameters.
@@ -48,7 +47,9 @@ def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | N
     raise CpnnError(f"region={region!r} is not a region of the table; valid regions: {valid}.")
 
 
-def _lowres(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int) -> tuple[np.ndarray, float]:
+def _lowres(
+    data: Any, image_key: str, full_shape: tuple[int, int], max_px: int, scale: float
+) -> tuple[np.ndarray, float]:
     """The image at about ``max_px`` on its longer side: a pyramid level when there is one, then strides."""
     levels = image_levels(data.images[image_key])  # finest first
     # the coarsest level still at least max_px on its longer side (else the finest)
@@ -59,13 +60,11 @@ def _lowres(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int)
     step = max(1, int(max(chosen.shape[-2:]) // max_px))
     sub = chosen[:, ::step, ::step]
     img = np.asarray(sub.data.compute() if hasattr(sub, "data") and hasattr(sub.data, "compute") else sub)
-    scale = img.shape[-1] / full_shape[1]
+    factor = img.shape[-1] / full_shape[1]
+    if img.dtype != np.uint8 or scale != 255.0:  # the range cpnn reads for patches
+        img = to_rgb_float(img if img.shape[0] in (1, 3, 4) else img[:3], scale)
     img = np.moveaxis(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), 0, -1)
-    if img.dtype == np.uint16:
-        img = img.astype(np.float32) / 65535.0
-    elif img.dtype != np.uint8:
-        img = np.clip(img.astype(np.float32), 0, 1)  # floats in [0, 1], as cpnn reads them for patches
-    return img, float(scale)
+    return img, float(factor)
 
 
 def spatial_view(
@@ -87,7 +86,7 @@ def spatial_view(
     if is_spatialdata(data) and len(data.images):
         (reg,) = region_images(data, adata, mask, image_key=image_key)
         full = tuple(int(s) for s in reg.array.shape[-2:])
-        img, scale = _lowres(data, reg.image_key, full, max_px)
+        img, scale = _lowres(data, reg.image_key, full, max_px, reg.scale)
         diameter = reg.spot_diameter_px or 100.0 / reg.um_per_px
         xy = np.empty((int(mask.sum()), 2))
         xy[np.searchsorted(np.flatnonzero(mask), reg.obs_index)] = reg.centers_px  # region order -> table order

@@ -11,14 +11,59 @@ from anndata import AnnData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._core import EMBEDDING, autocast, check_obs_mask, get_table, is_spatialdata, selection_positions, uns_cpnn
+from .._core import (
+    EMBEDDING,
+    autocast,
+    check_int,
+    check_number,
+    check_obs_mask,
+    get_table,
+    is_spatialdata,
+    selection_positions,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import PatchDataset, patch_loader, region_images
+from ..data import PatchDataset, RegionImage, patch_loader, region_images, table_regions
+from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
 
 
 @torch.no_grad()
+def embed_regions(
+    regions: list[RegionImage],
+    n: int,
+    rows: np.ndarray,
+    encoder: torch.nn.Module,
+    *,
+    patch_size_um: float,
+    patch_px: int,
+    device: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    desc: str = "embedding",
+) -> np.ndarray:
+    """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows)."""
+    ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
+    encoder = encoder.to(device).eval()
+    out = None
+    for idx, patches in tqdm(
+        patch_loader(ds, num_workers=num_workers), total=len(ds), desc=desc, disable=settings.verbosity < 2
+    ):
+        with autocast(device):
+            z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((n, z.shape[1]), dtype=np.float32)
+        out[rows[idx.numpy()]] = z
+    if out is not None and embeddings_barely_vary(out):
+        logg.warning(
+            f"the embeddings of {n} spots barely vary (images {sorted({r.image_key for r in regions})}): the encoder "
+            "sees the same input everywhere. Check the image under the spots (cp.pl.proportions draws it) and "
+            "image_key=/spot_diameter_um=."
+        )
+    return out
+
+
 def embed_spots(
     sdata: Any,
     adata: AnnData,
@@ -37,19 +82,18 @@ def embed_spots(
 ) -> np.ndarray:
     """Embed the spots selected by ``mask``; returns an array aligned to ``np.flatnonzero(mask)``."""
     regions = region_images(sdata, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um, mpp=mpp)
-    ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
-    encoder = encoder.to(device).eval()
-    where = selection_positions(mask)
-    out = None
-    for idx, patches in tqdm(
-        patch_loader(ds, num_workers=num_workers), total=len(ds), desc=desc, disable=settings.verbosity < 2
-    ):
-        with autocast(device):
-            z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((int(mask.sum()), z.shape[1]), dtype=np.float32)
-        out[where[idx.numpy()]] = z
-    return out
+    return embed_regions(
+        regions,
+        int(mask.sum()),
+        selection_positions(mask),
+        encoder,
+        patch_size_um=patch_size_um,
+        patch_px=patch_px,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        desc=desc,
+    )
 
 
 def embed(
@@ -115,48 +159,82 @@ def embed(
     adata = get_table(data, table_key)
     mask = check_obs_mask(adata, spots, argument="spots")
     config = encoder_config(
-        encoder, weights=weights, pretrained=pretrained, seed=seed, patch_size_um=patch_size_um, patch_px=patch_px
+        encoder,
+        weights=weights,
+        pretrained=pretrained,
+        seed=check_int("seed", seed, minimum=0),
+        patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
+        patch_px=check_int("patch_px", patch_px),
     )
+    check_int("batch_size", batch_size)
+    if spot_diameter_um is not None:
+        check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
     start = logg.info(f"embedding {int(mask.sum())} spots with {encoder}")
     dev = settings.resolve_device(device)
-    z = embed_spots(
-        data,
-        adata,
-        mask,
+    regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    z = embed_regions(
+        regions,
+        int(mask.sum()),
+        selection_positions(mask),
         build_encoder(config),
         patch_size_um=patch_size_um,
         patch_px=patch_px,
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,
-        image_key=image_key,
-        spot_diameter_um=spot_diameter_um,
     )
-    store_embedding(adata, z, mask, config, key_added)
+    store_embedding(adata, z, mask, config, key_added, {r.region: r.fingerprint for r in regions})
     logg.info(
         "    finished", time=start, deep=f"added\n    {key_added!r} (adata.obsm)\n    'embedding' (adata.uns['cpnn'])"
     )
 
 
-def store_embedding(adata: AnnData, z: np.ndarray, mask: np.ndarray, config: dict, key: str) -> None:
-    """Write embeddings of the ``mask`` spots, keeping other spots' rows when the config matches."""
+def _region_rows(adata: AnnData, regions: list[str]) -> np.ndarray:
+    _, region_key, _ = table_regions(adata)
+    return adata.obs[region_key].astype(str).isin(regions).to_numpy()
+
+
+def store_embedding(
+    adata: AnnData, z: np.ndarray, mask: np.ndarray, config: dict, key: str, sources: dict[str, str] | None = None
+) -> None:
+    """Write embeddings of the ``mask`` spots, keeping other spots' rows when they are still valid.
+
+    Rows of other spots are kept when the encoder config is the same and, for each region embedded
+    now, the region's fingerprint (image content, spot geometry, scale) did not change; rows of a
+    region whose image or geometry changed are cleared (NaN), so that they are embedded again.
+    """
     embeddings = uns_cpnn(adata).setdefault("embeddings", {})
-    same = (
-        embeddings.get(key, {}).get("config") == config and key in adata.obsm and adata.obsm[key].shape[1] == z.shape[1]
-    )
+    record = embeddings.get(key, {})
+    same = record.get("config") == config and key in adata.obsm and adata.obsm[key].shape[1] == z.shape[1]
     full = (
         np.array(adata.obsm[key], dtype=np.float32) if same else np.full((adata.n_obs, z.shape[1]), np.nan, np.float32)
     )
+    known = dict(record.get("sources") or {}) if same else {}
+    if sources:
+        changed = [r for r, fp in sources.items() if known.get(r) != fp]
+        if changed and same:
+            full[_region_rows(adata, changed) & ~mask] = np.nan
+        known.update(sources)
     full[mask] = z
     adata.obsm[key] = full
-    embeddings[key] = {"config": config, "dim": int(z.shape[1])}
+    embeddings[key] = {"config": config, "dim": int(z.shape[1]), "sources": known}
 
 
-def cached_embedding(adata: AnnData, mask: np.ndarray, config: dict, key: str = EMBEDDING) -> np.ndarray | None:
-    """Embeddings of the ``mask`` spots when ``obsm`` holds them for the same config, else ``None``."""
+def cached_embedding(
+    adata: AnnData, mask: np.ndarray, config: dict, key: str = EMBEDDING, sources: dict[str, str] | None = None
+) -> np.ndarray | None:
+    """Embeddings of the ``mask`` spots when ``obsm`` holds valid ones, else ``None``.
+
+    Valid: the same encoder config and, when ``sources`` (the current fingerprint of each region's
+    image and spots) are given, the same fingerprints as when the rows were embedded.
+    """
     info = uns_cpnn(adata).get("embeddings", {}).get(key, {})
     if info.get("config") != config or key not in adata.obsm:
         return None
+    if sources is not None:
+        stored = info.get("sources") or {}
+        if any(stored.get(r) != fp for r, fp in sources.items()):
+            return None
     z = np.asarray(adata.obsm[key])[mask]
     return z if np.isfinite(z).all() else None
 
@@ -175,27 +253,35 @@ def spot_embeddings(
     spot_diameter_um: float | None,
     key: str = EMBEDDING,
 ) -> np.ndarray:
-    """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when its config matches, else computed."""
-    z = cached_embedding(adata, mask, config, key)
-    if z is not None:
-        return z
-    if not is_spatialdata(data):
+    """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when still valid, else computed.
+
+    With images, the cache is valid only for the same encoder config and the same image content,
+    spot geometry and scale per region (an override such as ``image_key=`` or
+    ``spot_diameter_um=`` recomputes). A table without images trusts its cache for the config.
+    """
+    if not is_spatialdata(data) or not len(data.images):
+        z = cached_embedding(adata, mask, config, key)
+        if z is not None:
+            return z
         raise CpnnError(
             "The table has no cached embedding for this encoder and there is no image to compute one: "
             "pass the SpatialData (with its images), or run cp.pp.embed on it first."
         )
-    z = embed_spots(
-        data,
-        adata,
-        mask,
+    regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    sources = {r.region: r.fingerprint for r in regions}
+    z = cached_embedding(adata, mask, config, key, sources)
+    if z is not None:
+        return z
+    z = embed_regions(
+        regions,
+        int(mask.sum()),
+        selection_positions(mask),
         encoder if encoder is not None else build_encoder(config),
         patch_size_um=config["patch_size_um"],
         patch_px=config["patch_px"],
         device=device,
         batch_size=batch_size,
         num_workers=num_workers,
-        image_key=image_key,
-        spot_diameter_um=spot_diameter_um,
     )
-    store_embedding(adata, z, mask, config, key)
+    store_embedding(adata, z, mask, config, key, sources)
     return z

@@ -12,7 +12,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import SELECTED, check_counts, check_genes, gene_names, get_table, return_copy, uns_cpnn
+from .._core import SELECTED, check_counts, check_genes, check_int, gene_names, get_table, return_copy, uns_cpnn
 from .._errors import CpnnError
 
 
@@ -90,9 +90,14 @@ def select_genes(
                 f"{len(skipped)} of {len(genes)} genes are not in the table and are skipped, e.g. {skipped[:5]}"
             )
     else:
-        if not 0 < n_top_genes:
-            raise CpnnError(f"n_top_genes={n_top_genes} must be positive.")
+        n_top_genes = check_int("n_top_genes", n_top_genes)
         n = min(n_top_genes, adata.n_vars)
+        if n_top_genes > adata.n_vars:
+            totals = np.asarray(X.sum(axis=0)).ravel()
+            logg.warning(
+                f"n_top_genes={n_top_genes} is more than the table's {adata.n_vars} genes: all {adata.n_vars} are "
+                f"selected, {int((totals <= 0).sum())} of them without any count"
+            )
         if flavor == "mean":
             score = normalized_mean(X)
             order = np.argsort(-score, kind="stable")[:n]

@@ -14,14 +14,15 @@ from scipy import ndimage, sparse
 
 from .._core import SPATIAL, TILES, is_spatialdata
 from .._errors import CpnnError
+from ..data._content import sample_image
 from ..data._patches import to_rgb_float
-from ..data._regions import _affine, _scale, check_image_dtype, image_levels, image_um_per_px
+from ..data._regions import _affine, _scale, image_levels, image_um_per_px
 
 #: The tissue mask is computed where a tile spans about this many pixels (never at full resolution).
 _MASK_PX_PER_TILE = 8
 
 
-def _block_means(arr: Any, f: int) -> np.ndarray:
+def _block_means(arr: Any, f: int, scale: float | None = None) -> np.ndarray:
     """RGB means in [0, 1] over ``f`` x ``f`` pixel blocks of a (c, h, w) image, read ~1024 px at a time.
 
     Each read is a small window of the (lazy) array, so memory stays bounded by the window, not by
@@ -35,7 +36,7 @@ def _block_means(arr: Any, f: int) -> np.ndarray:
     for y in range(0, hh * f, step):
         for x in range(0, ww * f, step):
             block = data[:, y : min(y + step, hh * f), x : min(x + step, ww * f)]
-            block = to_rgb_float(np.asarray(block.compute() if hasattr(block, "compute") else block))
+            block = to_rgb_float(np.asarray(block.compute() if hasattr(block, "compute") else block), scale)
             _, bh, bw = block.shape
             out[:, y // f : (y + bh) // f, x // f : (x + bw) // f] = block.reshape(3, bh // f, f, bw // f, f).mean(
                 (2, 4)
@@ -57,9 +58,14 @@ def lowres_rgb(element: Any, tile_px: float, *, image_key: str = "image") -> tup
         f = full_w / int(arr.shape[-1])
         if tile_px / f >= 4:
             chosen, factor = arr, f
-    check_image_dtype(chosen.dtype, image_key)
+    data = chosen.data if hasattr(chosen, "data") else chosen
+    h, w = int(data.shape[-2]), int(data.shape[-1])
+    grid = np.stack(np.meshgrid(np.linspace(0, w - 1, 4), np.linspace(0, h - 1, 4)), -1).reshape(-1, 2)
+    sample = sample_image(data, grid, image_key)  # the stored intensity range, from a few windows
+    if sample.rescaled:
+        logg.warning(sample.rescaled)
     extra = max(1, int(tile_px / factor // _MASK_PX_PER_TILE))
-    return np.moveaxis(_block_means(chosen, extra), 0, -1), factor * extra
+    return np.moveaxis(_block_means(chosen, extra, sample.scale), 0, -1), factor * extra
 
 
 def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> np.ndarray:

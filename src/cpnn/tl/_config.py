@@ -7,11 +7,10 @@ fingerprint and kept as :attr:`cpnn.CPNN.config`.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .._core import EMBEDDING, PROTOTYPES, TILES, to_uns
+from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, to_uns
 from .._errors import CpnnError
 from ..models import HEADS, encoder_class, encoder_config
 from ..models.heads import Head
@@ -138,29 +137,6 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < minimum:
-        what = "positive" if minimum == 1 else f"at least {minimum}"
-        raise CpnnError(f"{name}={value!r} must be {what} and a whole number.")
-    return int(value)
-
-
-def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None, strict: bool = False):
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if strict else value >= low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>' if strict else '>='} {low:g}")
-        if high is not None:
-            bounds.append(f"< {high:g}")
-        raise CpnnError(f"{name}={value!r} must be a finite number {' and '.join(bounds)}.")
-    return float(value)
-
-
 def resolve_config(
     *,
     head: str,
@@ -222,11 +198,11 @@ def resolve_config(
     explicit = {"residual": residual, "context_um": context_um, "loss": loss}
     chosen.update({k: v for k, v in explicit.items() if v is not None})
     residual, context_um, loss = chosen["residual"], chosen["context_um"], chosen["loss"]
-    residual = _number("residual", residual, low=0.0)
+    residual = check_number("residual", residual, low=0.0)
     if loss not in ("nb", "mse"):
         raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")
     if context_um is not None:
-        context_um = _number("context_um", context_um, low=0.0)
+        context_um = check_number("context_um", context_um, low=0.0)
         if context_um > 0 and (finetune or level == "slide"):
             raise CpnnError(
                 f"context_um={context_um} needs a frozen encoder and spot level; "
@@ -240,7 +216,7 @@ def resolve_config(
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
     batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)
-    hidden = tuple(_positive_int("hidden", h) for h in hidden) if not isinstance(hidden, int) else (hidden,)
+    hidden = tuple(check_int("hidden", h) for h in hidden) if not isinstance(hidden, int) else (hidden,)
     if head_cls.composition:
         composition = {"residual": residual, "sample_key": sample_key}
     else:  # composition options mean nothing to a head without cell types
@@ -253,28 +229,28 @@ def resolve_config(
             weights=weights,
             pretrained=pretrained,
             seed=seed,
-            patch_size_um=_number("patch_size_um", patch_size_um, low=0.0, strict=True),
-            patch_px=_positive_int("patch_px", patch_px),
+            patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
+            patch_px=check_int("patch_px", patch_px),
         ),
         finetune=bool(finetune),
         prototypes=prototypes,
         correction=bool(correction),
         prototypes_key=prototypes_key,
         composition_key=composition_key,
-        proto_reg=_number("proto_reg", proto_reg, low=0.0),
-        comp_reg=_number("comp_reg", comp_reg, low=0.0),
+        proto_reg=check_number("proto_reg", proto_reg, low=0.0),
+        comp_reg=check_number("comp_reg", comp_reg, low=0.0),
         hidden=hidden,
-        dropout=_number("dropout", dropout, low=0.0, high=1.0),
+        dropout=check_number("dropout", dropout, low=0.0, high=1.0),
         preset=preset,
         context_um=context_um or None,
         loss=loss,
-        epochs=_positive_int("epochs", epochs),
-        batch_size=_positive_int("batch_size", batch_size),
-        lr=_number("lr", lr, low=0.0, strict=True),
-        weight_decay=_number("weight_decay", weight_decay, low=0.0),
-        patience=_positive_int("patience", patience),
+        epochs=check_int("epochs", epochs),
+        batch_size=check_int("batch_size", batch_size),
+        lr=check_number("lr", lr, low=0.0, strict=True),
+        weight_decay=check_number("weight_decay", weight_decay, low=0.0),
+        patience=check_int("patience", patience),
         layer=layer,
-        seed=_positive_int("seed", seed, minimum=0),
+        seed=check_int("seed", seed, minimum=0),
         max_patches=int(max_patches) if level == "slide" else 0,
         tiles_key=tiles_key,
         slide_key=slide_key,
@@ -282,6 +258,6 @@ def resolve_config(
         image_key=image_key,
         spot_diameter_um=None
         if spot_diameter_um is None
-        else _number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True),
+        else check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True),
         **composition,
     )

@@ -24,7 +24,7 @@ from ..models import build_encoder
 from ._config import PRESETS, FitConfig, resolve_config
 from ._inputs import Split, build_inputs, read_split
 from ._model import CPNN, build_head
-from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training
+from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training, training_warnings
 
 __all__ = ["PRESETS", "fit"]
 
@@ -236,7 +236,14 @@ def fit(
         )
     result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
     model = CPNN(config, enc.cpu().eval(), head_module, result.history)
-    _record(adata, config, result, split, dev)
+    notes = (
+        []
+        if config.head_class.closed_form
+        else training_warnings(result, epochs=config.epochs, validated=bool(split.validation.any()))
+    )
+    for note in notes:
+        logg.warning(note)
+    _record(adata, config, result, split, dev, notes)
     logg.info(
         f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
         f"{'slides' if config.level == 'slide' else 'spots'}",
@@ -282,7 +289,9 @@ def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, r
     return result
 
 
-def _record(adata: AnnData, config: FitConfig, result: TrainResult, split: Split, device: str) -> None:
+def _record(
+    adata: AnnData, config: FitConfig, result: TrainResult, split: Split, device: str, notes: list[str]
+) -> None:
     """Write the fit's settings, outcome and history into ``uns["cpnn"]``."""
     info = uns_cpnn(adata)
     info["fit"] = {
@@ -294,6 +303,7 @@ def _record(adata: AnnData, config: FitConfig, result: TrainResult, split: Split
         "n_train": int(split.train.sum()),
         "n_validation": int(split.validation.sum()),
         "device": device,
+        "warnings": list(notes),
     }
     keys = sorted({k for r in result.history for k in r})
     info["history"] = {k: np.array([r.get(k, np.nan) for r in result.history], dtype=float) for k in keys}

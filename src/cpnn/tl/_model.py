@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,14 +12,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._core import save_atomic, state_digest
 from .._errors import CpnnError
-from ..models import build_encoder
+from ..models import build_encoder, file_digest
 from ..models.heads import HEADS, Head, SlideHead
 from ._config import FitConfig
-from ._train import save_atomic
 
 FORMAT = "cpnn-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this release reads (1: before checksums; encoder weights always stored).
+READABLE = (1, 2)
 
 
 def build_head(config: FitConfig, in_dim: int, prototypes: np.ndarray | None) -> nn.Module:
@@ -42,6 +45,17 @@ class CPNN:
         self.encoder = encoder
         self.head = head
         self.history = history or []
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A short id of this model: a digest of its configuration and weights (what predictions record)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            h.update(state_digest(self.head.state_dict()).encode())
+            h.update(state_digest(self.encoder.state_dict()).encode())
+            self._fingerprint = h.hexdigest()[:12]
+        return self._fingerprint
 
     @property
     def tile_head(self) -> Head:
@@ -88,32 +102,57 @@ class CPNN:
             f"{len(c.genes)} genes{k}, finetune={c.finetune}, epochs trained={len(self.history)})"
         )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model to one file, atomically (weights, config, panel, cell types, history).
+    def encoder_is_external(self) -> bool:
+        """Whether the encoder can be rebuilt from where it came from: pretrained (hub) or a local weights file."""
+        c = self.config.encoder_config
+        return not self.config.finetune and bool(c.get("pretrained") or c.get("weights"))
+
+    def save(self, path: str | os.PathLike, *, encoder_weights: bool | None = None) -> None:
+        """Write the model to one file, atomically, with a SHA-256 of its contents.
 
         Parameters
         ----------
         path
             Destination file (conventionally ``*.pt``).
+        encoder_weights
+            Store the encoder's weights in the file. Default: only when they cannot be rebuilt
+            from their source: a fine-tuned or randomly initialised encoder is saved whole; a
+            frozen pretrained encoder (hub weights or a local file, e.g. a pathology foundation
+            model of several GB) is saved as its identity (name, weights file and SHA-256, a digest
+            of its weights), and :meth:`load` re-attaches it.
         """
+        whole = (not self.encoder_is_external()) if encoder_weights is None else bool(encoder_weights)
+        state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": json.dumps(self.config.to_dict()),
             "history": json.dumps(self.history),
-            "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
+            "encoder": state if whole else {},
+            "encoder_saved": whole,
+            "encoder_sha256": state_digest(state),
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
         }
+        payload["sha256"] = _payload_digest(payload)
         save_atomic(payload, Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> CPNN:
+    def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> CPNN:
         """Load a model written by :meth:`save`; no code from the file is executed.
 
         Parameters
         ----------
         path
             The model file.
+        weights
+            For a model saved without its encoder's weights: the local weights file it was trained
+            with (checked by SHA-256). Default: the file at the recorded path, or the hub for
+            pretrained timm weights.
+
+        Notes
+        -----
+        A file whose contents do not match its SHA-256, whose configuration is malformed, or whose
+        weights do not fit its configuration is refused with :class:`cpnn.CpnnError`.
         """
         path = Path(path)
         if not path.is_file():
@@ -124,18 +163,103 @@ class CPNN:
             raise CpnnError(f"{str(path)!r} is not a readable cpnn model file: {e}") from e
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CpnnError(f"{str(path)!r} is not a cpnn model file.")
-        version = payload.get("format_version")
-        if version != FORMAT_VERSION:
+        version = _version(payload.get("format_version"), path)
+        if version not in READABLE:
             raise CpnnError(
-                f"{str(path)!r} has model format version {version}, this cpnn reads version {FORMAT_VERSION}; "
-                "use the cpnn release that wrote it, or retrain."
+                f"{str(path)!r} has model format version {payload.get('format_version')}, this cpnn reads version "
+                f"{' or '.join(map(str, READABLE))}; use the cpnn release that wrote it, or retrain."
             )
-        config = FitConfig.from_dict(json.loads(payload["config"]))
-        encoder = build_encoder(config.encoder_config)
-        encoder.load_state_dict(payload["encoder"])
+        if version >= 2 and payload.get("sha256") != _payload_digest(payload):
+            raise CpnnError(
+                f"{str(path)!r} is corrupt: its contents do not match the SHA-256 written with it. "
+                "Restore the file from a copy, or retrain."
+            )
+        config, history = _read_config(payload, path)
+        encoder = _load_encoder(payload, config, path, weights)
         head = build_head(config, config.in_dim, None)
-        head.load_state_dict(payload["head"])
-        return cls(config, encoder.eval(), head.eval(), json.loads(payload["history"]))
+        try:
+            head.load_state_dict(payload["head"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CpnnError(
+                f"{str(path)!r}: the head's weights do not fit its configuration ({len(config.genes)} genes, "
+                f"{len(config.cell_types)} cell types): {str(e).splitlines()[0]}"
+            ) from e
+        return cls(config, encoder.eval(), head.eval(), history)
+
+
+#: Keys every stored configuration has (older files may lack the others, which take defaults).
+REQUIRED = ("head", "genes", "encoder_config", "in_dim")
+
+
+def _payload_digest(payload: dict) -> str:
+    h = hashlib.sha256()
+    for key in ("format", "format_version", "config", "history", "encoder_saved", "encoder_sha256"):
+        h.update(f"{key}={payload.get(key)!r}|".encode())
+    for part in ("encoder", "head"):
+        value = payload.get(part)
+        h.update(state_digest(value).encode() if isinstance(value, dict) else b"?")
+    return h.hexdigest()
+
+
+def _version(value: Any, path: Path) -> int:
+    try:
+        version = int(value)
+    except (TypeError, ValueError):
+        raise CpnnError(f"{str(path)!r} has no valid model format version ({value!r}).") from None
+    if version != value:
+        raise CpnnError(f"{str(path)!r} has no valid model format version ({value!r}).")
+    return version
+
+
+def _read_config(payload: dict, path: Path) -> tuple[FitConfig, list]:
+    try:
+        raw = json.loads(payload["config"])
+        history = json.loads(payload.get("history", "[]"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CpnnError(f"{str(path)!r}: the stored configuration is not valid JSON ({e}).") from e
+    missing = [k for k in REQUIRED if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise CpnnError(f"{str(path)!r}: the stored configuration lacks {missing}; the file is not usable.")
+    return FitConfig.from_dict(raw), history
+
+
+def _load_encoder(payload: dict, config: FitConfig, path: Path, weights: Any) -> nn.Module:
+    enc = dict(config.encoder_config)
+    if payload.get("encoder_saved", True):  # format 1 always saved the encoder
+        # the architecture only: the stored weights replace whatever its source would give
+        encoder = build_encoder({**enc, "weights": "", "pretrained": False})
+        try:
+            encoder.load_state_dict(payload["encoder"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CpnnError(f"{str(path)!r}: the stored encoder weights do not fit {enc['encoder']!r}: {e}") from e
+        return encoder
+    recorded = enc.get("weights_sha256", "")
+    if weights is not None:
+        given = Path(weights)
+        if not given.is_file():
+            raise CpnnError(f"weights={str(weights)!r} is not a file.")
+        if recorded and file_digest(given.resolve()) != recorded:
+            raise CpnnError(
+                f"weights={str(weights)!r} is not the file this model was trained with (SHA-256 "
+                f"{file_digest(given.resolve())[:12]}..., expected {recorded[:12]}...); pass that file."
+            )
+        enc["weights"] = str(given.resolve())
+    elif enc.get("weights"):
+        stored = Path(enc["weights"])
+        if not stored.is_file() or (recorded and file_digest(stored) != recorded):
+            raise CpnnError(
+                f"{str(path)!r} was saved without its encoder's weights; it was trained with {stored.name} "
+                f"(SHA-256 {recorded[:12]}...), which is not at {str(stored)!r} any more (or changed). "
+                "Pass CPNN.load(path, weights=<that file>)."
+            )
+    encoder = build_encoder(enc)
+    if state_digest(encoder.state_dict()) != payload.get("encoder_sha256"):
+        raise CpnnError(
+            f"{str(path)!r}: the encoder rebuilt from {enc['encoder']!r} differs from the one the model was trained "
+            "with (other weights or library versions). Pass the original weights= file, or save models with "
+            "encoder_weights=True."
+        )
+    return encoder
 
 
 def model_summary(model: CPNN) -> dict[str, Any]:
@@ -143,6 +267,7 @@ def model_summary(model: CPNN) -> dict[str, Any]:
     return {
         "head": model.config.head,
         "encoder": model.config.encoder_config["encoder"],
+        "level": model.level,
         "genes": list(model.genes),
         "cell_types": model.cell_types,
     }

@@ -15,21 +15,25 @@ from .._core import (
     EMBEDDING,
     PREDICTION,
     TILES,
+    check_int,
+    check_number,
     check_obs_mask,
     dense_rows,
     get_table,
     is_spatialdata,
     is_tiles_table,
     layer_matrix,
+    model_column,
     predicted_column,
     proportions_key,
+    to_uns,
     uns_cpnn,
 )
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import slide_bags
 from ._inputs import bag_embeddings, model_inputs
-from ._model import CPNN
+from ._model import CPNN, model_summary
 
 
 @torch.no_grad()
@@ -134,10 +138,19 @@ def _write_weights(adata: AnnData, rows: np.ndarray, weights: np.ndarray, model:
     _write_proportions(adata, rows, weights @ member, names, key)
 
 
-def _mark(adata: AnnData, mask: np.ndarray, key_added: str) -> str:
+def _mark(adata: AnnData, mask: np.ndarray, key_added: str, model: CPNN) -> str:
+    """Mark the predicted spots, name the model that predicted each, and keep that model's record."""
     col = predicted_column(key_added)
     prev = adata.obs[col].to_numpy(bool) if col in adata.obs else np.zeros(adata.n_obs, bool)
     adata.obs[col] = prev | mask
+    mcol = model_column(key_added)
+    ids = adata.obs[mcol].astype(object).to_numpy() if mcol in adata.obs else np.full(adata.n_obs, None, dtype=object)
+    ids[mask] = model.fingerprint
+    adata.obs[mcol] = pd.Categorical(ids)
+    record = uns_cpnn(adata).setdefault("predictions", {}).setdefault(key_added, {})
+    models = {k: v for k, v in record.get("models", {}).items() if k in set(adata.obs[mcol].dropna().astype(str))}
+    models[model.fingerprint] = to_uns(model_summary(model))
+    record["models"] = models
     return col
 
 
@@ -205,6 +218,9 @@ def predict(
     """
     if not isinstance(model, CPNN):
         raise CpnnError(f"model must be a cpnn.CPNN (from cp.tl.fit or cp.CPNN.load), got {type(model).__name__}.")
+    check_int("batch_size", batch_size)
+    if spot_diameter_um is not None:
+        check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
     start = logg.info(f"predicting with {model!r}")
     if slides is not None:
         return _predict_slides(
@@ -253,7 +269,7 @@ def predict(
     out = predict_embeddings(model, z, device=dev)
     rows = np.flatnonzero(mask)
     where = _write_expression(adata, rows, out["proportions"], model, layer=layer, key_added=key_added)
-    col = _mark(adata, mask, key_added)
+    col = _mark(adata, mask, key_added, model)
     if "weights" in out:
         _write_weights(adata, rows, out["weights"], model, proportions_key(key_added))
     share = composition_share(out)
@@ -326,13 +342,13 @@ def _predict_slides(
     where = _write_expression(
         bulk, rows, np.stack([o["proportions"] for o in outs]), model, layer=layer, key_added=key_added
     )
-    col = _mark(bulk, mask, key_added)
+    col = _mark(bulk, mask, key_added, model)
     key = proportions_key(key_added)
     if model.has_composition:
         _write_weights(bulk, rows, np.stack([o["weights"] for o in outs]), model, key)
         for bag, out in zip(bags, outs, strict=True):
             _write_weights(bag.table, np.flatnonzero(bag.mask), out["tile_weights"], model, key)
-            _mark(bag.table, bag.mask, key_added)
+            _mark(bag.table, bag.mask, key_added, model)
     _record(bulk, model, key_added, len(rows), level="slide")
     logg.info(
         f"    predicted {len(model.genes)} genes for {len(rows)} slides",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._core import autocast
+from .._core import autocast, remove_stale_temporaries, save_atomic
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import Batch, PermutationSampler, batch_loader
@@ -32,24 +30,39 @@ class TrainResult:
     resumed_from: int = 0
 
 
+def training_warnings(result: TrainResult, *, epochs: int, validated: bool) -> list[str]:
+    """What a finished run says about its own budget: best epoch at the cap, or within the first few.
+
+    Each message names the fix; an empty list when training ended normally (or had no validation).
+    """
+    if not validated or not result.history or result.stop_reason == "interrupted":
+        return []
+    ran = len(result.history)
+    out = []
+    if (
+        result.stop_reason == ""
+        and ran + result.resumed_from >= epochs
+        and result.best_epoch >= result.history[-1]["epoch"]
+    ):
+        out.append(
+            f"the validation loss was still falling at the last epoch ({result.best_epoch} of {epochs}): training "
+            "stopped at its cap, not at a minimum. Raise epochs= (or lr=) and fit again."
+        )
+    if ran >= 10 and result.best_epoch <= 3:
+        out.append(
+            f"the validation loss was lowest at epoch {result.best_epoch} of {ran}: the model barely trained before "
+            "it got worse on the validation spots. Lower lr=, check that the validation spots resemble the training "
+            "ones, and look at the composition (cp.pl.proportions) before trusting it."
+        )
+    return out
+
+
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the modules hold the last good weights."""
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: a killed process leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -152,6 +165,8 @@ def run_training(
     stop_reason = ""
     start_epoch, resumed_from = 1, 0
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None:
+        remove_stale_temporaries(ckpt)  # an interrupted write of an earlier run
     if resume and ckpt is not None and ckpt.exists():
         state = _load_checkpoint(ckpt, fingerprint)
         model.load_state_dict(state["model"])

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..._core import sha256_file
+from ..._errors import CpnnError
 from .._registry import Registry
 from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
@@ -29,15 +31,35 @@ def encoder_class(name: str) -> type[Encoder]:
 def encoder_config(
     encoder: str, *, weights: str | Path | None, pretrained: bool, seed: int, patch_size_um: float, patch_px: int
 ) -> dict:
-    """The settings that determine an embedding; equal configs give equal embeddings."""
+    """The settings that determine an embedding; equal configs give equal embeddings.
+
+    A local ``weights`` file is recorded by path and SHA-256, so that a model saved without the
+    encoder's weights can re-attach exactly that file.
+    """
+    path = None if weights is None else Path(weights).resolve()
+    if path is not None and not path.is_file():
+        raise CpnnError(f"weights={str(weights)!r} is not a file; pass the path of a local checkpoint.")
     return {
         "encoder": str(encoder),
-        "weights": "" if weights is None else str(Path(weights).resolve()),
+        "weights": "" if path is None else str(path),
+        "weights_sha256": "" if path is None else file_digest(path),
         "pretrained": bool(pretrained or weights is not None),
         "seed": int(seed),
         "patch_size_um": float(patch_size_um),
         "patch_px": int(patch_px),
     }
+
+
+_digests: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a weights file, computed once per process for an unchanged file."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]
 
 
 def build_encoder(config: Mapping[str, Any]) -> Encoder:
@@ -62,6 +84,7 @@ __all__ = [
     "build_encoder",
     "encoder_class",
     "encoder_config",
+    "file_digest",
     "make_encoder",
     "register_encoder",
 ]
