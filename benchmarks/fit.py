@@ -1,13 +1,18 @@
 """Speed of the spot-level pipeline: patches, embedding, head epochs on cached embeddings, peak memory.
 
 Run: CPNN_DATA_DIR=../shared/data python benchmarks/fit.py [--spots N] [--workers W]
+
+Rows side by side, on the same spots: cpnn's patch pipeline (crops delivered to the device at their
+native size, and with the resize to 224 px done on the device) with 0 and ``--workers`` workers,
+spatialdata's ``ImageTilesDataset`` producing the same 224 px patches, embedding throughput of
+resnet18, ViT-S/16 and ViT-B/16 (random weights: the same compute as pretrained ones), and head
+epochs on cached embeddings.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +22,57 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import Peak, max_rss_mib, table
 
 import cpnn as cp
-from cpnn.data import PatchDataset, patch_loader, region_images
+from cpnn._core import autocast
+from cpnn.data import PatchDataset, model_input, patch_loader, region_images
 from cpnn.models import build_encoder, encoder_config
+
+
+def _tiles_dataset(sdata, sections: list[str], um_per_px: dict, out_px: int):
+    """spatialdata's ImageTilesDataset over the same spots (one per section: it needs one region per table)."""
+    import torch.nn.functional as F
+    from spatialdata.dataloader import ImageTilesDataset
+
+    def to_input(item):
+        img = torch.as_tensor(np.asarray(item[0].data)).float()[None] / 255.0
+        return F.interpolate(img, size=(out_px, out_px), mode="bilinear", antialias=True)[0]
+
+    parts = []
+    for s in sections:
+        sub = sdata.subset([f"{s}_image", f"{s}_spots"], filter_tables=True)
+        tab = sub["table"]
+        tab.obs["region"] = tab.obs["region"].cat.remove_unused_categories()
+        tab.uns["spatialdata_attrs"]["region"] = [f"{s}_spots"]
+        parts.append(
+            ImageTilesDataset(
+                sub,
+                {f"{s}_spots": f"{s}_image"},
+                {f"{s}_spots": s},
+                tile_dim_in_units=112 / um_per_px[f"{s}_spots"],
+                rasterize=False,
+                return_annotations="section",
+                table_name="table",
+                transform=to_input,
+            )
+        )
+    return torch.utils.data.ConcatDataset(parts)
+
+
+def _sync_dask(_: int) -> None:
+    import dask
+
+    dask.config.set(scheduler="synchronous")
+
+
+def _rate(step: str, n: int, seconds: float) -> dict:
+    return {"step": step, "items": n, "seconds": seconds, "per second": n / seconds}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--spots", type=int, default=1193, help="spots to embed with resnet18")
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--spots", type=int, default=1193, help="spots read by the patch pipeline")
+    ap.add_argument("--embed-spots", type=int, default=64, help="spots embedded by each timm encoder")
+    ap.add_argument("--tiles-spots", type=int, default=240, help="spots read through ImageTilesDataset")
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=200)
     args = ap.parse_args()
     cp.settings.verbosity = 0
@@ -36,46 +84,46 @@ def main() -> None:
     mask = np.zeros(adata.n_obs, bool)
     mask[: args.spots] = True
     regions = region_images(sdata, adata, mask)
-    ds = PatchDataset(regions, patch_size_um=112, out_px=224, block_size=64)
-    with Peak() as p:
-        n = sum(len(ds[i][0]) for i in range(len(ds)))
-    rows.append(
-        {
-            "step": "patch pipeline alone (crop + resize to 224 px)",
-            "items": n,
-            "seconds": p.seconds,
-            "per second": n / p.seconds,
-        }
-    )
+    for workers in sorted({0, args.workers}):
+        for resize in (False, True):
+            ds = PatchDataset(regions, patch_size_um=112, out_px=224, block_size=64)
+            with Peak() as p:
+                n = 0
+                for _idx, patches in patch_loader(ds, num_workers=workers, pin_memory=device.startswith("cuda")):
+                    x = model_input(patches, 224, device) if resize else patches.to(device, non_blocking=True)
+                    n += len(x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+            what = "crop + resize to 224 px on the device" if resize else "crops delivered to the device"
+            rows.append(_rate(f"cpnn patches, {what} ({device}, {workers} workers)", n, p.seconds))
+    sections = list(dict.fromkeys(adata.obs["section"].astype(str)))
+    tiles = _tiles_dataset(sdata, sections, adata.uns["cpnn_spatial"]["um_per_px"], 224)
+    picks = torch.utils.data.Subset(tiles, range(min(args.tiles_spots, len(tiles))))
+    for workers in sorted({0, args.workers}):
+        # dask's threads in forked workers deadlock without a synchronous scheduler (docs/performance.md)
+        loader = torch.utils.data.DataLoader(
+            picks, batch_size=None, num_workers=workers, worker_init_fn=_sync_dask if workers else None
+        )
+        with Peak() as p:
+            n = sum(1 for _ in loader)
+        rows.append(_rate(f"spatialdata ImageTilesDataset, same spots, 224 px ({workers} workers)", n, p.seconds))
 
     config = encoder_config("resnet18", weights=None, pretrained=False, seed=0, patch_size_um=112, patch_px=224)
-    enc = build_encoder(config).to(device).eval()
-    wait = compute = 0.0
-    n = 0
-    t_all = time.perf_counter()
-    t = time.perf_counter()
-    with torch.no_grad():
-        for idx, patches in patch_loader(ds, num_workers=args.workers):
-            t1 = time.perf_counter()
-            wait += t1 - t
-            enc(patches.to(device))
+    for name in ("resnet18", "vit_small_patch16_224", "vit_base_patch16_224"):
+        cfg = encoder_config(name, weights=None, pretrained=False, seed=0, patch_size_um=112, patch_px=224)
+        model = build_encoder(cfg).to(device).eval()
+        sub = np.zeros(adata.n_obs, bool)
+        sub[: args.embed_spots] = True
+        ds = PatchDataset(region_images(sdata, adata, sub), patch_size_um=112, out_px=224, block_size=32)
+        with torch.no_grad(), Peak() as p:
+            n = 0
+            for idx, patches in patch_loader(ds, num_workers=0):
+                with autocast(device):
+                    model(model_input(patches, 224, device))
+                n += len(idx)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            t = time.perf_counter()
-            compute += t - t1
-            n += len(idx)
-    total = time.perf_counter() - t_all
-    rows.append(
-        {
-            "step": f"embedding, resnet18 ({device}, {args.workers} workers)",
-            "items": n,
-            "seconds": total,
-            "per second": n / total,
-        }
-    )
-    rows.append(
-        {"step": "  share of embedding time waiting for data", "items": n, "seconds": wait, "per second": wait / total}
-    )
+        rows.append(_rate(f"embedding, {name} at 224 px, random weights ({device}, fp32)", n, p.seconds))
 
     # head epochs on cached embeddings: all spots x 250 genes
     cp.pp.select_genes(sdata, n_top_genes=250)

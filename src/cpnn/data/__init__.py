@@ -3,7 +3,7 @@
 from ._bags import SlideBag, slide_bags
 from ._context import add_context, spot_coordinates_um
 from ._datasets import BagDataset, Batch, SpotDataset
-from ._patches import PatchDataset, patch_loader, spot_patches, to_rgb_float
+from ._patches import PatchDataset, model_input, patch_loader, spot_patches, to_rgb_float
 from ._regions import RegionImage, image_levels, region_images, table_regions
 from ._samplers import PermutationSampler, batch_loader
 
@@ -18,6 +18,7 @@ __all__ = [
     "add_context",
     "batch_loader",
     "image_levels",
+    "model_input",
     "patch_loader",
     "region_images",
     "slide_bags",

@@ -24,7 +24,7 @@ from .._core import (
 )
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import PatchDataset, RegionImage, patch_loader, region_images, table_regions
+from ..data import PatchDataset, RegionImage, model_input, patch_loader, region_images, table_regions
 from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
 
@@ -47,11 +47,10 @@ def embed_regions(
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
     encoder = encoder.to(device).eval()
     out = None
-    for idx, patches in tqdm(
-        patch_loader(ds, num_workers=num_workers), total=len(ds), desc=desc, disable=settings.verbosity < 2
-    ):
+    loader = patch_loader(ds, num_workers=num_workers, pin_memory=device.startswith("cuda"))
+    for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=settings.verbosity < 2):
         with autocast(device):
-            z = encoder(patches.to(device, non_blocking=True)).float().cpu().numpy()
+            z = encoder(model_input(patches, patch_px, device)).float().cpu().numpy()
         if out is None:
             out = np.zeros((n, z.shape[1]), dtype=np.float32)
         out[rows[idx.numpy()]] = z
@@ -99,11 +98,12 @@ def embed_spots(
 def embed(
     data: Any,
     *,
-    encoder: str = "resnet18",
+    encoder: Any = "resnet18",
+    encoder_kwargs: dict[str, Any] | None = None,
     weights: str | Path | None = None,
     pretrained: bool = False,
     patch_size_um: float = 112.0,
-    patch_px: int = 224,
+    patch_px: int | None = None,
     spots: Any = None,
     batch_size: int = 64,
     device: str = "auto",
@@ -120,16 +120,14 @@ def embed(
     ----------
     data
         SpatialData with images, spot shapes and a table annotating them.
-    encoder
-        ``"handcrafted"`` (colour/texture features, no weights) or any timm architecture name.
-    weights
-        Local checkpoint file for the timm model (e.g. a pathology foundation model).
-    pretrained
-        Load timm's pretrained weights from its hub (networked machines only).
+    encoder, encoder_kwargs, weights, pretrained
+        The encoder, as in :func:`cpnn.tl.fit`: a foundation-model preset (``"uni"``, ``"conch"``...),
+        a timm architecture or ``hf-hub:`` id, ``"handcrafted"``, or an ``nn.Module``/callable; its
+        constructor settings; a local checkpoint (file or hub folder, loaded strictly); hub weights.
     patch_size_um
         Side of the patch around each spot centre, in micrometres.
     patch_px
-        Side in pixels the patches are resized to (the encoder input).
+        Side in pixels the patches are resized to (default: the encoder's own input size).
     spots
         Spots to embed (mask, ``(column, values)`` or region names); default all.
     batch_size
@@ -164,12 +162,13 @@ def embed(
         pretrained=pretrained,
         seed=check_int("seed", seed, minimum=0),
         patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
-        patch_px=check_int("patch_px", patch_px),
+        patch_px=None if patch_px is None else check_int("patch_px", patch_px),
+        kwargs=encoder_kwargs,
     )
     check_int("batch_size", batch_size)
     if spot_diameter_um is not None:
         check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
-    start = logg.info(f"embedding {int(mask.sum())} spots with {encoder}")
+    start = logg.info(f"embedding {int(mask.sum())} spots with {config['encoder']}")
     dev = settings.resolve_device(device)
     regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
     z = embed_regions(
@@ -177,8 +176,8 @@ def embed(
         int(mask.sum()),
         selection_positions(mask),
         build_encoder(config),
-        patch_size_um=patch_size_um,
-        patch_px=patch_px,
+        patch_size_um=config["patch_size_um"],
+        patch_px=config["patch_px"],
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from torch import nn
+
 from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, to_uns
 from .._errors import CpnnError
 from ..models import HEADS, encoder_class, encoder_config
@@ -142,12 +144,13 @@ def resolve_config(
     head: str,
     level: str | None,
     slides: Any,
-    encoder: str,
+    encoder: Any,
+    encoder_kwargs: dict | None,
     weights: Any,
     pretrained: bool,
     finetune: bool,
     patch_size_um: float,
-    patch_px: int,
+    patch_px: int | None,
     prototypes: str,
     correction: bool,
     prototypes_key: str,
@@ -211,8 +214,23 @@ def resolve_config(
     head_cls = HEADS.get(head)
     if prototypes not in ("learn", "freeze", "random"):
         raise CpnnError(f"prototypes={prototypes!r}; use 'learn', 'freeze' or 'random'.")
-    if finetune and not encoder_class(encoder).trainable:
-        raise CpnnError(f"encoder={encoder!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
+    enc = encoder_config(
+        encoder,
+        weights=weights,
+        pretrained=pretrained,
+        seed=int(seed),
+        patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
+        patch_px=None if patch_px is None else check_int("patch_px", patch_px),
+        kwargs=encoder_kwargs,
+    )
+    trainable = encoder_class(enc["encoder"]).trainable
+    if isinstance(encoder, nn.Module):
+        trainable = any(p.requires_grad for p in encoder.parameters())
+    elif not isinstance(encoder, str):
+        trainable = False
+    if finetune and not trainable:
+        name = enc["encoder"].split(":")[1] if not isinstance(encoder, str) else encoder
+        raise CpnnError(f"encoder={name!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
     batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)
@@ -224,14 +242,7 @@ def resolve_config(
     return FitConfig(
         head=head,
         level=level,
-        encoder_config=encoder_config(
-            encoder,
-            weights=weights,
-            pretrained=pretrained,
-            seed=seed,
-            patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
-            patch_px=check_int("patch_px", patch_px),
-        ),
+        encoder_config=enc,
         finetune=bool(finetune),
         prototypes=prototypes,
         correction=bool(correction),
@@ -250,7 +261,7 @@ def resolve_config(
         weight_decay=check_number("weight_decay", weight_decay, low=0.0),
         patience=check_int("patience", patience),
         layer=layer,
-        seed=check_int("seed", seed, minimum=0),
+        seed=int(seed),
         max_patches=int(max_patches) if level == "slide" else 0,
         tiles_key=tiles_key,
         slide_key=slide_key,

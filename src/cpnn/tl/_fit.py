@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
+from torch import nn
 
-from .._core import EMBEDDING, PROTOTYPES, TILES, get_table, uns_cpnn
+from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, get_table, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..models import build_encoder
@@ -44,12 +46,13 @@ def fit(
     train: Any = None,
     validation: Any = None,
     head: str = "cpnn",
-    encoder: str = "resnet18",
+    encoder: str | nn.Module | Callable = "resnet18",
+    encoder_kwargs: dict[str, Any] | None = None,
     weights: str | Path | None = None,
     pretrained: bool = False,
     finetune: bool = False,
     patch_size_um: float = 112.0,
-    patch_px: int = 224,
+    patch_px: int | None = None,
     prototypes: Literal["learn", "freeze", "random"] = "learn",
     correction: bool = True,
     prototypes_key: str = PROTOTYPES,
@@ -72,6 +75,7 @@ def fit(
     device: str = "auto",
     seed: int = 0,
     num_workers: int | None = None,
+    embed_batch_size: int = 64,
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
     embedding_key: str = EMBEDDING,
@@ -108,15 +112,27 @@ def fit(
         to log-normalised expression in closed form, alpha chosen on the validation spots (the HEST
         benchmark's probe; frozen encoders only).
     encoder
-        ``"resnet18"`` or any timm architecture, or ``"handcrafted"`` colour/texture features.
+        A pathology foundation model by name (``"uni"``, ``"uni2-h"``, ``"conch"``, ``"h-optimus-0"``,
+        ``"virchow2"``, ``"gigapath"``, ``"phikon"``...; :data:`cpnn.models.PRESETS`), any timm
+        architecture or ``hf-hub:`` id, ``"handcrafted"`` colour/texture features, or an
+        ``nn.Module``/callable taking (N, 3, px, px) floats in [0, 1] and returning (N, D).
+    encoder_kwargs
+        Constructor settings of the encoder (timm: ``init_values``, ``reg_tokens``, ``mlp_layer``,
+        ``dynamic_img_size``...), plus cpnn's own ``mean``/``std`` (input normalisation) and
+        ``token`` (``"cls"``, ``"mean"``, ``"cls+mean"``) overriding the preset's or the model's.
     weights
-        Local checkpoint for the encoder (e.g. a pathology foundation model).
+        Local checkpoint of the encoder: a file (safetensors, ``pytorch_model.bin``, a state dict)
+        or a downloaded hub folder with ``config.json``; loaded strictly (every tensor must fit).
     pretrained
-        Use timm's pretrained weights (downloaded from its hub; networked machines only).
+        Use the hub's pretrained weights (timm's, or the preset's; networked machines only). Naming
+        a preset implies it.
     finetune
         Train the encoder end to end with the head (flips and 90-degree rotations as augmentation).
-    patch_size_um, patch_px
-        Patch side around each spot in micrometres, and the encoder input size in pixels.
+    patch_size_um
+        Side of the patch around each spot, in micrometres.
+    patch_px
+        Encoder input size in pixels (default: the encoder's own, e.g. 224 for UNI, 448 for CONCH,
+        518 for DINOv2 architectures).
     prototypes
         ``"learn"`` (initialised from the atlas), ``"freeze"`` or ``"random"`` (from scratch).
     correction
@@ -163,6 +179,8 @@ def fit(
         CPU gives identical results.
     num_workers
         DataLoader workers reading patches (default ``cp.settings.num_workers``).
+    embed_batch_size
+        Patches per encoder call when embedding spots or tiles.
     image_key, spot_diameter_um
         Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
     embedding_key
@@ -203,7 +221,8 @@ def fit(
     holds the model with the last good weights.
     """
     config = resolve_config(
-        head=head, level=level, slides=slides, encoder=encoder, weights=weights, pretrained=pretrained,
+        head=head, level=level, slides=slides, encoder=encoder, encoder_kwargs=encoder_kwargs, weights=weights,
+        pretrained=pretrained,
         finetune=finetune, patch_size_um=patch_size_um, patch_px=patch_px, prototypes=prototypes,
         correction=correction, prototypes_key=prototypes_key, composition_key=composition_key,
         proto_reg=proto_reg, comp_reg=comp_reg, hidden=hidden, dropout=dropout, preset=preset, residual=residual,
@@ -216,13 +235,18 @@ def fit(
         raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
     if resume and checkpoint_dir is None:
         raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
-    start = logg.info(f"fitting cpnn (head={head!r}, encoder={encoder!r}, level={config.level!r})")
+    start = logg.info(
+        f"fitting cpnn (head={head!r}, encoder={config.encoder_config['encoder']!r}, level={config.level!r})"
+    )
     adata = get_table(data, table_key)
     split = read_split(adata, config, train, validation)
     dev = settings.resolve_device(device)
     enc = build_encoder(config.encoder_config)
     workers = settings.num_workers if num_workers is None else num_workers
-    inputs = build_inputs(data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers)
+    inputs = build_inputs(
+        data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
+        embed_batch_size=check_int("embed_batch_size", embed_batch_size),
+    )  # fmt: skip
     fingerprint = _fingerprint(config.with_data(genes=split.genes, in_dim=inputs.in_dim), split)
     config = config.with_data(
         encoder_config=inputs.encoder_config, genes=split.genes, cell_types=split.cell_types, groups=split.groups,

@@ -211,6 +211,7 @@ def bag_embeddings(
     num_workers: int,
     image_key: str | None,
     key: str,
+    batch_size: int = 64,
 ) -> list[np.ndarray]:
     """Tile embeddings of each bag, cached in its tiles table's ``obsm[key]`` (one pass per table)."""
     groups: dict[int, list[int]] = {}
@@ -229,7 +230,7 @@ def bag_embeddings(
             config,
             encoder,
             device=device,
-            batch_size=64,
+            batch_size=batch_size,
             num_workers=num_workers,
             image_key=image_key,
             spot_diameter_um=None,
@@ -241,7 +242,9 @@ def bag_embeddings(
     return out  # type: ignore[return-value]
 
 
-def _embedding_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+def _embedding_inputs(
+    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
+) -> Inputs:
     """Frozen encoder, spot level: cached embeddings (with spatial context when asked)."""
     both = split.train | split.validation
     z = model_inputs(
@@ -252,7 +255,7 @@ def _embedding_inputs(data, adata, config: FitConfig, split: Split, encoder, *, 
         encoder,
         context_um=config.context_um,
         device=device,
-        batch_size=64,
+        batch_size=embed_batch_size,
         num_workers=num_workers,
         image_key=config.image_key,
         spot_diameter_um=config.spot_diameter_um,
@@ -264,7 +267,9 @@ def _embedding_inputs(data, adata, config: FitConfig, split: Split, encoder, *, 
     return Inputs(train, val, int(z.shape[1]), nn.Identity(), config.encoder_config)
 
 
-def _patch_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+def _patch_inputs(
+    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
+) -> Inputs:
     """Fine-tuning: every spot's patch as uint8, the encoder trained in front of the head."""
     enc = config.encoder_config
     kw = {
@@ -279,7 +284,9 @@ def _patch_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sour
     return Inputs(train, val, int(encoder.out_dim), Uint8Input(encoder), _finetuned(enc), standardise=False)
 
 
-def _slide_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers) -> Inputs:
+def _slide_inputs(
+    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
+) -> Inputs:
     """Slide level: each bulk sample's bag of tile embeddings (cached in its tiles table)."""
     bags = slide_bags(adata, sources, tiles_key=config.tiles_key, slide_key=config.slide_key)
     used = split.train | split.validation
@@ -291,6 +298,7 @@ def _slide_inputs(data, adata, config: FitConfig, split: Split, encoder, *, sour
         num_workers=num_workers,
         image_key=config.image_key,
         key=config.embedding_key,
+        batch_size=embed_batch_size,
     )
     by_row = dict(zip(np.flatnonzero(used), z_bags, strict=True))
 
@@ -333,8 +341,17 @@ def build_inputs(
     sources: Any,
     device: str,
     num_workers: int,
+    embed_batch_size: int = 64,
 ) -> Inputs:
     """The training and validation datasets of a fit (``sources``: the slides at slide level)."""
     return BUILDERS[config.inputs](
-        data, adata, config, split, encoder, sources=sources, device=device, num_workers=num_workers
+        data,
+        adata,
+        config,
+        split,
+        encoder,
+        sources=sources,
+        device=device,
+        num_workers=num_workers,
+        embed_batch_size=embed_batch_size,
     )

@@ -15,6 +15,7 @@ from torch import nn
 from .._core import save_atomic, state_digest
 from .._errors import CpnnError
 from ..models import build_encoder, file_digest
+from ..models.encoders._module import module_key, register_module
 from ..models.heads import HEADS, Head, SlideHead
 from ._config import FitConfig
 
@@ -105,7 +106,8 @@ class CPNN:
     def encoder_is_external(self) -> bool:
         """Whether the encoder can be rebuilt from where it came from: pretrained (hub) or a local weights file."""
         c = self.config.encoder_config
-        return not self.config.finetune and bool(c.get("pretrained") or c.get("weights"))
+        user_module = str(c["encoder"]).startswith("module:")
+        return not self.config.finetune and bool(c.get("pretrained") or c.get("weights") or user_module)
 
     def save(self, path: str | os.PathLike, *, encoder_weights: bool | None = None) -> None:
         """Write the model to one file, atomically, with a SHA-256 of its contents.
@@ -137,7 +139,7 @@ class CPNN:
         save_atomic(payload, Path(path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> CPNN:
+    def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None, encoder: Any = None) -> CPNN:
         """Load a model written by :meth:`save`; no code from the file is executed.
 
         Parameters
@@ -148,6 +150,9 @@ class CPNN:
             For a model saved without its encoder's weights: the local weights file it was trained
             with (checked by SHA-256). Default: the file at the recorded path, or the hub for
             pretrained timm weights.
+        encoder
+            For a model trained with a user ``nn.Module``/callable encoder: that module again (a
+            frozen one must have the same weights; a fine-tuned one gets the saved weights).
 
         Notes
         -----
@@ -175,6 +180,8 @@ class CPNN:
                 "Restore the file from a copy, or retrain."
             )
         config, history = _read_config(payload, path)
+        if encoder is not None:
+            _attach_module(encoder, config, bool(payload.get("encoder_saved", True)))
         encoder = _load_encoder(payload, config, path, weights)
         head = build_head(config, config.in_dim, None)
         try:
@@ -223,11 +230,29 @@ def _read_config(payload: dict, path: Path) -> tuple[FitConfig, list]:
     return FitConfig.from_dict(raw), history
 
 
+def _attach_module(module: Any, config: FitConfig, saved: bool) -> None:
+    """Make a user's encoder module available under the key its model recorded."""
+    recorded = str(config.encoder_config["encoder"])
+    if not recorded.startswith("module:"):
+        raise CpnnError("encoder= is for models trained with a user module; this one used " + repr(recorded) + ".")
+    key = module_key(module)
+    if key != recorded:
+        same_class = key.split(":")[1] == recorded.split(":")[1]
+        if not (saved and same_class):
+            raise CpnnError(
+                f"encoder= is not the module this model was trained with (recorded {recorded.split(':')[1]} with "
+                "another weights digest); pass that module."
+            )
+        register_module(recorded, module)
+
+
 def _load_encoder(payload: dict, config: FitConfig, path: Path, weights: Any) -> nn.Module:
     enc = dict(config.encoder_config)
     if payload.get("encoder_saved", True):  # format 1 always saved the encoder
         # the architecture only: the stored weights replace whatever its source would give
-        encoder = build_encoder({**enc, "weights": "", "pretrained": False})
+        encoder = build_encoder(
+            {**enc, "weights": "", "weights_sha256": "", "pretrained": False, "stored_weights": True}
+        )
         try:
             encoder.load_state_dict(payload["encoder"])
         except (RuntimeError, KeyError, TypeError) as e:

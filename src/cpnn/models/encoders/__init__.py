@@ -1,4 +1,9 @@
-"""Encoders: image patches -> embeddings, registered by name (any other name is a timm architecture)."""
+"""Encoders: image patches -> embeddings.
+
+Names resolve in order: a registered family (``"handcrafted"``), a foundation-model preset
+(:data:`PRESETS`: ``"uni"``, ``"uni2-h"``, ``"conch"``, ``"h-optimus-0"``, ``"virchow2"``, ...),
+else a timm architecture or ``hf-hub:`` id. Any ``nn.Module`` or callable works too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 
 from ..._core import sha256_file
@@ -13,7 +19,11 @@ from ..._errors import CpnnError
 from .._registry import Registry
 from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
-from ._timm import TimmEncoder
+from ._hub_families import ConchEncoder, TransformersEncoder
+from ._module import ModuleEncoder, module_key
+from ._presets import PRESETS, Preset
+from ._timm import TimmEncoder, storable
+from ._weights import folder_config, weights_file
 
 #: Encoder families by the name :func:`cpnn.tl.fit` takes as ``encoder=``; other names go to timm.
 ENCODERS: Registry[type[Encoder]] = Registry("encoder", "encoder")
@@ -22,32 +32,92 @@ register_encoder = ENCODERS.register
 HANDCRAFTED = "handcrafted"
 register_encoder(HANDCRAFTED)(HandcraftedEncoder)
 
+#: The family class of each kind of preset.
+FAMILIES: dict[str, type[Encoder]] = {"timm": TimmEncoder, "conch": ConchEncoder, "transformers": TransformersEncoder}
+#: Settings of ``encoder_kwargs`` that cpnn itself uses (the rest go to the model's constructor).
+CPNN_KWARGS = ("mean", "std", "token")
+
 
 def encoder_class(name: str) -> type[Encoder]:
-    """The class that builds encoder ``name``: a registered family, else a timm architecture."""
-    return ENCODERS.get(name) if name in ENCODERS else TimmEncoder
+    """The class that builds encoder ``name``: a registered family, a preset's family, a module, else timm."""
+    if isinstance(name, str) and name.startswith("module:"):
+        return ModuleEncoder
+    if name in ENCODERS:
+        return ENCODERS.get(name)
+    if name in PRESETS:
+        return FAMILIES[PRESETS[name].family]
+    return TimmEncoder
+
+
+def default_input_px(name: str, weights: Path | None = None, kwargs: Mapping[str, Any] | None = None) -> int:
+    """The input size an encoder expects.
+
+    ``img_size`` of its settings, else the preset's, the local folder's config, timm's for the
+    architecture, else 224.
+    """
+    size = (kwargs or {}).get("img_size")
+    if size is not None:
+        return int(size if isinstance(size, int) else list(size)[-1])
+    if name in PRESETS:
+        return PRESETS[name].input_px
+    if weights is not None and weights.is_dir():
+        size = folder_config(weights).get("pretrained_cfg", {}).get("input_size")
+        if size:
+            return int(size[-1])
+    if name in ENCODERS or name.startswith(("hf-hub:", "hf_hub:", "module:")):
+        return 224
+    try:
+        return int(timm.models.get_pretrained_cfg(name).input_size[-1])
+    except (RuntimeError, AttributeError, KeyError):
+        return 224
 
 
 def encoder_config(
-    encoder: str, *, weights: str | Path | None, pretrained: bool, seed: int, patch_size_um: float, patch_px: int
+    encoder: Any,
+    *,
+    weights: str | Path | None,
+    pretrained: bool,
+    seed: int,
+    patch_size_um: float,
+    patch_px: int | None,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> dict:
     """The settings that determine an embedding; equal configs give equal embeddings.
 
     A local ``weights`` file is recorded by path and SHA-256, so that a model saved without the
-    encoder's weights can re-attach exactly that file.
+    encoder's weights can re-attach exactly that file. A preset name implies its pretrained weights.
+    ``encoder`` may be an ``nn.Module`` or callable: it is recorded by class and a digest of its weights.
     """
     path = None if weights is None else Path(weights).resolve()
-    if path is not None and not path.is_file():
+    if path is not None and not path.exists():
         raise CpnnError(f"weights={str(weights)!r} is not a file; pass the path of a local checkpoint.")
-    return {
-        "encoder": str(encoder),
+    kwargs = dict(kwargs or {})
+    own = {k: kwargs.pop(k) for k in CPNN_KWARGS if k in kwargs}
+    name = encoder if isinstance(encoder, str) else module_key(encoder)
+    if not isinstance(encoder, str) and not callable(encoder):
+        raise CpnnError(f"encoder must be a name, an nn.Module or a callable, got {type(encoder).__name__}.")
+    if patch_px is None:
+        patch_px = default_input_px(name, path, kwargs)
+    config = {
+        "encoder": name,
         "weights": "" if path is None else str(path),
-        "weights_sha256": "" if path is None else file_digest(path),
-        "pretrained": bool(pretrained or weights is not None),
+        "weights_sha256": "" if path is None else file_digest(weights_file(path)),
+        "pretrained": bool(pretrained or weights is not None or name in PRESETS),
         "seed": int(seed),
         "patch_size_um": float(patch_size_um),
         "patch_px": int(patch_px),
     }
+    for key in ("mean", "std"):
+        if key in own:
+            values = [float(v) for v in own[key]]
+            if len(values) != 3:
+                raise CpnnError(f"encoder_kwargs[{key!r}] must hold three values (R, G, B), got {own[key]!r}.")
+            config[key] = values
+    if "token" in own:
+        config["token"] = str(own["token"])
+    if kwargs:
+        config["kwargs"] = storable(kwargs)
+    return config
 
 
 _digests: dict[tuple, str] = {}
@@ -55,6 +125,7 @@ _digests: dict[tuple, str] = {}
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a weights file, computed once per process for an unchanged file."""
+    path = weights_file(Path(path))
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _digests:
@@ -70,18 +141,26 @@ def build_encoder(config: Mapping[str, Any]) -> Encoder:
 
 
 def make_encoder(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> Encoder:
-    """Build the encoder ``name`` (unseeded): a registered family or any timm architecture."""
-    return encoder_class(name).from_config({"encoder": name, "pretrained": pretrained, "weights": weights})
+    """Build the encoder ``name`` (unseeded): a registered family, a preset or any timm architecture."""
+    return encoder_class(name).from_config(
+        {"encoder": name, "pretrained": pretrained, "weights": weights, "patch_px": None}
+    )
 
 
 __all__ = [
     "ENCODERS",
     "HANDCRAFTED",
+    "PRESETS",
+    "ConchEncoder",
     "Encoder",
     "HandcraftedEncoder",
+    "ModuleEncoder",
+    "Preset",
     "TimmEncoder",
+    "TransformersEncoder",
     "Uint8Input",
     "build_encoder",
+    "default_input_px",
     "encoder_class",
     "encoder_config",
     "file_digest",
