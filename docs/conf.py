@@ -16,6 +16,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "matplotlib.sphinxext.mathmpl",  # maths rendered at build time: the pages need no network
 ]
 autosummary_generate = True
 autodoc_typehints = "description"
@@ -23,7 +24,7 @@ autodoc_member_order = "bysource"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 # notebooks are executed by CI (pytest --nbmake) and committed with their outputs
 nb_execution_mode = "off"

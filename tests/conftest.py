@@ -21,6 +21,7 @@ def _data_dirs(tmp_path_factory):
         cp.settings.datadir = SHARED
     cp.settings.cachedir = tmp_path_factory.mktemp("cpnn_cache")
     cp.settings.verbosity = 1
+    cp.settings.progress_bar = False
     yield
 
 

@@ -73,16 +73,20 @@ def _snapshot(table):
 def test_proportions_image(plot_data, tmp_path):
     table = plot_data["table"]
     before = _snapshot(table)
-    fig = cp.pl.proportions(plot_data, cell_types=["Epithelial", "CAFs", "T-cells"], region="B4", max_px=500)
-    assert [a.get_title() for a in fig.axes if a.get_title()] == ["Epithelial (B4)", "CAFs (B4)", "T-cells (B4)"]
-    assert {a.get_ylabel() for a in fig.axes if getattr(a, "_colorbar", None)} == {"proportion"}
+    fig = cp.pl.proportions(
+        plot_data, cell_types=["Epithelial", "CAFs", "T-cells"], region="B4", max_px=500, return_fig=True
+    )
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["Epithelial", "CAFs", "T-cells"]
+    assert fig._suptitle.get_text() == "Cell-type composition of B4, predicted from H&E"
+    labels = [a.get_ylabel() for a in fig.axes if getattr(a, "_colorbar", None)]
+    assert len(labels) == 3 and all(label.startswith("proportion (this panel: 0-") for label in labels)
     _check(fig, "proportions", tmp_path)
     assert _snapshot(table) == before
 
 
 def test_proportions_spots_sit_on_the_tissue(plot_data):
     """The drawn spot centres fall inside the drawn image, on darker-than-background pixels."""
-    fig = cp.pl.proportions(plot_data, cell_types="Epithelial", region="C3", max_px=500)
+    fig = cp.pl.proportions(plot_data, cell_types="Epithelial", region="C3", max_px=500, return_fig=True)
     ax = fig.axes[0]
     img = np.asarray(ax.images[0].get_array(), float)
     circles = max(ax.collections, key=lambda c: len(c.get_paths()))
@@ -98,7 +102,7 @@ def test_proportions_spots_sit_on_the_tissue(plot_data):
 
 
 def test_prototypes_image(plot_data, tmp_path):
-    fig = cp.pl.prototypes(plot_data, n_markers=3)
+    fig = cp.pl.prototypes(plot_data, n_markers=3, return_fig=True)
     ax = fig.axes[0]
     assert len(ax.get_yticklabels()) == len(plot_data["table"].uns["cpnn"]["cell_types"])
     _check(fig, "prototypes", tmp_path)
@@ -107,7 +111,7 @@ def test_prototypes_image(plot_data, tmp_path):
 def test_correlations_image(plot_data, tmp_path):
     table = plot_data["table"]
     before = _snapshot(table)
-    fig = cp.pl.correlations(plot_data, layers=["smooth", "shuffled"])
+    fig = cp.pl.correlations(plot_data, layers=["smooth", "shuffled"], return_fig=True)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["B4", "C3", "pooled"]
     _check(fig, "correlations", tmp_path)
     assert _snapshot(table) == before  # evaluated on the fly, nothing written
@@ -119,10 +123,15 @@ def test_correlations_image(plot_data, tmp_path):
 
 
 def test_expression_titles_carry_spearman(plot_data, tmp_path):
-    fig = cp.pl.expression(plot_data, ["ERBB2"], layer="smooth", region="C3", max_px=400, save=tmp_path / "e.png")
+    fig = cp.pl.expression(
+        plot_data, ["ERBB2"], layer="smooth", region="C3", max_px=400, save=tmp_path / "e.png", return_fig=True
+    )
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles[0] == "ERBB2 measured (C3)"
-    assert titles[1].startswith("ERBB2 predicted\nSpearman 0.")
+    assert titles[1].startswith("ERBB2 predicted from H&E\nSpearman 0.")
+    # measured and predicted share one colour scale
+    limits = [a.collections[0].get_clim() for a in fig.axes if a.get_title()]
+    assert limits[0] == limits[1]
     assert (tmp_path / "e.png").stat().st_size > 1000
     plt.close(fig)
 
@@ -142,7 +151,7 @@ def test_plot_errors_list_valid_names(plot_data):
 
 def test_proportions_without_image_and_to_obs(plot_data):
     table = plot_data["table"].copy()
-    fig = cp.pl.proportions(table, cell_types=["CAFs"], region="B4")
+    fig = cp.pl.proportions(table, cell_types=["CAFs"], region="B4", return_fig=True)
     assert not fig.axes[0].images  # no image behind, spots from obsm["spatial"]
     plt.close(fig)
     out = cp.pp.proportions_to_obs(table, copy=True)
@@ -164,7 +173,7 @@ def test_history_from_model_and_table():
         validation=["S2"],
     )
     for source in (model, sdata):
-        fig = cp.pl.history(source)
+        fig = cp.pl.history(source, return_fig=True)
         labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         assert labels[:2] == ["training", "validation"]
         plt.close(fig)

@@ -197,6 +197,11 @@ def test_spot_model_predicts_every_tile_of_her2st(her2st_all, cid4465, tmp_path)
     r = [np.corrcoef(spots[:, k], props.to_numpy()[nearest, k])[0, 1] for k in range(spots.shape[1])]
     assert np.nanmean(r) > 0.6, r
     fig = cp.pl.proportions(
-        sdata, table_key="cpnn_tiles", cell_types=["Cancer Epithelial", "CAFs"], save=tmp_path / "tiles.png"
+        sdata,
+        table_key="cpnn_tiles",
+        cell_types=["Cancer Epithelial", "CAFs"],
+        save=tmp_path / "tiles.png",
+        return_fig=True,
+        min_share=0,
     )
     assert len(fig.axes) >= 2 and (tmp_path / "tiles.png").stat().st_size > 10_000

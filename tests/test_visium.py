@@ -49,7 +49,7 @@ def test_full_resolution_tiff_v1_positions(tmp_path, protos):
     assert min(_recovery(table, truth, held)) > 0.85
     metrics = cp.tl.evaluate(sdata, groupby="region")
     assert metrics["spearman_mean"].mean() > 0.3
-    fig = cp.pl.proportions(sdata, max_px=300)
+    fig = cp.pl.proportions(sdata, max_px=300, return_fig=True)
     assert len([a for a in fig.axes if a.images]) == 3
 
 
@@ -76,7 +76,7 @@ def test_hires_png_only_ensembl_ids_v2_positions(tmp_path, protos):
     assert model.genes[0].startswith("ENSG")
     cp.tl.predict(sdata, model, regions=held)
     assert min(_recovery(table, truth, held)) > 0.8
-    fig = cp.pl.expression(sdata, ["GENE3"], gene_symbols="symbol", max_px=200)
+    fig = cp.pl.expression(sdata, ["GENE3"], gene_symbols="symbol", max_px=200, return_fig=True)
     assert fig.axes[0].get_title().startswith("GENE3 measured")
 
 

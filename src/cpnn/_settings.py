@@ -16,6 +16,17 @@ class CpnnSettings:
     """Settings of cpnn, reachable as ``cp.settings``.
 
     Attributes are read at call time, so changing one affects every later call.
+
+    Attributes
+    ----------
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``: the default of every ``device=``.
+    num_workers
+        DataLoader workers reading patches (default 0: the main process).
+    progress_bar
+        Show progress bars (embedding, training with loss and validation Spearman, prototypes,
+        deconvolution, tiling, downloads), whatever the verbosity. On by default;
+        ``CPNN_PROGRESS_BAR=0`` turns it off.
     """
 
     def __init__(self) -> None:
@@ -23,6 +34,8 @@ class CpnnSettings:
         self._cachedir: Path | None = None
         self.device: str = "auto"
         self.num_workers: int = 0
+        self.progress_bar: bool = os.environ.get("CPNN_PROGRESS_BAR", "1") not in ("0", "false", "False")
+        self._deterministic = False
 
     @property
     def datadir(self) -> Path:
@@ -63,6 +76,25 @@ class CpnnSettings:
     def verbosity(self, value: int) -> None:
         sc.settings.verbosity = value
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether torch runs deterministic algorithms only (``torch.use_deterministic_algorithms``).
+
+        With it (and the same seed, data, device, thread count and library versions) a fit is
+        bit-identical run after run on one machine; across machines, CPU types, BLAS builds and
+        GPUs float rounding can still differ. Setting it also fixes cuBLAS's workspace so CUDA
+        matrix products are repeatable.
+        """
+        return self._deterministic
+
+    @deterministic.setter
+    def deterministic(self, value: bool) -> None:
+        value = bool(value)
+        if value:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(value)
+        self._deterministic = value
+
     def resolve_device(self, device: str | None = None) -> str:
         """Return the torch device to use: ``"cuda"`` when available and asked for by ``"auto"``."""
         device = self.device if device is None else device
@@ -75,7 +107,8 @@ class CpnnSettings:
     def __repr__(self) -> str:
         return (
             f"CpnnSettings(device={self.device!r}, datadir='{self.datadir}', "
-            f"cachedir='{self.cachedir}', verbosity={self.verbosity}, num_workers={self.num_workers})"
+            f"cachedir='{self.cachedir}', verbosity={self.verbosity}, num_workers={self.num_workers}, "
+            f"progress_bar={self.progress_bar}, deterministic={self.deterministic})"
         )
 
 

@@ -28,11 +28,11 @@ def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     # the best-predicted genes, so that the figure also shows what the model gets right
     best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
     draws = (
-        lambda p: cp.pl.proportions(sdata, region="B4", save=p),
-        lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p),
-        lambda p: cp.pl.correlations(metrics, save=p),
-        lambda p: cp.pl.prototypes(model, save=p),
-        lambda p: cp.pl.history(model, save=p),
+        lambda p: cp.pl.proportions(sdata, region="B4", save=p, show=False),
+        lambda p: cp.pl.expression(sdata, markers + best, region="B4", save=p, show=False),
+        lambda p: cp.pl.correlations(metrics, save=p, show=False),
+        lambda p: cp.pl.prototypes(model, save=p, show=False),
+        lambda p: cp.pl.history(model, save=p, show=False),
     )
     for name, draw in zip(FIGURES, draws, strict=True):
         draw(out / name)

@@ -3,6 +3,7 @@
 from ._files import MANIFEST, check_manifest, remove_stale_temporaries, save_atomic, sha256_file, write_manifest
 from ._keys import (
     EMBEDDING,
+    MARKER,
     PREDICTION,
     PROTOTYPES,
     SELECTED,
@@ -12,9 +13,11 @@ from ._keys import (
     in_reference_column,
     predicted_column,
     proportions_key,
+    valid_name,
 )
 from ._metrics import per_gene_metrics, resolve_groupby
 from ._panel import (
+    OFF_SHARE,
     dense_rows,
     layer_matrix,
     model_column,
@@ -28,6 +31,8 @@ from ._panel import (
     prototype_groups,
     prototype_set,
     reference_composition,
+    switched_off,
+    unmarked_types,
 )
 from ._stats import (
     TARGET_SUM,
@@ -52,10 +57,13 @@ from ._validate import (
     region_columns,
     selection_positions,
 )
+from ._write import write_composition, write_fractions
 
 __all__ = [
     "EMBEDDING",
     "MANIFEST",
+    "MARKER",
+    "OFF_SHARE",
     "PREDICTION",
     "PROTOTYPES",
     "SELECTED",
@@ -108,7 +116,12 @@ __all__ = [
     "selection_positions",
     "sha256_file",
     "state_digest",
+    "switched_off",
     "to_uns",
+    "unmarked_types",
     "uns_cpnn",
+    "valid_name",
+    "write_composition",
+    "write_fractions",
     "write_manifest",
 ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 #: ``uns`` key of cpnn's records (panel, prototype sets, embeddings, fits, predictions, metrics).
 UNS = "cpnn"
 #: ``var`` column marking the predicted gene panel.
 SELECTED = "cpnn_selected"
+#: ``var`` column flagging genes in the panel only as markers of a cell type.
+MARKER = "cpnn_marker"
 #: ``varm`` key of the default prototype set.
 PROTOTYPES = "cpnn_prototypes"
 #: ``obsm`` key of the default cached embeddings.
@@ -31,3 +35,13 @@ def proportions_key(key_added: str) -> str:
 def predicted_column(key_added: str) -> str:
     """``obs`` column marking the spots a prediction ``key_added`` covers."""
     return f"{key_added}_predicted"
+
+
+def valid_name(name: str) -> str:
+    """``name`` with every character spatialdata does not allow in names (``[A-Za-z0-9_.-]``) as ``_``.
+
+    Runs of ``_`` are collapsed and trailing ones dropped: ``"Cancer Epithelial"`` -> ``"Cancer_Epithelial"``.
+    """
+    out = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+    out = re.sub(r"_+", "_", out).strip("_")
+    return out or "_"

@@ -116,8 +116,14 @@ def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, typ
     if key is None:
         return None
     if key not in adata.obsm:
-        raise CpnnError(f"composition_key={key!r} is not in obsm; keys are {list(adata.obsm)}.")
+        raise CpnnError(
+            f"composition_key={key!r} is not in obsm; keys are {list(adata.obsm)}. Compute targets with "
+            "cp.pp.deconvolve(data, regions=<training sections>)."
+        )
     comp = adata.obsm[key]
+    fine = adata.obsm.get(f"{key}_fine")
+    if isinstance(comp, pd.DataFrame) and isinstance(fine, pd.DataFrame) and not set(types) <= set(comp.columns):
+        comp = fine  # grouped prototypes: the model's types are the fine ones
     if not isinstance(comp, pd.DataFrame):
         raise CpnnError(f"obsm[{key!r}] must be a DataFrame whose columns are cell types {types}.")
     missing = [t for t in types if t not in comp.columns]
@@ -125,7 +131,11 @@ def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, typ
         raise CpnnError(f"obsm[{key!r}] lacks the cell types {missing}; its columns are {list(comp.columns)}.")
     values = comp[types].to_numpy(np.float32)[mask]
     if not np.isfinite(values).all():
-        raise CpnnError(f"obsm[{key!r}] has NaN values for selected spots.")
+        bad = int((~np.isfinite(values)).any(1).sum())
+        raise CpnnError(
+            f"obsm[{key!r}] has no composition for {bad} training spots (NaN); deconvolve every training spot "
+            "(cp.pp.deconvolve(data, regions=<training sections>)), or leave those spots out of train=."
+        )
     return values / np.clip(values.sum(1, keepdims=True), 1e-12, None)
 
 
@@ -191,3 +201,22 @@ def predicted_mask(adata: AnnData, key_added: str) -> np.ndarray | None:
     """Spots covered by the prediction ``key_added`` (``None`` when no prediction marks them)."""
     col = predicted_column(key_added)
     return adata.obs[col].to_numpy(bool) if col in adata.obs else None
+
+
+#: A cell type counts as marked in a panel when it holds at least this share of some panel gene's prototype expression.
+MARKER_SHARE = 0.4
+#: A cell type counts as switched off when its weight never exceeds this share.
+OFF_SHARE = 0.01
+
+
+def unmarked_types(prototypes: np.ndarray, types: list[str], *, share: float = MARKER_SHARE) -> list[str]:
+    """Cell types without a gene of the panel they dominate (prototypes K x G): weights that cannot be told apart."""
+    P = np.asarray(prototypes, dtype=np.float64)
+    split = P / np.clip(P.sum(0, keepdims=True), 1e-300, None)
+    return [t for t, best in zip(types, split.max(1), strict=True) if best < share]
+
+
+def switched_off(weights: np.ndarray, types: list[str], *, share: float = OFF_SHARE) -> list[str]:
+    """Cell types whose weight stays below ``share`` in every row of ``weights`` (N x K)."""
+    top = np.nanmax(np.asarray(weights, dtype=np.float64), axis=0) if len(weights) else np.zeros(len(types))
+    return [t for t, m in zip(types, top, strict=True) if m < share]

@@ -96,7 +96,7 @@ def fetch(path: str) -> Path:
     logg.info(f"downloading {url} to {target.parent}")
     try:
         local = pooch.retrieve(
-            url, known_hash=f"sha256:{sha}", fname=target.name, path=target.parent, progressbar=False
+            url, known_hash=f"sha256:{sha}", fname=target.name, path=target.parent, progressbar=settings.progress_bar
         )
     except Exception as e:  # network errors, hash mismatch of the download
         raise DataFileError(

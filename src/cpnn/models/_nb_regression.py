@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import sparse
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -94,6 +95,7 @@ def fit_nb_regression(
     n_batches: int = 1,
     library: np.ndarray,
     n_iter: int = 30,
+    progress: bool = False,
     tol: float = 1e-5,
     batch_prior_sd: float = 0.5,
     chunk_elements: int = 20_000_000,
@@ -113,6 +115,8 @@ def fit_nb_regression(
         Library size per cell (total counts over all genes).
     n_iter
         Most Fisher-scoring rounds (each updates rates, batch effects and dispersions).
+    progress
+        Show a progress bar of the rounds.
     tol
         Stop when the loss (negative log-posterior per cell) changes by less than this, relatively.
     batch_prior_sd
@@ -144,7 +148,7 @@ def fit_nb_regression(
     prior_prec = 1.0 / batch_prior_sd**2
     history: list[float] = []
     it = 0
-    for it in range(1, n_iter + 1):  # noqa: B007
+    for it in tqdm(range(1, n_iter + 1), desc="NB prototypes", disable=not progress):  # noqa: B007
         score, info, _ = _accumulate(chunks, rho, beta, theta, "rho", n_types, n_batches, device)
         delta = torch.clamp(score / info.clamp_min(1e-8), -3.0, 3.0).float()
         rho = rho + delta

@@ -2,7 +2,7 @@
 
 from ._expression import expression
 from ._metrics import correlations, history
-from ._proportions import proportions
+from ._proportions import compare_proportions, dominant, proportions
 from ._prototypes import prototypes
 
-__all__ = ["correlations", "expression", "history", "proportions", "prototypes"]
+__all__ = ["compare_proportions", "correlations", "dominant", "expression", "history", "proportions", "prototypes"]

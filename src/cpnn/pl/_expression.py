@@ -38,13 +38,16 @@ def expression(
     image_key: str | None = None,
     max_px: int = 1500,
     figsize: tuple[float, float] | None = None,
-    save: str | Path | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
     table_key: str = "table",
-) -> Figure:
+) -> Figure | list | None:
     """Measured vs predicted expression of ``genes`` over the H&E, one row per gene.
 
     Both sides are log1p of counts per 10,000 over the predicted panel, as in
-    :func:`cpnn.tl.evaluate`; the title of each predicted panel gives the gene's Spearman
+    :func:`cpnn.tl.evaluate`, drawn on one colour scale per gene (so a brighter spot means more
+    expression on either side); the title of each predicted panel gives the gene's Spearman
     correlation over the region's spots.
 
     Parameters
@@ -62,14 +65,16 @@ def expression(
         Ensembl IDs); titles show these names.
     cmap, img_alpha, image_key, max_px
         As in :func:`cpnn.pl.proportions`.
-    figsize, save
-        Figure size and a path to save the figure to.
+    figsize
+        Figure size.
+    show, save, return_fig
+        As in :func:`cpnn.pl.proportions` (scanpy's convention).
     table_key
         Key of the table.
 
     Returns
     -------
-    The Figure.
+    ``None``, the Axes (``show=False``) or the Figure (``return_fig=True``).
     """
     adata = get_table(data, table_key)
     if layer not in adata.layers:
@@ -98,7 +103,7 @@ def expression(
     flat = near_constant(pred[:, at]) | near_constant(truth[:, at])  # rounding noise is no signal
     rho = np.where(flat, np.nan, columnwise_spearman(pred[:, at], truth[:, at]))
     values = pd.DataFrame(index=adata.obs_names, dtype=float)
-    titles = []
+    titles, lows, highs = [], [], []
     for k, (gene, j) in enumerate(zip(genes, at, strict=True)):
         g = shown[gene]
         m = np.full(adata.n_obs, np.nan)
@@ -107,7 +112,10 @@ def expression(
         p[rows] = pred[:, j]
         values[f"measured {g}"] = m
         values[f"predicted {g}"] = p
-        titles += [f"{g} measured ({name})", f"{g} predicted\nSpearman {rho[k]:.2f}"]
+        titles += [f"{g} measured ({name})", f"{g} predicted from H&E\nSpearman {rho[k]:.2f}"]
+        both = np.r_[truth[:, j], pred[:, j]]
+        lows += [float(both.min())] * 2
+        highs += [float(both.max())] * 2
     fig = draw_spots(
         data,
         values,
@@ -117,8 +125,8 @@ def expression(
         colorbar_label="log1p CP10k",
         ncols=2,
         cmap=cmap,
-        vmin=None,
-        vmax=None,
+        vmin=lows,
+        vmax=highs,
         img_alpha=img_alpha,
         image_key=image_key,
         max_px=max_px,
@@ -126,4 +134,4 @@ def expression(
         ax=None,
         table_key=table_key,
     )
-    return finish(fig, None, save)
+    return finish(fig, None, name="expression", show=show, save=save, return_fig=return_fig)

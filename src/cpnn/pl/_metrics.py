@@ -39,9 +39,11 @@ def correlations(
     kind: str = "violin",
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
-    save: str | Path | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
     table_key: str = "table",
-) -> Figure | Axes:
+) -> Figure | Axes | None:
     """Distribution of the per-gene correlations per group (and pooled), for one or several methods.
 
     Parameters
@@ -58,14 +60,16 @@ def correlations(
         ``obs`` column of the groups (on-the-fly evaluation only).
     kind
         ``"violin"`` or ``"box"``. The mean over genes is marked and written above each group.
-    figsize, ax, save
-        Figure size, an Axes to draw into, and a path to save the figure to.
+    figsize, ax
+        Figure size, an Axes to draw into.
+    show, save, return_fig
+        As in :func:`cpnn.pl.proportions` (scanpy's convention).
     table_key
         Key of the table.
 
     Returns
     -------
-    The Figure, or ``ax`` when one was passed.
+    ``None``, the Axes (``show=False``, or ``ax`` when one was passed) or the Figure (``return_fig=True``).
     """
     if metric not in ("spearman", "pearson"):
         raise CpnnError(f"metric={metric!r}; use 'spearman' or 'pearson'.")
@@ -136,38 +140,49 @@ def correlations(
     ax_.set_xlabel("held-out group (pooled: all spots together)")
     ax_.set_title(f"{metric.capitalize()} between predicted and measured expression, per gene")
     ax_.legend(fontsize=7, loc="best")
-    return finish(fig, ax, save)
+    return finish(fig, ax, name="correlations", show=show, save=save, return_fig=return_fig)
 
 
 def history(
     data: Any,
     *,
+    key: str | None = None,
     figsize: tuple[float, float] = (5.0, 3.5),
     ax: Axes | None = None,
-    save: str | Path | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
     table_key: str = "table",
-) -> Figure | Axes:
+) -> Figure | Axes | None:
     """Training and validation loss per epoch, with the epoch whose weights were kept.
 
     Parameters
     ----------
     data
-        A trained :class:`cpnn.CPNN`, or the AnnData/SpatialData it was fitted on
-        (``uns["cpnn"]["history"]``).
-    figsize, ax, save
-        Figure size, an Axes to draw into, and a path to save the figure to.
+        A trained :class:`cpnn.CPNN`, or the AnnData/SpatialData it was fitted on.
+    key
+        Which fit of the table (``cp.tl.fit``'s ``key_added``); default the latest.
+    figsize, ax
+        Figure size, an Axes to draw into.
+    show, save, return_fig
+        As in :func:`cpnn.pl.proportions` (scanpy's convention).
     table_key
         Key of the table.
 
     Returns
     -------
-    The Figure, or ``ax`` when one was passed.
+    ``None``, the Axes (``show=False``, or ``ax`` when one was passed) or the Figure (``return_fig=True``).
     """
     best = None
     if isinstance(data, CPNN):
         records = pd.DataFrame(data.history)
     else:
         info = uns_cpnn(get_table(data, table_key))
+        if key is not None:
+            fits = info.get("fits", {})
+            if key not in fits:
+                raise CpnnError(f"key={key!r} is not a fit of this table; fits are {list(fits)}.")
+            info = {"history": fits[key]["history"], "fit": fits[key]}
         if "history" not in info:
             raise CpnnError("No training history in uns['cpnn']; fit a model with cp.tl.fit first.")
         records = pd.DataFrame({k: np.asarray(v, float) for k, v in info["history"].items()})
@@ -186,4 +201,4 @@ def history(
     ax_.set_ylabel("loss")
     ax_.set_title("training history")
     ax_.legend(fontsize=8)
-    return finish(fig, ax, save)
+    return finish(fig, ax, name="history", show=show, save=save, return_fig=return_fig)

@@ -1,4 +1,4 @@
-"""cp.pl.proportions: the composition weights of each cell type, as coloured spots over the H&E."""
+"""Composition maps over the H&E: per cell type, the dominant type, and image-predicted vs deconvolved."""
 
 from __future__ import annotations
 
@@ -6,13 +6,42 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._core import get_proportions, get_table
+from .._core import OFF_SHARE, columnwise_pearson, get_proportions, get_table, proportions_key, uns_cpnn
 from .._errors import CpnnError
-from ._spatial import draw_spots, resolve_region
+from ._spatial import add_scalebar, draw_spots, resolve_region, spatial_view
 from ._utils import check_names, finish
+
+#: Cell types whose proportion stays below this in the region are named, not drawn.
+MIN_SHARE = 0.05
+
+
+def source_of(adata: Any, key: str) -> str:
+    """How the compositions in ``obsm[key]`` were obtained, for titles."""
+    info = uns_cpnn(adata)
+    if key.removesuffix("_fine") in info.get("deconvolution", {}):
+        return "deconvolved from the counts"
+    predictions = info.get("predictions", {})
+    if any(proportions_key(k) == key.removesuffix("_fine") for k in predictions) or key.endswith("_proportions"):
+        return "predicted from H&E"
+    return ""
+
+
+def _region_values(
+    data: Any, key: str, region: str | None, table_key: str
+) -> tuple[Any, pd.DataFrame, str, np.ndarray]:
+    adata = get_table(data, table_key)
+    props = get_proportions(adata, key)
+    has = props.notna().all(axis=1).to_numpy()
+    name, mask = resolve_region(adata, region, prefer=has)
+    mask = mask & has
+    if not mask.any():
+        raise CpnnError(f"Region {name!r} has no compositions in obsm[{key!r}]; predict (or deconvolve) it first.")
+    return adata, props, name, mask
 
 
 def proportions(
@@ -21,80 +50,294 @@ def proportions(
     cell_types: str | Sequence[str] | None = None,
     region: str | None = None,
     key: str = "cpnn_proportions",
+    scale: str = "panel",
+    min_share: float = MIN_SHARE,
     ncols: int = 4,
     cmap: str = "viridis",
     vmax: float | None = None,
+    alpha: float = 0.85,
     img_alpha: float | None = None,
     image_key: str | None = None,
     max_px: int = 1500,
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
-    save: str | Path | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
     table_key: str = "table",
-) -> Figure | Axes:
+) -> Figure | Axes | list[Axes] | None:
     """Composition maps: one panel per cell type, spot proportions over the H&E of one region.
 
     Drawn by :func:`squidpy.pl.spatial_scatter` on a small view holding a cropped, downsampled
     copy of the image (a pyramid level when the image has one); the full-resolution image is never
-    loaded and ``data`` is not modified.
+    loaded and ``data`` is not modified. Cell types whose proportion never exceeds ``min_share`` in
+    the region are named under the panels instead of being drawn on a colour scale stretched to
+    their tiny range. A micrometre scale bar sits in each panel.
 
     Parameters
     ----------
     data
         SpatialData with images (spots over the H&E), or an AnnData (spots only, from
-        ``obsm["spatial"]``) with ``obsm[key]`` from :func:`cpnn.tl.predict`.
+        ``obsm["spatial"]``) with ``obsm[key]`` from :func:`cpnn.tl.predict` or :func:`cpnn.pp.deconvolve`.
     cell_types
         Cell types to draw (default all).
     region
-        Region or section to draw (default the first one with predictions).
+        Region or section to draw (default the first one with compositions).
     key
         ``obsm`` key of the proportions (a DataFrame whose columns are the cell types).
+    scale
+        ``"panel"``: each panel's colour scale runs from 0 to its own maximum (stated in its colour
+        bar); ``"shared"``: every panel from 0 to 1, so panels compare by eye.
+    min_share
+        Cell types whose proportion stays below this in the region are named, not drawn (0: draw all).
     ncols
         Panels per row.
     cmap, vmax
-        Colour map, and the top of the colour scale (default: each panel's own maximum).
-    img_alpha
-        Opacity of the H&E.
+        Colour map, and the top of every panel's colour scale (overrides ``scale``).
+    alpha, img_alpha
+        Opacity of the spots (the tissue shows through) and of the H&E.
     image_key
         Force this image element.
     max_px
         Longer side of the image drawn behind the spots, in pixels.
-    figsize, ax, save
-        Figure size, an Axes to draw one cell type into, and a path to save the figure to.
+    figsize, ax
+        Figure size, and an Axes to draw one cell type into.
+    show, save, return_fig
+        scanpy's convention: draw the figure (``show=None`` follows ``sc.settings.autoshow``) and
+        return nothing; ``show=False`` returns the Axes, ``return_fig=True`` the Figure. ``save``
+        is a path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
     table_key
         Key of the table.
 
     Returns
     -------
-    The Figure, or ``ax`` when one was passed.
+    ``None``, the Axes (``show=False``) or the Figure (``return_fig=True``).
     """
-    adata = get_table(data, table_key)
-    props = get_proportions(adata, key)
+    if scale not in ("panel", "shared"):
+        raise CpnnError(f"scale={scale!r}; use 'panel' (each panel to its maximum) or 'shared' (0 to 1).")
+    adata, props, name, mask = _region_values(data, key, region, table_key)
     types = check_names(cell_types, list(props.columns), argument="cell_types", what="cell type")
-    has = props.notna().all(axis=1).to_numpy()
-    name, mask = resolve_region(adata, region, prefer=has)
-    mask = mask & has
-    if not mask.any():
+    top = props.loc[mask, types].max()
+    faint = [t for t in types if top[t] < min_share] if ax is None else []
+    drawn = [t for t in types if t not in faint]
+    if not drawn:
         raise CpnnError(
-            f"Region {name!r} has no predicted proportions; predict it with cp.tl.predict(..., regions=...)."
+            f"Every cell type asked for stays below min_share={min_share} in region {name!r}; lower min_share."
         )
-    values = props.loc[:, types]
+    if vmax is not None:
+        highs, labels = vmax, f"proportion (0-{vmax:g})"
+    elif scale == "shared":
+        highs, labels = 1.0, "proportion (shared 0-1 scale)"
+    else:
+        highs = [float(top[t]) for t in drawn]
+        labels = [f"proportion (this panel: 0-{h:.2f})" for h in highs]
+    source = source_of(adata, key)
+    note = None
+    if faint:
+        note = f"Below {min_share:.0%} everywhere in {name} (not drawn): " + ", ".join(
+            f"{t} (max {top[t]:.3f})" for t in faint
+        )
     fig = draw_spots(
         data,
-        values,
+        props.loc[:, drawn],
         mask,
         region=name,
-        titles=[f"{t} ({name})" for t in types],
-        colorbar_label="proportion",
+        titles=list(drawn),
+        colorbar_label=labels,
         ncols=ncols,
         cmap=cmap,
         vmin=0.0,
-        vmax=vmax,
+        vmax=highs,
         img_alpha=img_alpha,
         image_key=image_key,
         max_px=max_px,
         figsize=figsize,
         ax=ax,
         table_key=table_key,
+        alpha=alpha,
+        suptitle=None if ax is not None else f"Cell-type composition of {name}" + (f", {source}" if source else ""),
+        note=note,
     )
-    return finish(fig, ax, save)
+    return finish(fig, ax, name="proportions", show=show, save=save, return_fig=return_fig)
+
+
+def dominant(
+    data: Any,
+    *,
+    region: str | None = None,
+    key: str = "cpnn_proportions",
+    palette: str = "tab10",
+    img_alpha: float = 1.0,
+    image_key: str | None = None,
+    max_px: int = 1500,
+    figsize: tuple[float, float] = (6.0, 5.0),
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
+    table_key: str = "table",
+) -> Figure | Axes | None:
+    """The dominant cell type of each spot as one categorical map; opacity is that type's proportion.
+
+    A spot drawn faintly holds a mixture; a solid one is mostly its type.
+
+    Parameters
+    ----------
+    data
+        SpatialData with images, or an AnnData with ``obsm["spatial"]``, with ``obsm[key]``.
+    region, key, image_key, max_px, img_alpha
+        As in :func:`cpnn.pl.proportions`.
+    palette
+        Matplotlib colour map of the categories.
+    figsize, ax, show, save, return_fig, table_key
+        As in :func:`cpnn.pl.proportions`.
+
+    Returns
+    -------
+    ``None``, the Axes (``show=False``) or the Figure (``return_fig=True``).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle, Rectangle
+
+    adata, props, name, mask = _region_values(data, key, region, table_key)
+    values = props.loc[mask]
+    view, kw = spatial_view(
+        data, values, mask, library_id=name, image_key=image_key, max_px=max_px, table_key=table_key
+    )
+    fig, ax_ = (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize)
+    arr = values.to_numpy(float)
+    winner = arr.argmax(1)
+    share = arr.max(1)
+    colours = plt.get_cmap(palette)(np.arange(arr.shape[1]) % plt.get_cmap(palette).N)
+    if "library_id" in kw:
+        info = view.uns["spatial"][name]
+        factor = info["scalefactors"]["tissue_hires_scalef"]
+        ax_.imshow(info["images"]["hires"], alpha=img_alpha)
+        xy = np.asarray(view.obsm["spatial"]) * factor
+        radius = info["scalefactors"]["spot_diameter_fullres"] * factor / 2
+    else:
+        xy = np.asarray(view.obsm["spatial"])
+        gaps = np.diff(np.sort(xy[:, 0]))
+        radius = float(np.median(gaps[gaps > 0])) / 2 if (gaps > 0).any() else 1.0
+        ax_.invert_yaxis()
+    square = kw.get("shape") == "square"
+    shapes = [
+        Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) if square else Circle((x, y), radius) for x, y in xy
+    ]
+    face = colours[winner].copy()
+    face[:, 3] = np.clip(share, 0.15, 1.0)
+    ax_.add_collection(PatchCollection(shapes, facecolors=face, edgecolors="none"))
+    ax_.set_xlim(xy[:, 0].min() - 3 * radius, xy[:, 0].max() + 3 * radius)
+    ax_.set_ylim(xy[:, 1].max() + 3 * radius, xy[:, 1].min() - 3 * radius)
+    ax_.set_aspect("equal")
+    ax_.set_axis_off()
+    present = sorted(set(winner))
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colours[k], label=f"{props.columns[k]} ({np.mean(winner == k):.0%})")
+        for k in present
+    ]
+    ax_.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    source = source_of(adata, key)
+    ax_.set_title(f"Dominant cell type, {name}" + (f"\n{source}; opacity = its proportion" if source else ""))
+    add_scalebar(ax_, kw.get("um_per_unit"))
+    return finish(fig, ax, name="dominant", show=show, save=save, return_fig=return_fig)
+
+
+def compare_proportions(
+    data: Any,
+    *,
+    keys: Sequence[str] = ("cpnn_proportions", "cpnn_deconvolution"),
+    labels: Sequence[str] | None = None,
+    cell_types: str | Sequence[str] | None = None,
+    region: str | None = None,
+    min_share: float = MIN_SHARE,
+    cmap: str = "viridis",
+    alpha: float = 0.85,
+    image_key: str | None = None,
+    max_px: int = 1000,
+    figsize: tuple[float, float] | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
+    table_key: str = "table",
+) -> Figure | list[Axes] | None:
+    """Compositions from two (or more) sources side by side: one row per cell type, one column per source.
+
+    Typically the image-predicted composition next to the deconvolution of the measured counts
+    (:func:`cpnn.pp.deconvolve`). Every panel uses the shared 0..1 scale; each row's title gives
+    the Pearson correlation between the first source and the others over the region's spots.
+
+    Parameters
+    ----------
+    data
+        SpatialData with images (or AnnData with ``obsm["spatial"]``) holding every ``obsm`` key.
+    keys
+        ``obsm`` keys of the compositions (DataFrames with the cell types as columns).
+    labels
+        Column titles (default: how each was obtained, else the key).
+    cell_types
+        Cell types to draw (default: those every source has).
+    region, min_share, cmap, alpha, image_key, max_px, figsize, show, save, return_fig, table_key
+        As in :func:`cpnn.pl.proportions`.
+
+    Returns
+    -------
+    ``None``, the Axes (``show=False``) or the Figure (``return_fig=True``).
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if len(keys) < 2:
+        raise CpnnError("keys= needs at least two obsm keys to compare.")
+    adata = get_table(data, table_key)
+    frames = {k: get_proportions(adata, k) for k in keys}
+    common = [c for c in frames[keys[0]].columns if all(c in f.columns for f in frames.values())]
+    if not common:
+        raise CpnnError(
+            f"obsm{keys} share no cell type (their columns differ); compare compositions of the same types."
+        )
+    has = np.logical_and.reduce([f[common].notna().all(1).to_numpy() for f in frames.values()])
+    name, mask = resolve_region(adata, region, prefer=has)
+    mask = mask & has
+    if mask.sum() < 3:
+        raise CpnnError(f"Region {name!r} has fewer than 3 spots with every composition; predict/deconvolve it.")
+    types = check_names(cell_types, common, argument="cell_types", what="cell type")
+    top = pd.concat([f.loc[mask, types].max() for f in frames.values()], axis=1).max(1)
+    drawn = [t for t in types if top[t] >= min_share]
+    faint = [t for t in types if t not in drawn]
+    labels = list(labels) if labels is not None else [source_of(adata, k) or k for k in keys]
+    values, titles = pd.DataFrame(index=adata.obs_names), []
+    for t in drawn:
+        first = frames[keys[0]].loc[mask, [t]].to_numpy(float)
+        for j, k in enumerate(keys):
+            values[f"{t} | {k}"] = frames[k][t].astype(float)
+            r = "" if j == 0 else f", r = {columnwise_pearson(first, frames[k].loc[mask, [t]].to_numpy(float))[0]:.2f}"
+            titles.append(f"{t}: {labels[j]}{r}")
+    if not drawn:
+        raise CpnnError(f"Every cell type stays below min_share={min_share} in region {name!r}; lower min_share.")
+    note = f"Below {min_share:.0%} in every source (not drawn): {', '.join(faint)}" if faint else None
+    fig = draw_spots(
+        data,
+        values,
+        mask,
+        region=name,
+        titles=titles,
+        colorbar_label="proportion (shared 0-1 scale)",
+        ncols=len(keys),
+        cmap=cmap,
+        vmin=0.0,
+        vmax=1.0,
+        img_alpha=None,
+        image_key=image_key,
+        max_px=max_px,
+        figsize=figsize or (4.0 * len(keys), 3.4 * len(drawn)),
+        ax=None,
+        table_key=table_key,
+        alpha=alpha,
+        suptitle=f"Cell-type composition of {name}",
+        note=note,
+    )
+    return finish(fig, None, name="compare_proportions", show=show, save=save, return_fig=return_fig)
+
+
+__all__ = ["MIN_SHARE", "OFF_SHARE", "compare_proportions", "dominant", "proportions"]

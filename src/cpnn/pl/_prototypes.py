@@ -55,9 +55,11 @@ def prototypes(
     cmap: str = "RdBu_r",
     figsize: tuple[float, float] | None = None,
     ax: Axes | None = None,
-    save: str | Path | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+    return_fig: bool = False,
     table_key: str = "table",
-) -> Figure | Axes:
+) -> Figure | Axes | None:
     """Heatmap of the prototypes (z-scored per gene across cell types) over marker genes.
 
     Parameters
@@ -74,14 +76,16 @@ def prototypes(
         ``varm`` key of the prototypes.
     panel_only
         Choose markers among the predicted panel (``var["cpnn_selected"]``) when there is one.
-    cmap, figsize, ax, save
-        Colour map, figure size, an Axes to draw into, and a path to save the figure to.
+    cmap, figsize, ax
+        Colour map, figure size, an Axes to draw into.
+    show, save, return_fig
+        As in :func:`cpnn.pl.proportions` (scanpy's convention).
     table_key
         Key of the table.
 
     Returns
     -------
-    The Figure, or ``ax`` when one was passed.
+    ``None``, the Axes (``show=False``, or ``ax`` when one was passed) or the Figure (``return_fig=True``).
     """
     profiles = prototype_frame(data, key=key, table_key=table_key)
     if genes is None:
@@ -109,4 +113,4 @@ def prototypes(
     ax_.set_title("cell-type prototypes over marker genes")
     cbar = fig.colorbar(im, ax=ax_, fraction=0.03, pad=0.01)
     cbar.set_label("z-score of log1p CP10k across types")
-    return finish(fig, ax, save)
+    return finish(fig, ax, name="prototypes", show=show, save=save, return_fig=return_fig)

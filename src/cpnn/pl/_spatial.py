@@ -12,7 +12,6 @@ from anndata import AnnData
 from .._core import get_table, is_spatialdata, is_tiles_table, region_columns
 from .._errors import CpnnError
 from ..data import image_levels, region_images, to_rgb_float
-from ._utils import label_colorbars
 
 #: Margin around the spots when cropping the image, in spot diameters.
 _MARGIN = 1.5
@@ -103,12 +102,44 @@ def spatial_view(
             }
         }
         shape = "square" if is_tiles_table(adata) else "circle"
-        return view, {"library_id": [library_id], "img_res_key": "hires", "shape": shape}
+        # squidpy draws in the low-resolution image's pixels: micrometres per such pixel, for the scale bar
+        return view, {
+            "library_id": [library_id],
+            "img_res_key": "hires",
+            "shape": shape,
+            "um_per_unit": reg.um_per_px / scale,
+        }
     if "spatial" not in adata.obsm:
         raise CpnnError("The table has no obsm['spatial'] spot coordinates and no image to place the spots on.")
     view = AnnData(obs=obs)
     view.obsm["spatial"] = np.asarray(adata.obsm["spatial"], float)[mask]
     return view, {"shape": None, "img": False}
+
+
+def _per_panel(value: Any, n: int) -> list:
+    if isinstance(value, list | tuple | np.ndarray):
+        if len(value) != n:
+            raise CpnnError(f"{len(value)} colour limits were given for {n} panels.")
+        return list(value)
+    return [value] * n
+
+
+def add_scalebar(ax: Any, um_per_unit: float | None) -> None:
+    """A micrometre scale bar in the lower left of a spatial panel (a round length near a fifth of its width)."""
+    if not um_per_unit:
+        return
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    x0, x1 = ax.get_xlim()
+    width_um = abs(x1 - x0) * um_per_unit
+    nice = [50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000]
+    length = max([n for n in nice if n <= width_um / 5] or [nice[0]])
+    label = f"{length // 1000} mm" if length >= 1000 and length % 1000 == 0 else f"{length} \u00b5m"
+    bar = AnchoredSizeBar(
+        ax.transData, length / um_per_unit, label, "lower left", pad=0.3, color="black", frameon=True, size_vertical=0
+    )
+    bar.patch.set_alpha(0.6)
+    ax.add_artist(bar)
 
 
 def draw_spots(
@@ -118,25 +149,34 @@ def draw_spots(
     *,
     region: str,
     titles: Sequence[str],
-    colorbar_label: str,
+    colorbar_label: str | Sequence[str],
     ncols: int,
     cmap: str,
-    vmin: float | None,
-    vmax: float | None,
+    vmin: float | Sequence | None,
+    vmax: float | Sequence | None,
     img_alpha: float | None,
     image_key: str | None,
     max_px: int,
     figsize: tuple[float, float] | None,
     ax: Any,
     table_key: str,
+    alpha: float = 1.0,
+    suptitle: str | None = None,
+    note: str | None = None,
+    scalebar: bool = True,
 ):
-    """Draw each column of ``values`` as coloured spots over the region's H&E; return the Figure."""
+    """Draw each column of ``values`` as coloured spots over the region's H&E; return the Figure.
+
+    ``vmin``/``vmax``/``colorbar_label`` may be one value or one per panel; ``alpha`` is the spots'
+    opacity (so the tissue shows through), ``note`` a line of text under the panels.
+    """
     import matplotlib.pyplot as plt
     import squidpy as sq
 
     view, kw = spatial_view(
         data, values, mask, library_id=region, image_key=image_key, max_px=max_px, table_key=table_key
     )
+    um_per_unit = kw.pop("um_per_unit", None)
     cols = list(values.columns)
     if ax is None:
         n = len(cols)
@@ -151,14 +191,18 @@ def draw_spots(
         if len(cols) != 1:
             raise CpnnError(f"ax= draws one panel, but {len(cols)} were asked for; pass one name or leave ax=None.")
         fig, axes = ax.figure, [ax]
-    for col, a, title in zip(cols, axes, titles, strict=True):
+    lows, highs = _per_panel(vmin, len(cols)), _per_panel(vmax, len(cols))
+    labels = _per_panel(colorbar_label, len(cols))
+    for col, a, title, lo, hi, label in zip(cols, axes, titles, lows, highs, labels, strict=True):
+        before = set(fig.axes)
         sq.pl.spatial_scatter(
             view,
             color=col,
             cmap=cmap,
-            vmin=vmin,
-            vmax=vmax,
+            vmin=lo,
+            vmax=hi,
             img_alpha=img_alpha,
+            alpha=alpha,
             title=title,
             ax=a,
             fig=fig,
@@ -167,5 +211,14 @@ def draw_spots(
         )
         a.set_xlabel("")
         a.set_ylabel("")
-    label_colorbars(fig, colorbar_label)
+        for cax in set(fig.axes) - before:  # the colour bar squidpy added for this panel
+            cbar = getattr(cax, "_colorbar", None)
+            if cbar is not None:
+                cbar.set_label(label)
+        if scalebar:
+            add_scalebar(a, um_per_unit)
+    if suptitle:
+        fig.suptitle(suptitle)
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=8, ha="left", va="bottom", wrap=True)
     return fig

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import scanpy as sc
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -34,16 +35,49 @@ def new_figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, A
     return fig, ax
 
 
-def finish(fig: Figure, ax: Axes | None, save: str | Path | None) -> Figure | Axes:
-    """Save when asked; return the Axes when the caller passed one, else the Figure."""
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    return ax if ax is not None else fig
+def save_path(name: str, save: str | Path | bool) -> Path:
+    """Where ``save=`` writes a figure: a path as given, or scanpy's form in ``sc.settings.figdir``.
+
+    scanpy's form is ``True`` (``f"{name}.{file_format_figs}"``) or a string starting with ``_`` or
+    ``.`` appended to the name (``save="_B4.png"`` writes ``proportions_B4.png``).
+    """
+    if save is True:
+        return Path(sc.settings.figdir) / f"{name}.{sc.settings.file_format_figs}"
+    text = str(save)
+    if isinstance(save, str) and text.startswith(("_", ".")):
+        suffix = Path(text).suffix
+        if suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+            text, suffix = text, f".{sc.settings.file_format_figs}"
+        else:
+            text = text[: -len(suffix)]
+        return Path(sc.settings.figdir) / f"{name}{text}{suffix}"
+    return Path(save)
 
 
-def label_colorbars(fig: Figure, label: str) -> None:
-    """Give every colour bar of ``fig`` a label."""
-    for a in fig.axes:
-        cbar = getattr(a, "_colorbar", None)
-        if cbar is not None:
-            cbar.set_label(label)
+def finish(
+    fig: Figure,
+    ax: Axes | None,
+    *,
+    name: str,
+    show: bool | None,
+    save: str | Path | bool | None,
+    return_fig: bool,
+) -> Figure | Axes | list[Axes] | None:
+    """Save when asked, then return what scanpy's convention says.
+
+    The Figure with ``return_fig``; else draw it (``show=None`` follows ``sc.settings.autoshow``)
+    and return nothing, or return the Axes with ``show=False``. A notebook draws each figure once.
+    """
+    if save:
+        path = save_path(name, save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    if return_fig:
+        return fig
+    if (sc.settings.autoshow if show is None else show) and ax is None:
+        plt.show()
+        return None
+    if ax is not None:
+        return ax
+    axes = [a for a in fig.axes if a.get_label() != "<colorbar>" and not getattr(a, "_colorbar", None)]
+    return axes[0] if len(axes) == 1 else axes

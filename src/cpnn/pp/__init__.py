@@ -1,9 +1,10 @@
-"""Preprocessing: gene panel, cell-type prototypes, tissue tiles, patch embeddings, proportions as obs columns."""
+"""Preprocessing: gene panel, cell-type prototypes, deconvolution, tissue tiles, patch embeddings, proportions as obs columns."""
 
+from ._deconvolve import deconvolve
 from ._embed import embed
 from ._genes import select_genes
 from ._obs import proportions_to_obs
 from ._prototypes import build_prototypes
 from ._tile import tile
 
-__all__ = ["build_prototypes", "embed", "proportions_to_obs", "select_genes", "tile"]
+__all__ = ["build_prototypes", "deconvolve", "embed", "proportions_to_obs", "select_genes", "tile"]

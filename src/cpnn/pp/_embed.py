@@ -48,7 +48,7 @@ def embed_regions(
     encoder = encoder.to(device).eval()
     out = None
     loader = patch_loader(ds, num_workers=num_workers, pin_memory=device.startswith("cuda"))
-    for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=settings.verbosity < 2):
+    for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=not settings.progress_bar):
         with autocast(device):
             z = encoder(model_input(patches, patch_px, device)).float().cpu().numpy()
         if out is None:

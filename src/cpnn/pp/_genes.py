@@ -12,8 +12,9 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import SELECTED, check_counts, check_genes, check_int, gene_names, get_table, return_copy, uns_cpnn
+from .._core import MARKER, SELECTED, check_counts, check_genes, check_int, gene_names, get_table, return_copy, uns_cpnn
 from .._errors import CpnnError
+from ._markers import marker_genes
 
 
 def normalized_mean(X: Any, target_sum: float = 1e4) -> np.ndarray:
@@ -33,6 +34,9 @@ def select_genes(
     genes: Sequence[str] | None = None,
     layer: str | None = None,
     gene_symbols: str | None = None,
+    markers: int = 0,
+    reference: AnnData | None = None,
+    cell_type_key: str | None = None,
     table_key: str = "table",
     copy: bool = False,
 ) -> AnnData | Any | None:
@@ -56,6 +60,15 @@ def select_genes(
     gene_symbols
         ``var`` column holding the names that ``genes`` lists (e.g. symbols when ``var_names`` are
         Ensembl IDs).
+    markers
+        Add up to this many marker genes per cell type of ``reference`` (found with
+        :func:`scanpy.tl.rank_genes_groups`, Wilcoxon, on log-normalised counts) to the panel, so
+        that every type's prototype differs from the others' on it: without markers, types such as
+        T cells, B cells or endothelial cells can look alike on a panel of highly expressed genes,
+        and their composition weights cannot be told apart. Marker-only genes are flagged in
+        ``var["cpnn_marker"]``; evaluate on the rest (``genes=``) to report the base panel.
+    reference, cell_type_key
+        The labelled single-cell reference (raw counts) and its cell-type column, for ``markers``.
     table_key
         Key of the table when ``data`` is a SpatialData.
     copy
@@ -63,8 +76,9 @@ def select_genes(
 
     Returns
     -------
-    ``None``, or a copy of ``data`` when ``copy=True``. Sets ``var["cpnn_selected"]`` (bool) and
-    ``uns["cpnn"]["panel"]`` (flavor, requested size, genes skipped).
+    ``None``, or a copy of ``data`` when ``copy=True``. Sets ``var["cpnn_selected"]`` (bool),
+    ``var["cpnn_marker"]`` (bool: in the panel as a marker only) and ``uns["cpnn"]["panel"]``
+    (flavor, requested size, genes skipped, markers per cell type).
     """
     start = logg.info("selecting the cpnn gene panel")
     data = return_copy(data, copy)
@@ -117,13 +131,31 @@ def select_genes(
             raise CpnnError(f"flavor={flavor!r}; use 'mean' or 'hvg', or pass genes=[...].")
         method = flavor
 
-    adata.var[SELECTED] = pd.Series(np.asarray(selected, bool), index=adata.var_names)
+    selected = np.asarray(selected, bool)
+    marker_only = np.zeros(adata.n_vars, bool)
+    found: dict[str, list[str]] = {}
+    if check_int("markers", markers, minimum=0):
+        names = gene_names(adata, gene_symbols)
+        found = marker_genes(reference, cell_type_key, int(markers), names)
+        wanted = names.isin([g for genes_ in found.values() for g in genes_])
+        marker_only = wanted & ~selected
+        selected = selected | wanted
+        empty = [t for t, genes_ in found.items() if not genes_]
+        if empty:
+            logg.warning(
+                f"no marker found for cell type(s) {empty} among the table's genes: their prototypes may look "
+                "alike on the panel, and their weights cannot be told apart"
+            )
+    adata.var[SELECTED] = pd.Series(selected, index=adata.var_names)
+    adata.var[MARKER] = pd.Series(marker_only, index=adata.var_names)
     uns_cpnn(adata)["panel"] = {
         "flavor": method,
         "n_top_genes": int(n_top_genes) if genes is None else len(genes),
         "n_selected": int(np.sum(selected)),
         "n_skipped": len(skipped),
         "skipped": skipped[:50],
+        "n_markers_added": int(marker_only.sum()),
+        "markers": found,
     }
     logg.info(
         f"    {int(np.sum(selected))} genes selected ({method})",

@@ -180,6 +180,7 @@ def _single_cell_prototypes(
             library=library,
             n_iter=n_iter,
             device=settings.resolve_device(device),
+            progress=settings.progress_bar,
         )
         # count scale: the expected counts of a cell of median library size
         values = res.rates.T * float(np.median(library))
@@ -327,6 +328,13 @@ def build_prototypes(
         )
 
     group_map = _groups(reference, groups, cell_type_key, list(profiles.columns))
+    # a "/" in a name cannot be written to zarr (SpatialData.write), where names become keys
+    renamed = {str(c): str(c).replace("/", "-") for c in profiles.columns if "/" in str(c)}
+    if renamed:
+        logg.warning(f"cell type names with '/' are stored with '-' instead (zarr keys cannot hold '/'): {renamed}")
+        profiles = profiles.rename(columns=renamed)
+        if group_map:
+            group_map = {renamed.get(k, k): v.replace("/", "-") for k, v in group_map.items()}
     profiles = profiles.loc[profiles.index.intersection(names, sort=False)]
     in_ref = names.isin(profiles.index)
     if not in_ref.any():

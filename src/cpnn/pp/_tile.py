@@ -11,9 +11,11 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 from scipy import ndimage, sparse
+from tqdm.auto import tqdm
 
 from .._core import SPATIAL, TILES, is_spatialdata
 from .._errors import CpnnError
+from .._settings import settings
 from ..data._content import sample_image
 from ..data._patches import to_rgb_float
 from ..data._regions import _affine, _scale, image_levels, image_um_per_px
@@ -196,7 +198,7 @@ def tile(
             raise CpnnError(f"image_key: {unknown} not among the images {list(sdata.images)}.")
     start = logg.info(f"tiling {len(keys)} image(s) into {tile_size_um:g} um tiles")
     tables, shapes, um_per_px = [], {}, {}
-    for key in keys:
+    for key in tqdm(keys, desc="tiling", disable=not settings.progress_bar or len(keys) < 2):
         element = sdata.images[key]
         um = float(mpp) if mpp is not None else image_um_per_px(sdata, key)
         if um is None:

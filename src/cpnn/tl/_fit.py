@@ -19,7 +19,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from torch import nn
 
-from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, get_table, uns_cpnn
+from .._core import EMBEDDING, OFF_SHARE, PROTOTYPES, TILES, check_int, get_table, switched_off, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
 from ..models import build_encoder
@@ -86,6 +86,7 @@ def fit(
     max_patches: int = 4096,
     tiles_key: str = TILES,
     slide_key: str = "slide",
+    key_added: str = "cpnn",
     table_key: str = "table",
 ) -> CPNN:
     """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
@@ -142,10 +143,14 @@ def fit(
     composition_key
         ``obsm`` key of a reference composition (DataFrame with the cell types as columns) to
         regularise the weights towards, when one exists.
-    proto_reg, comp_reg
-        Weights of the prototype and composition regularisers (1e3 in the paper).
-    hidden, dropout
-        MLP hidden sizes (the paper: 1024, 512) and dropout.
+    proto_reg
+        Weight of the regulariser keeping learned prototypes near the atlas (1e3 in the paper).
+    comp_reg
+        Weight of the composition loss towards ``composition_key``'s targets (1e3 in the paper).
+    hidden
+        Hidden layer sizes of the head's MLP (the paper: 1024, 512).
+    dropout
+        Dropout rate between the MLP's layers, in [0, 1).
     preset
         ``"paper"``: the paper's model exactly (no residual, no spatial context, NB loss).
         ``"cpnn"``: the package's default configuration (see ``PRESETS`` and the benchmark page).
@@ -203,13 +208,18 @@ def fit(
         validation uses a fixed subset of the same size.
     tiles_key, slide_key
         Slide level: key of the tiles table, and its column naming each tile's bulk sample.
+    key_added
+        Name of this fit's record, so that several fits (e.g. ``head="cpnn"`` and ``head="direct"``
+        for comparison) coexist in ``uns["cpnn"]["fits"]``.
     table_key
         Key of the table.
 
     Returns
     -------
-    The trained :class:`cpnn.CPNN`. Also writes ``uns["cpnn"]["fit"]`` (settings, best epoch) and
-    ``uns["cpnn"]["history"]`` (loss per epoch), and ``obsm["cpnn_embedding"]`` for a frozen encoder.
+    The trained :class:`cpnn.CPNN`. Also writes ``uns["cpnn"]["fits"][key_added]`` (settings,
+    outcome, warnings, versions and the per-epoch ``history``: training loss, validation loss and
+    validation Spearman); ``uns["cpnn"]["fit"]`` and ``uns["cpnn"]["history"]`` hold the latest
+    fit's; and ``obsm["cpnn_embedding"]`` for a frozen encoder.
 
     Notes
     -----
@@ -265,9 +275,16 @@ def fit(
         if config.head_class.closed_form
         else training_warnings(result, epochs=config.epochs, validated=bool(split.validation.any()))
     )
+    off = _switched_off(config, inputs, head_module)
+    if off:
+        notes.append(
+            f"cell type(s) {off} never exceed {OFF_SHARE:.0%} of any training spot's composition: the network switched "
+            "them off. Supervise the composition with deconvolved targets (cp.pp.deconvolve on the training spots, "
+            "then composition_key=), and add their markers to the panel (cp.pp.select_genes(markers=...))"
+        )
     for note in notes:
         logg.warning(note)
-    _record(adata, config, result, split, dev, notes)
+    _record(adata, config, result, split, dev, notes, off, key_added)
     logg.info(
         f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
         f"{'slides' if config.level == 'slide' else 'spots'}",
@@ -313,8 +330,24 @@ def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, r
     return result
 
 
+@torch.no_grad()
+def _switched_off(config: FitConfig, inputs: Any, head: nn.Module) -> list[str]:
+    """Cell types whose weight stays below the threshold on every training spot (cached embeddings only)."""
+    if not config.head_class.composition or config.inputs != "embeddings":
+        return []
+    weights = head.eval()(inputs.train.features().float())["weights"].numpy()
+    return switched_off(weights, list(config.cell_types))
+
+
 def _record(
-    adata: AnnData, config: FitConfig, result: TrainResult, split: Split, device: str, notes: list[str]
+    adata: AnnData,
+    config: FitConfig,
+    result: TrainResult,
+    split: Split,
+    device: str,
+    notes: list[str],
+    off: list[str],
+    key_added: str,
 ) -> None:
     """Write the fit's settings, outcome and history into ``uns["cpnn"]``."""
     info = uns_cpnn(adata)
@@ -328,6 +361,13 @@ def _record(
         "n_validation": int(split.validation.sum()),
         "device": device,
         "warnings": list(notes),
+        "types_without_marker": list(split.unmarked),
+        "types_switched_off": list(off),
+        "key_added": key_added,
+        "torch": str(torch.__version__),
+        "threads": int(torch.get_num_threads()),
+        "deterministic": bool(settings.deterministic),
     }
     keys = sorted({k for r in result.history for k in r})
     info["history"] = {k: np.array([r.get(k, np.nan) for r in result.history], dtype=float) for k in keys}
+    info.setdefault("fits", {})[key_added] = {**info["fit"], "history": dict(info["history"])}

@@ -28,6 +28,7 @@ from .._core import (
     prototype_groups,
     reference_composition,
     selection_positions,
+    unmarked_types,
 )
 from .._errors import CpnnError
 from ..data import (
@@ -58,9 +59,9 @@ class Split:
     cell_types: list[str] = field(default_factory=list)
     groups: dict[str, str] = field(default_factory=dict)
     composition_train: np.ndarray | None = None
-    composition_validation: np.ndarray | None = None
     samples: list[str] = field(default_factory=list)
     sample_codes: np.ndarray | None = None
+    unmarked: list[str] = field(default_factory=list)
 
     @property
     def library_train(self) -> np.ndarray:
@@ -113,10 +114,16 @@ def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -
     split = Split(train_mask, val_mask, genes, counts_tr, counts_va)
     if head_cls.composition:
         split.prototypes, split.cell_types = protos, types
+        split.unmarked = unmarked_types(protos, types)
+        if split.unmarked:
+            logg.warning(
+                f"cell type(s) {split.unmarked} have no gene of the panel they dominate: on this panel their prototypes "
+                "look like other types', so their weights cannot be told apart. Add markers to the panel: "
+                "cp.pp.select_genes(data, ..., markers=5, reference=ref, cell_type_key=...), then build the prototypes again"
+            )
         split.groups = prototype_groups(adata, config.prototypes_key)
+        # targets of the training spots only: validation and test spots' targets are never read
         split.composition_train = reference_composition(adata, config.composition_key, train_mask, types)
-        if val_mask.any():
-            split.composition_validation = reference_composition(adata, config.composition_key, val_mask, types)
         if config.sample_key is not None:
             samples_tr = adata.obs[config.sample_key].astype(str).to_numpy()[train_mask]
             split.samples = sorted(set(samples_tr))
@@ -159,7 +166,7 @@ def _spot_datasets(split: Split, x_tr: Any, x_va: Any) -> tuple[SpotDataset, Spo
             x_va,
             t(split.counts_validation),
             t(split.counts_validation.sum(1).clip(1.0)),
-            t(split.composition_validation),
+            None,  # validation losses never see reference compositions
         )
     return train, val
 
@@ -317,9 +324,7 @@ def _slide_inputs(
     val = None
     if split.counts_validation is not None:
         cv = split.counts_validation
-        val = bags_of(
-            split.validation, cv, split.composition_validation, cv.sum(1).clip(1.0), eval_batch_size=config.batch_size
-        )
+        val = bags_of(split.validation, cv, None, cv.sum(1).clip(1.0), eval_batch_size=config.batch_size)
     return Inputs(train, val, int(z_bags[0].shape[1]), nn.Identity(), config.encoder_config)
 
 

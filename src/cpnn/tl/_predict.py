@@ -13,6 +13,7 @@ from scipy import sparse
 
 from .._core import (
     EMBEDDING,
+    OFF_SHARE,
     PREDICTION,
     TILES,
     check_int,
@@ -26,8 +27,10 @@ from .._core import (
     model_column,
     predicted_column,
     proportions_key,
+    switched_off,
     to_uns,
     uns_cpnn,
+    write_composition,
 )
 from .._errors import CpnnError
 from .._settings import settings
@@ -113,29 +116,9 @@ def _write_expression(
     return f"{key_added!r} (adata.layers)"
 
 
-def _write_proportions(adata: AnnData, rows: np.ndarray, weights: np.ndarray, types: list[str], key: str) -> None:
-    """Composition weights of ``rows`` into ``obsm[key]``, keeping other rows' earlier values."""
-    props = pd.DataFrame(np.nan, index=adata.obs_names, columns=types, dtype=np.float32)
-    old = adata.obsm.get(key)
-    if isinstance(old, pd.DataFrame) and list(old.columns) == types:
-        props = old.copy()
-    props.iloc[rows] = weights
-    adata.obsm[key] = props
-
-
 def _write_weights(adata: AnnData, rows: np.ndarray, weights: np.ndarray, model: CPNN, key: str) -> None:
-    """Composition weights into ``obsm[key]``.
-
-    With grouped (fine) prototypes the group sums go there and the fine weights to ``obsm[key + "_fine"]``.
-    """
-    groups = model.groups
-    if not groups:
-        _write_proportions(adata, rows, weights, model.cell_types, key)
-        return
-    _write_proportions(adata, rows, weights, model.cell_types, f"{key}_fine")
-    names = list(dict.fromkeys(groups[t] for t in model.cell_types))
-    member = np.array([[groups[t] == g for g in names] for t in model.cell_types], dtype=weights.dtype)
-    _write_proportions(adata, rows, weights @ member, names, key)
+    """Composition weights into ``obsm[key]`` (group sums there, fine weights in ``key + "_fine"``)."""
+    write_composition(adata, rows, weights, model.cell_types, model.groups, key)
 
 
 def _mark(adata: AnnData, mask: np.ndarray, key_added: str, model: CPNN) -> str:
@@ -270,14 +253,24 @@ def predict(
     rows = np.flatnonzero(mask)
     where = _write_expression(adata, rows, out["proportions"], model, layer=layer, key_added=key_added)
     col = _mark(adata, mask, key_added, model)
+    off: list[str] = []
     if "weights" in out:
         _write_weights(adata, rows, out["weights"], model, proportions_key(key_added))
+        off = _warn_switched_off(out["weights"], model)
     share = composition_share(out)
     if share is not None and not is_tiles_table(adata):
         column = np.full(adata.n_vars, np.nan)
         column[adata.var_names.get_indexer(genes)] = share
         adata.var[f"{key_added}_composition_share"] = column
-    _record(adata, model, key_added, int(mask.sum()), level="tile" if is_tiles_table(adata) else "spot", share=share)
+    _record(
+        adata,
+        model,
+        key_added,
+        int(mask.sum()),
+        level="tile" if is_tiles_table(adata) else "spot",
+        share=share,
+        off=off,
+    )
     logg.info(
         f"    predicted {len(genes)} genes for {int(mask.sum())} {'tiles' if is_tiles_table(adata) else 'spots'}",
         time=start,
@@ -285,7 +278,20 @@ def predict(
     )
 
 
-def _record(adata: AnnData, model: CPNN, key_added: str, n: int, *, level: str, share=None) -> None:
+def _warn_switched_off(weights: np.ndarray, model: CPNN) -> list[str]:
+    """Warn (and return) the cell types whose weight never exceeds the threshold in ``weights``."""
+    off = switched_off(weights, model.cell_types)
+    if off:
+        logg.warning(
+            f"cell type(s) {off} never exceed {OFF_SHARE:.0%} of any predicted spot's composition; if the tissue holds "
+            "them, the model has switched them off (see cp.tl.fit's warnings and composition_key=)"
+        )
+    return off
+
+
+def _record(
+    adata: AnnData, model: CPNN, key_added: str, n: int, *, level: str, share=None, off: list[str] | None = None
+) -> None:
     uns_cpnn(adata)["predict"] = {
         "composition_share": float(np.mean(share)) if share is not None else float("nan"),
         "key_added": key_added,
@@ -295,6 +301,8 @@ def _record(adata: AnnData, model: CPNN, key_added: str, n: int, *, level: str, 
         "n_spots": n,
         "genes": list(model.genes),
         "cell_types": model.cell_types,
+        "types_never_above": list(off or []),
+        "never_above_share": OFF_SHARE,
     }
 
 
@@ -344,12 +352,14 @@ def _predict_slides(
     )
     col = _mark(bulk, mask, key_added, model)
     key = proportions_key(key_added)
+    off: list[str] = []
     if model.has_composition:
         _write_weights(bulk, rows, np.stack([o["weights"] for o in outs]), model, key)
+        off = _warn_switched_off(np.concatenate([o["tile_weights"] for o in outs]), model)
         for bag, out in zip(bags, outs, strict=True):
             _write_weights(bag.table, np.flatnonzero(bag.mask), out["tile_weights"], model, key)
             _mark(bag.table, bag.mask, key_added, model)
-    _record(bulk, model, key_added, len(rows), level="slide")
+    _record(bulk, model, key_added, len(rows), level="slide", off=off)
     logg.info(
         f"    predicted {len(model.genes)} genes for {len(rows)} slides",
         time=start,

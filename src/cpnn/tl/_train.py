@@ -12,7 +12,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._core import autocast, remove_stale_temporaries, save_atomic
+from .._core import (
+    autocast,
+    columnwise_spearman,
+    lognorm,
+    nanmean,
+    near_constant,
+    remove_stale_temporaries,
+    save_atomic,
+)
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import Batch, PermutationSampler, batch_loader
@@ -101,16 +109,25 @@ def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str) -> torch
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str) -> float:
-    """Mean loss over the dataset ``data`` without gradient."""
+def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str) -> tuple[float, float]:
+    """Mean loss over the dataset ``data`` without gradient, and the mean per-gene Spearman of its predictions."""
     model.eval()
     head.eval()
     total, n = 0.0, 0
+    predicted, measured = [], []
     for batch in batch_loader(data, batch_size=batch_size):
         batch = batch.to(device)
-        total += float(_loss(model, head, batch, device)) * len(batch)
+        with autocast(device):
+            out = head(model(batch.x))
+        loss = head.loss(out, batch.counts, batch.library, batch.composition, batch.sample)
+        total += float(loss) * len(batch)
         n += len(batch)
-    return total / max(n, 1)
+        predicted.append(out["proportions"].float().cpu().numpy())
+        measured.append(batch.counts.float().cpu().numpy())
+    pred, truth = np.concatenate(predicted), np.concatenate(measured)
+    rho = columnwise_spearman(lognorm(pred.astype(np.float64)), lognorm(truth.astype(np.float64)))
+    flat = near_constant(pred) | near_constant(truth)
+    return total / max(n, 1), nanmean(np.where(flat, np.nan, rho))
 
 
 def _snapshot(model: nn.Module, head: nn.Module) -> tuple[dict, dict]:
@@ -183,7 +200,7 @@ def run_training(
         if state["stop_reason"]:
             stop_reason = str(state["stop_reason"])
             start_epoch = epochs + 1  # the run had already finished
-    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=settings.verbosity < 2)
+    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=not settings.progress_bar)
     last_good = _snapshot(model, head)
     try:
         for epoch in bar:
@@ -212,10 +229,11 @@ def run_training(
             last_good = _snapshot(model, head)
             record = {"epoch": epoch, "train_loss": total / len(train_data)}
             if val_data is not None:
-                val = evaluate_loss(
+                val, rho = evaluate_loss(
                     model, head, val_data, batch_size=val_data.eval_batch_size or max(batch_size, 256), device=device
                 )
                 record["val_loss"] = val
+                record["val_spearman"] = rho
                 if val < best:
                     best, best_epoch, wait = val, epoch, 0
                     best_state = last_good

@@ -1,0 +1,183 @@
+"""Compositions you can trust: deconvolution targets, supervision on training spots only, markers, maps."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import sparse
+
+import cpnn as cp
+
+from ._synthetic import synthetic_sdata
+
+
+def _planted(rng, *, n=400, genes=300, types=5, scaling_sd=0.3, theta=10.0):
+    protos = rng.gamma(0.4, 1.0, size=(types, genes)) + 0.005
+    protos /= protos.sum(1, keepdims=True)
+    comps = rng.dirichlet(np.full(types, 0.6), size=n)
+    scaling = np.exp(rng.normal(0, scaling_sd, size=genes))  # technical, per gene, shared by all spots
+    rate = comps @ protos * scaling
+    rate /= rate.sum(1, keepdims=True)
+    library = rng.uniform(2000, 6000, size=(n, 1))
+    mu = rate * library
+    counts = rng.negative_binomial(theta, theta / (theta + mu))
+    names = [f"g{i}" for i in range(genes)]
+    adata = ad.AnnData(
+        sparse.csr_matrix(counts.astype(np.float32)),
+        obs=pd.DataFrame({"section": np.repeat(["a", "b"], n // 2)}, index=[f"s{i}" for i in range(n)]),
+        var=pd.DataFrame(index=names),
+    )
+    profiles = pd.DataFrame(protos.T * 1e4, index=names, columns=[f"t{k}" for k in range(types)])
+    return adata, profiles, comps
+
+
+@pytest.mark.parametrize("method", ["nb", "nnls"])
+def test_deconvolve_recovers_planted_proportions(method):
+    adata, profiles, comps = _planted(np.random.default_rng(0), scaling_sd=0.3 if method == "nb" else 0.1)
+    cp.pp.build_prototypes(adata, profiles)
+    cp.pp.deconvolve(adata, method=method, n_genes=300)
+    est = adata.obsm["cpnn_deconvolution"]
+    assert list(est.columns) == list(profiles.columns)
+    np.testing.assert_allclose(est.sum(1), 1.0, atol=1e-5)
+    r = [np.corrcoef(est.iloc[:, k], comps[:, k])[0, 1] for k in range(comps.shape[1])]
+    assert min(r) > 0.95, r
+    info = adata.uns["cpnn"]["deconvolution"]["cpnn_deconvolution"]
+    assert info["method"] == method and info["n_spots"] == adata.n_obs
+
+
+def test_nb_deconvolution_absorbs_technical_gene_scaling():
+    """With strong per-gene scaling the NB model (which estimates it) beats plain NNLS."""
+    adata, profiles, comps = _planted(np.random.default_rng(1), scaling_sd=0.8)
+    cp.pp.build_prototypes(adata, profiles)
+    score = {}
+    for method in ("nb", "nnls"):
+        cp.pp.deconvolve(adata, method=method, key_added=method, n_genes=300)
+        est = adata.obsm[method].to_numpy()
+        score[method] = np.mean([np.corrcoef(est[:, k], comps[:, k])[0, 1] for k in range(comps.shape[1])])
+    assert score["nb"] > 0.95 and score["nb"] > score["nnls"] + 0.02, score
+
+
+def test_deconvolve_regions_zero_counts_and_errors(cpnn_log):
+    adata, profiles, _ = _planted(np.random.default_rng(2), n=60)
+    X = adata.X.toarray()
+    X[0] = 0
+    adata.X = sparse.csr_matrix(X)
+    cp.pp.build_prototypes(adata, profiles)
+    cp.pp.deconvolve(adata, method="nnls", regions=("section", "a"))
+    est = adata.obsm["cpnn_deconvolution"]
+    a = (adata.obs["section"] == "a").to_numpy()
+    assert est.loc[~a].isna().all().all() and est.iloc[0].isna().all() and est.iloc[1:30].notna().all().all()
+    assert "1 spots have no counts" in cpnn_log()
+    with pytest.raises(cp.CpnnError, match="method='em'"):
+        cp.pp.deconvolve(adata, method="em")
+    with pytest.raises(cp.CpnnError, match="No prototypes"):
+        cp.pp.deconvolve(adata, prototypes_key="other")
+    lognormed = adata.copy()
+    lognormed.X = sparse.csr_matrix(np.log1p(X) + 0.5)
+    with pytest.raises(cp.CpnnError, match="non-integer"):
+        cp.pp.deconvolve(lognormed, method="nb")
+
+
+@pytest.fixture(scope="module")
+def world():
+    s, profiles = synthetic_sdata(np.random.default_rng(21), sections=("S1", "S2", "S3"))
+    cp.pp.select_genes(s, n_top_genes=60)
+    cp.pp.build_prototypes(s, profiles)
+    return s
+
+
+KW = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "epochs": 30, "context_um": 0}
+
+
+def test_supervision_uses_training_targets_only(world):
+    """Poisoning the targets of the validation and test spots changes nothing."""
+    t = world["table"]
+    cp.pp.deconvolve(world, regions=["S1"])  # targets of the training section
+    clean = cp.tl.fit(world, train=["S1"], validation=["S2"], composition_key="cpnn_deconvolution", **KW)
+    held = (t.obs["section"] != "S1").to_numpy()
+    frame = t.obsm["cpnn_deconvolution"].copy()
+    frame.loc[held] = np.random.default_rng(0).dirichlet(np.ones(frame.shape[1]), size=int(held.sum()))
+    t.obsm["cpnn_deconvolution"] = frame
+    poisoned = cp.tl.fit(world, train=["S1"], validation=["S2"], composition_key="cpnn_deconvolution", **KW)
+    assert clean.history == poisoned.history
+    for (k, v), (_, w) in zip(clean.head.state_dict().items(), poisoned.head.state_dict().items(), strict=True):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    # a training spot without a target is refused with the fix
+    frame.iloc[0] = np.nan
+    t.obsm["cpnn_deconvolution"] = frame
+    with pytest.raises(cp.CpnnError, match="deconvolve every training spot"):
+        cp.tl.fit(world, train=["S1"], composition_key="cpnn_deconvolution", **KW)
+
+
+def test_supervision_pulls_compositions_to_the_targets(world):
+    """With planted tissue, supervised weights agree with the planted composition on held-out spots."""
+    t = world["table"]
+    cp.pp.deconvolve(world, regions=["S1", "S2"])
+    model = cp.tl.fit(world, train=["S1"], validation=["S2"], composition_key="cpnn_deconvolution", **KW)
+    cp.tl.predict(world, model, regions=["S3"], key_added="sup")
+    s3 = (t.obs["section"] == "S3").to_numpy()
+    truth, props = t.obsm["truth"].loc[s3], t.obsm["sup_proportions"].loc[s3]
+    r = [np.corrcoef(props[c], truth[c])[0, 1] for c in truth.columns]
+    assert np.mean(r) > 0.85, r
+
+
+def test_switched_off_types_are_reported(world, cpnn_log):
+    t = world["table"]
+    model = cp.tl.fit(world, train=["S1"], **KW)
+    # silence one cell type: a model whose composition never uses it
+    head = model.tile_head
+    with torch.no_grad():
+        head.mlp[-1].bias[0] = -50.0
+    cp.tl.predict(world, model, regions=["S3"], key_added="off")
+    assert t.uns["cpnn"]["predict"]["types_never_above"] == ["t0"]
+    assert "never exceed 1%" in cpnn_log()
+
+
+def test_markers_join_the_panel_and_types_without_markers_are_named(cid4465, her2st_all, cpnn_log):
+    table = her2st_all["table"]
+    cp.pp.select_genes(table, n_top_genes=100)
+    cp.pp.build_prototypes(table, cid4465, cell_type_key="celltype_major", method="mean")
+    from cpnn._core import panel_genes, panel_prototypes, unmarked_types
+
+    before = unmarked_types(*panel_prototypes(table, panel_genes(table), "cpnn_prototypes"))
+    assert before, "the top-100 panel should leave some cell types without a marker"
+    cp.pp.select_genes(table, n_top_genes=100, markers=5, reference=cid4465, cell_type_key="celltype_major")
+    markers = table.uns["cpnn"]["panel"]["markers"]
+    assert {"T-cells", "B-cells", "Endothelial"} <= set(markers)
+    assert "CD3E" in markers["T-cells"] or "CD3D" in markers["T-cells"] or "CD2" in markers["T-cells"]
+    assert table.var["cpnn_marker"].sum() > 10
+    assert (table.var["cpnn_selected"] & ~table.var["cpnn_marker"]).sum() == 100
+    cp.pp.build_prototypes(table, cid4465, cell_type_key="celltype_major", method="mean")
+    after = unmarked_types(*panel_prototypes(table, panel_genes(table), "cpnn_prototypes"))
+    assert len(after) < len(before), (before, after)
+    with pytest.raises(cp.CpnnError, match="reference="):
+        cp.pp.select_genes(table, n_top_genes=100, markers=5)
+
+
+def test_composition_maps(world, tmp_path):
+    import matplotlib.pyplot as plt
+
+    t = world["table"]
+    cp.pp.deconvolve(world)
+    t.obsm["cpnn_proportions"] = t.obsm["truth"].copy()  # a composition to compare with
+    t.obsm["cpnn_proportions"]["t2"] = 0.001
+    fig = cp.pl.proportions(world, region="S2", scale="shared", return_fig=True)
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles == ["t0", "t1"] and "t2 (max 0.001)" in fig.texts[-1].get_text()
+    assert {a.get_ylabel() for a in fig.axes if getattr(a, "_colorbar", None)} == {"proportion (shared 0-1 scale)"}
+    plt.close(fig)
+    fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", return_fig=True)
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert all(name.startswith("t") for name in legend)
+    assert "deconvolved from the counts" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = cp.pl.compare_proportions(world, region="S2", return_fig=True, save=tmp_path / "cmp.png")
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles[1].startswith("t0: deconvolved from the counts, r = ")
+    assert (tmp_path / "cmp.png").stat().st_size > 5000
+    plt.close(fig)
+    assert cp.pl.dominant(world, region="S2", show=False) is not None
+    plt.close("all")
