@@ -43,8 +43,9 @@ def max_rss_mib() -> float:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of ``rows``."""
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        out.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cells = [r.get(c, "-") for c in cols]
+        out.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     return "\n".join(out)

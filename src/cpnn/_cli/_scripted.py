@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .._core import dist
 from .._errors import CpnnError
 
 
@@ -81,7 +82,10 @@ def _reference(args: argparse.Namespace):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    """Select genes, build prototypes, fit, and save the model; the input store is only read."""
+    """Select genes, build prototypes, fit, and save the model; the input store is only read.
+
+    Under ``torchrun --nproc-per-node N -m cpnn fit ...`` the processes train together and rank 0 saves.
+    """
     import cpnn as cp
 
     cp.settings.verbosity = 2
@@ -111,8 +115,9 @@ def run_fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         table_key=args.table_key,
     )
-    model.save(out)
-    print(f"{model}\nsaved to {out}")
+    if dist.is_main():  # under torchrun every process trained the same model; one writes it
+        model.save(out)
+        print(f"{model}\nsaved to {out}")
     return 0
 
 

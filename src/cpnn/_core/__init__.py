@@ -1,5 +1,6 @@
 """The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
+from . import _dist as dist
 from ._files import MANIFEST, check_manifest, remove_stale_temporaries, save_atomic, sha256_file, write_manifest
 from ._keys import (
     EMBEDDING,
@@ -83,6 +84,7 @@ __all__ = [
     "columnwise_pearson",
     "columnwise_spearman",
     "dense_rows",
+    "dist",
     "gene_names",
     "get_proportions",
     "get_table",

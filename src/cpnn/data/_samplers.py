@@ -25,19 +25,47 @@ class PermutationSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
+class RankBatchSampler(Sampler[list[int]]):
+    """Global batches of ``sampler``'s order, of which this process takes every ``world``-th row from ``rank``.
+
+    Every process draws the same permutation (same generator seed), so together they cover each
+    global batch exactly once: with gradients averaged across processes (and each process's loss
+    weighted by its share of the batch), training equals one process with the same global batch.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int, world: int) -> None:
+        self.sampler, self.batch_size, self.rank, self.world = sampler, int(batch_size), int(rank), int(world)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        for start in range(0, len(order), self.batch_size):
+            yield order[start : start + self.batch_size][self.rank :: self.world]
+
+
 def _batch(x):
     return x
 
 
 def batch_loader(
-    dataset: Dataset, *, batch_size: int, sampler: Sampler[int] | None = None, num_workers: int = 0
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> DataLoader:
-    """Batches of ``dataset`` in the order of ``sampler`` (default: in order), one dataset call per batch."""
+    """Batches of ``dataset`` in the order of ``sampler`` (default: in order), one dataset call per batch.
+
+    ``batch_sampler`` replaces both (e.g. a :class:`RankBatchSampler` under several processes).
+    """
     order = sampler if sampler is not None else SequentialSampler(dataset)
     return DataLoader(
         dataset,
         batch_size=None,
-        sampler=BatchSampler(order, batch_size, drop_last=False),
+        sampler=batch_sampler if batch_sampler is not None else BatchSampler(order, batch_size, drop_last=False),
         collate_fn=_batch,
         num_workers=num_workers,
         # the loader's own seed draw must not touch the global or the training generator

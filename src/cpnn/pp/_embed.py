@@ -17,6 +17,7 @@ from .._core import (
     check_int,
     check_number,
     check_obs_mask,
+    dist,
     get_table,
     is_spatialdata,
     selection_positions,
@@ -24,7 +25,16 @@ from .._core import (
 )
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import PatchDataset, RegionImage, model_input, patch_loader, region_images, table_regions
+from ..data import (
+    Collection,
+    PatchDataset,
+    RegionImage,
+    is_collection,
+    model_input,
+    patch_loader,
+    region_images,
+    table_regions,
+)
 from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
 
@@ -42,19 +52,28 @@ def embed_regions(
     batch_size: int = 64,
     num_workers: int = 0,
     desc: str = "embedding",
+    out: Any = None,
 ) -> np.ndarray:
-    """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows)."""
+    """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows).
+
+    ``out`` may be a preallocated array (e.g. a float16 memory map on disk) that receives the rows.
+    """
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
     encoder = encoder.to(device).eval()
-    out = None
+    channels_last = str(device).startswith("cuda")  # faster convolutions on CUDA; a no-op for the rest
+    if channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
     loader = patch_loader(ds, num_workers=num_workers, pin_memory=device.startswith("cuda"))
     for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=not settings.progress_bar):
+        x = model_input(patches, patch_px, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            z = encoder(model_input(patches, patch_px, device)).float().cpu().numpy()
+            z = encoder(x).float().cpu().numpy()
         if out is None:
             out = np.zeros((n, z.shape[1]), dtype=np.float32)
         out[rows[idx.numpy()]] = z
-    if out is not None and embeddings_barely_vary(out):
+    if out is not None and embeddings_barely_vary(np.asarray(out[: min(len(out), 5000)])):
         logg.warning(
             f"the embeddings of {n} spots barely vary (images {sorted({r.image_key for r in regions})}): the encoder "
             "sees the same input everywhere. Check the image under the spots (cp.pl.proportions draws it) and "
@@ -119,7 +138,11 @@ def embed(
     Parameters
     ----------
     data
-        SpatialData with images, spot shapes and a table annotating them.
+        SpatialData with images, spot shapes and a table annotating them; or a collection
+        (``{sample: SpatialData or zarr path}`` or a list of zarr paths): every spot of each sample is
+        embedded once into the disk cache (``cp.settings.cachedir / "embeddings"``, one sealed
+        folder per sample, encoder and image content; float16), which :func:`cpnn.tl.fit` and
+        :func:`cpnn.tl.predict` then read. Under several processes each embeds its share of the samples.
     encoder, encoder_kwargs, weights, pretrained
         The encoder, as in :func:`cpnn.tl.fit`: a foundation-model preset (``"uni"``, ``"conch"``...),
         a timm architecture or ``hf-hub:`` id, ``"handcrafted"``, or an ``nn.Module``/callable; its
@@ -152,6 +175,12 @@ def embed(
     ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded) and
     ``uns["cpnn"]["embeddings"][key_added]`` (the encoder settings).
     """
+    if is_collection(data):
+        return _embed_collection(
+            data, encoder=encoder, encoder_kwargs=encoder_kwargs, weights=weights, pretrained=pretrained,
+            patch_size_um=patch_size_um, patch_px=patch_px, batch_size=batch_size, device=device, seed=seed,
+            num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um, table_key=table_key,
+        )  # fmt: skip
     if not is_spatialdata(data):
         raise CpnnError("data must be a SpatialData with images to embed patches; got an AnnData or other object.")
     adata = get_table(data, table_key)
@@ -185,6 +214,40 @@ def embed(
     store_embedding(adata, z, mask, config, key_added, {r.region: r.fingerprint for r in regions})
     logg.info(
         "    finished", time=start, deep=f"added\n    {key_added!r} (adata.obsm)\n    'embedding' (adata.uns['cpnn'])"
+    )
+
+
+def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: int | None, **options: Any) -> None:
+    """Every sample of a collection into the disk cache, each process taking its share of the samples."""
+    from ._store import disk_embeddings  # the store builds on this module's embed_regions
+
+    coll = Collection(data, table_key=table_key)
+    config = encoder_config(
+        options["encoder"],
+        weights=options["weights"],
+        pretrained=options["pretrained"],
+        seed=check_int("seed", options["seed"], minimum=0),
+        patch_size_um=check_number("patch_size_um", options["patch_size_um"], low=0.0, strict=True),
+        patch_px=None if options["patch_px"] is None else check_int("patch_px", options["patch_px"]),
+        kwargs=options["encoder_kwargs"],
+    )
+    dev = dist.setup(settings.resolve_device(device))
+    encoder = build_encoder(config)
+    start = logg.info(f"embedding {len(coll)} samples with {config['encoder']}")
+    for i, name in enumerate(tqdm(coll.names, desc="samples", disable=not settings.progress_bar or len(coll) < 2)):
+        if i % dist.world() != dist.rank():
+            continue
+        sdata = coll.open(name)
+        disk_embeddings(
+            sdata, coll.table(sdata), config, encoder, device=dev, batch_size=check_int("batch_size", options["batch_size"]),
+            num_workers=settings.num_workers if num_workers is None else num_workers,
+            image_key=options["image_key"], spot_diameter_um=options["spot_diameter_um"],
+        )  # fmt: skip
+    dist.barrier()
+    logg.info(
+        "    finished",
+        time=start,
+        deep="added\n    one embedding folder per sample (cp.settings.cachedir / 'embeddings')",
     )
 
 
@@ -251,13 +314,25 @@ def spot_embeddings(
     image_key: str | None,
     spot_diameter_um: float | None,
     key: str = EMBEDDING,
+    cache: str = "obsm",
 ) -> np.ndarray:
     """Embeddings of the ``mask`` spots: from the ``obsm[key]`` cache when still valid, else computed.
+
+    With ``cache="disk"`` every spot of the table is embedded once into the disk cache
+    (:func:`cpnn.pp._store.disk_embeddings`) and the ``mask`` rows are read from it; the table is not written.
 
     With images, the cache is valid only for the same encoder config and the same image content,
     spot geometry and scale per region (an override such as ``image_key=`` or
     ``spot_diameter_um=`` recomputes). A table without images trusts its cache for the config.
     """
+    if cache == "disk" and is_spatialdata(data) and len(data.images):
+        from ._store import disk_embeddings  # the store builds on this module's embed_regions
+
+        z = disk_embeddings(
+            data, adata, config, encoder, device=device, batch_size=batch_size, num_workers=num_workers,
+            image_key=image_key, spot_diameter_um=spot_diameter_um,
+        )  # fmt: skip
+        return np.asarray(z[np.flatnonzero(mask)], dtype=np.float32)
     if not is_spatialdata(data) or not len(data.images):
         z = cached_embedding(adata, mask, config, key)
         if z is not None:

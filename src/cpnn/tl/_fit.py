@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +20,14 @@ from anndata import AnnData
 from scanpy import logging as logg
 from torch import nn
 
-from .._core import EMBEDDING, OFF_SHARE, PROTOTYPES, TILES, check_int, get_table, switched_off, uns_cpnn
+from .._core import EMBEDDING, OFF_SHARE, PROTOTYPES, TILES, check_int, dist, get_table, switched_off, uns_cpnn
 from .._errors import CpnnError
 from .._settings import settings
+from ..data import is_collection
 from ..models import build_encoder
+from ..models.heads import SlideHead
 from ._config import PRESETS, FitConfig, resolve_config
-from ._inputs import Split, build_inputs, read_split
+from ._inputs import Split, build_inputs, read_collection, read_split
 from ._model import CPNN, build_head
 from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training, training_warnings
 
@@ -87,6 +90,7 @@ def fit(
     tiles_key: str = TILES,
     slide_key: str = "slide",
     key_added: str = "cpnn",
+    panel: AnnData | None = None,
     table_key: str = "table",
 ) -> CPNN:
     """Train CPNN (or the direct baseline) to predict the panel's expression from spot images.
@@ -99,8 +103,11 @@ def fit(
     ----------
     data
         SpatialData (images, spot shapes, table of raw counts), or an AnnData whose
-        ``obsm["cpnn_embedding"]`` was filled by :func:`cpnn.pp.embed`. At slide level: the
-        AnnData of bulk samples (obs = slides, X = raw counts).
+        ``obsm["cpnn_embedding"]`` was filled by :func:`cpnn.pp.embed`. A collection of samples:
+        ``{sample: SpatialData or zarr path}`` or a list of zarr paths, never concatenated in memory
+        (each sample embedded once into the disk cache, training rows read from disk a batch at a
+        time; ``train``/``validation`` then name samples). At slide level: the AnnData of bulk
+        samples (obs = slides, X = raw counts).
     train
         Training spots (or bulk samples): a boolean mask, a ``(column, values)`` tuple, or
         region/section names. Default: every spot not in ``validation``.
@@ -208,6 +215,10 @@ def fit(
         validation uses a fixed subset of the same size.
     tiles_key, slide_key
         Slide level: key of the tiles table, and its column naming each tile's bulk sample.
+    panel
+        For a collection: the AnnData whose gene panel and prototypes every sample uses (default
+        the first sample's table; run :func:`cpnn.pp.select_genes` and
+        :func:`cpnn.pp.build_prototypes` on it).
     key_added
         Name of this fit's record, so that several fits (e.g. ``head="cpnn"`` and ``head="direct"``
         for comparison) coexist in ``uns["cpnn"]["fits"]``.
@@ -229,6 +240,13 @@ def fit(
     bulk counts. Ctrl-C (KeyboardInterrupt) stops training and returns the best model so far. A loss that
     becomes NaN or infinite raises :class:`cpnn.tl.TrainingDiverged`, whose ``model`` attribute
     holds the model with the last good weights.
+
+    Launched with several processes (``torchrun --nproc-per-node N``), ``fit`` joins the process group
+    (NCCL on CUDA, gloo on the CPU), trains the head (and a fine-tuned encoder) with
+    DistributedDataParallel, each process taking its share of every global batch of
+    ``batch_size`` rows (so the result matches one process), computes each collection sample's
+    embeddings in one process only, combines validation losses across processes for early
+    stopping, and writes checkpoints from rank 0 only.
     """
     config = resolve_config(
         head=head, level=level, slides=slides, encoder=encoder, encoder_kwargs=encoder_kwargs, weights=weights,
@@ -248,11 +266,18 @@ def fit(
     start = logg.info(
         f"fitting cpnn (head={head!r}, encoder={config.encoder_config['encoder']!r}, level={config.level!r})"
     )
-    adata = get_table(data, table_key)
-    split = read_split(adata, config, train, validation)
-    dev = settings.resolve_device(device)
+    dev = dist.setup(settings.resolve_device(device))  # joins the process group under torchrun
     enc = build_encoder(config.encoder_config)
     workers = settings.num_workers if num_workers is None else num_workers
+    if is_collection(data):
+        adata = None
+        split = read_collection(
+            data, config, train, validation, panel=panel, encoder=enc, device=dev, num_workers=workers,
+            embed_batch_size=check_int("embed_batch_size", embed_batch_size), table_key=table_key,
+        )  # fmt: skip
+    else:
+        adata = get_table(data, table_key)
+        split = read_split(adata, config, train, validation)
     inputs = build_inputs(
         data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
         embed_batch_size=check_int("embed_batch_size", embed_batch_size),
@@ -284,7 +309,10 @@ def fit(
         )
     for note in notes:
         logg.warning(note)
-    _record(adata, config, result, split, dev, notes, off, key_added)
+    if adata is not None:
+        _record(adata, config, result, split, dev, notes, off, key_added)
+    if getattr(split, "run_dir", None) is not None:  # each process's copy of the training rows
+        shutil.rmtree(split.run_dir, ignore_errors=True)
     logg.info(
         f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
         f"{'slides' if config.level == 'slide' else 'spots'}",
@@ -333,9 +361,9 @@ def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, r
 @torch.no_grad()
 def _switched_off(config: FitConfig, inputs: Any, head: nn.Module) -> list[str]:
     """Cell types whose weight stays below the threshold on every training spot (cached embeddings only)."""
-    if not config.head_class.composition or config.inputs != "embeddings":
+    if not config.head_class.composition or config.inputs != "embeddings" or isinstance(head, SlideHead):
         return []
-    weights = head.eval()(inputs.train.features().float())["weights"].numpy()
+    weights = head.eval()(inputs.train.standardisation_inputs(False).float())["weights"].numpy()
     return switched_off(weights, list(config.cell_types))
 
 

@@ -11,9 +11,11 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
@@ -22,6 +24,7 @@ from torch import nn
 from .._core import (
     check_key,
     check_obs_mask,
+    dist,
     panel_counts,
     panel_genes,
     panel_prototypes,
@@ -31,8 +34,10 @@ from .._core import (
     unmarked_types,
 )
 from .._errors import CpnnError
+from .._settings import settings
 from ..data import (
     BagDataset,
+    Collection,
     SlideBag,
     SpotDataset,
     add_context,
@@ -41,8 +46,10 @@ from ..data import (
     spot_patches,
     table_regions,
 )
+from ..data._shards import Shard, ShardDataset
 from ..models import Uint8Input
 from ..pp._embed import spot_embeddings
+from ..pp._store import disk_embeddings
 from ._config import FitConfig
 
 
@@ -185,6 +192,7 @@ def model_inputs(
     image_key: str | None,
     spot_diameter_um: float | None,
     key: str,
+    cache: str = "obsm",
 ) -> np.ndarray:
     """Embeddings of the ``mask`` spots, with their neighbourhood's mean appended when ``context_um`` is set.
 
@@ -198,6 +206,7 @@ def model_inputs(
         "image_key": image_key,
         "spot_diameter_um": spot_diameter_um,
         "key": key,
+        "cache": cache,
     }
     if not context_um:
         return spot_embeddings(data, adata, mask, config, encoder, **kw)
@@ -349,7 +358,8 @@ def build_inputs(
     embed_batch_size: int = 64,
 ) -> Inputs:
     """The training and validation datasets of a fit (``sources``: the slides at slide level)."""
-    return BUILDERS[config.inputs](
+    kind = "collection" if isinstance(split, CollectionSplit) else config.inputs
+    return BUILDERS[kind](
         data,
         adata,
         config,
@@ -360,3 +370,187 @@ def build_inputs(
         num_workers=num_workers,
         embed_batch_size=embed_batch_size,
     )
+
+
+# ---- collections: many samples, streamed from disk -------------------------------------------------
+
+
+@dataclass
+class CollectionSplit:
+    """Training and validation samples of a collection, their rows on disk, and the panel's prototypes."""
+
+    train: np.ndarray  # over samples
+    validation: np.ndarray
+    names: list[str]
+    genes: list[str]
+    train_shards: list[Shard]
+    val_shards: list[Shard]
+    prototypes: np.ndarray | None = None
+    cell_types: list[str] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+    sample_codes: np.ndarray | None = None
+    unmarked: list[str] = field(default_factory=list)
+    in_dim: int = 0
+    run_dir: Path | None = None
+
+    @property
+    def library_train(self) -> np.ndarray:
+        """Panel library size of each training row."""
+        return np.concatenate([np.asarray(s.counts).sum(1) for s in self.train_shards])
+
+    def digest(self) -> str:
+        """SHA-256 of the training and validation counts and the prototypes (read shard by shard)."""
+        h = hashlib.sha256()
+        for shard in [*self.train_shards, *self.val_shards]:
+            h.update(shard.name.encode())
+            for start in range(0, len(shard), 8192):
+                h.update(np.ascontiguousarray(shard.counts[start : start + 8192], dtype=np.float32).tobytes())
+        if self.prototypes is not None:
+            h.update(np.ascontiguousarray(self.prototypes, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+
+def sample_selection(names: list[str], selection: Any, argument: str) -> np.ndarray:
+    """A selection of samples (names, a name, a boolean Series by name, or a mask) as a mask over ``names``."""
+    if selection is None:
+        return np.zeros(len(names), bool)
+    if isinstance(selection, pd.Series) and selection.dtype == bool:
+        missing = [n for n in names if n not in selection.index]
+        if missing:
+            raise CpnnError(f"{argument} is a boolean Series without the samples {missing[:3]}; index it by sample.")
+        return selection.reindex(names).to_numpy(bool)
+    arr = np.asarray(selection)
+    if arr.dtype == bool:
+        if arr.shape != (len(names),):
+            raise CpnnError(f"{argument} is a mask of shape {arr.shape}; the collection has {len(names)} samples.")
+        return arr.copy()
+    wanted = [selection] if isinstance(selection, str) else [str(s) for s in selection]
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise CpnnError(f"{argument}={unknown[:5]} are not samples of the collection; samples are {names[:10]}.")
+    return np.isin(names, wanted)
+
+
+def _write_counts(path: Path, adata: AnnData, genes: list[str], rows: np.ndarray, layer: str | None) -> np.ndarray:
+    """Panel counts of ``rows`` written to a float32 memory map, a block at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(rows), len(genes)))
+    for start in range(0, len(rows), 4096):
+        block = np.zeros(adata.n_obs, bool)
+        block[rows[start : start + 4096]] = True
+        out[start : start + 4096] = panel_counts(adata, genes, block, layer, argument="sample")
+    out.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def read_collection(
+    data: Any,
+    config: FitConfig,
+    train: Any,
+    validation: Any,
+    *,
+    panel: AnnData | None,
+    encoder: nn.Module,
+    device: str,
+    num_workers: int,
+    embed_batch_size: int,
+    table_key: str,
+) -> CollectionSplit:
+    """Each training/validation sample's embeddings (disk cache) and panel counts (run folder), one at a time."""
+    coll = Collection(data, table_key=table_key)
+    names = coll.names
+    val = sample_selection(names, validation, "validation")
+    tr = sample_selection(names, train, "train") if train is not None else ~val
+    if (tr & val).any():
+        raise CpnnError(
+            f"train and validation share samples {[n for n, b in zip(names, tr & val, strict=True) if b][:5]}."
+        )
+    if not tr.any():
+        raise CpnnError("The training set is empty; check train= and validation=.")
+    if config.finetune:
+        raise CpnnError(
+            "finetune=True trains on one SpatialData's patches; pass a single SpatialData, not a collection."
+        )
+    reference = panel if panel is not None else coll.table(coll.open(names[0]))
+    genes = panel_genes(reference)
+    head_cls = config.head_class
+    protos, types = panel_prototypes(reference, genes, config.prototypes_key) if head_cls.composition else (None, [])
+    used = [n for n, u in zip(names, tr | val, strict=True) if u]
+    enc = config.encoder_config
+    kw = {"device": device, "batch_size": embed_batch_size, "num_workers": num_workers}
+    # embeddings: each process computes its share of the samples once; the others read them from disk
+    for i, name in enumerate(used):
+        if i % dist.world() == dist.rank():
+            sdata = coll.open(name)
+            disk_embeddings(sdata, coll.table(sdata), enc, encoder, image_key=config.image_key,
+                            spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
+    dist.barrier()
+    run_dir = settings.cachedir / "runs" / uuid.uuid4().hex
+    run_dir.mkdir(parents=True)
+    shards: dict[str, Shard] = {}
+    in_dim = 0
+    for name in used:
+        sdata = coll.open(name)
+        adata = coll.table(sdata)
+        missing = [g for g in genes if g not in adata.var_names]
+        if missing:
+            raise CpnnError(
+                f"Sample {name!r} lacks {len(missing)} panel genes (e.g. {missing[:3]}); every sample needs them."
+            )
+        z = disk_embeddings(sdata, adata, enc, encoder, image_key=config.image_key,
+                            spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
+        rows = np.arange(adata.n_obs)
+        is_train = tr[names.index(name)]
+        counts = _write_counts(run_dir / f"{len(shards)}_counts.npy", adata, genes, rows, config.layer)
+        if is_train:
+            keep = np.asarray(counts.sum(1)) > 0
+            if not keep.all():
+                logg.warning(
+                    f"sample {name!r}: {int((~keep).sum())} spots have no counts in the panel and are left out"
+                )
+                rows = rows[keep]
+                counts = _write_counts(run_dir / f"{len(shards)}_kept.npy", adata, genes, rows, config.layer)
+        x = z
+        if config.context_um:
+            xy, label = spot_coordinates_um(sdata, adata, np.ones(adata.n_obs, bool), image_key=config.image_key,
+                                            spot_diameter_um=config.spot_diameter_um)  # fmt: skip
+            x = np.lib.format.open_memmap(run_dir / f"{len(shards)}_x.npy", mode="w+", dtype=np.float16,
+                                          shape=(adata.n_obs, 2 * z.shape[1]))  # fmt: skip
+            x[:] = add_context(np.asarray(z, np.float32), xy, label, float(config.context_um))
+            x.flush()
+            x = np.load(run_dir / f"{len(shards)}_x.npy", mmap_mode="r")
+        comp = None
+        if is_train and config.composition_key and head_cls.composition:
+            mask = np.zeros(adata.n_obs, bool)
+            mask[rows] = True
+            comp = reference_composition(adata, config.composition_key, mask, types)
+        shards[name] = Shard(name, x, rows, counts, comp)
+        in_dim = int(x.shape[1])
+        del sdata
+    split = CollectionSplit(
+        tr,
+        val,
+        names,
+        genes,
+        [shards[n] for n, t in zip(names, tr, strict=True) if t],
+        [shards[n] for n, v in zip(names, val, strict=True) if v],
+        in_dim=in_dim,
+        run_dir=run_dir,
+    )
+    if head_cls.composition:
+        split.prototypes, split.cell_types = protos, types
+        split.groups = prototype_groups(reference, config.prototypes_key)
+        split.unmarked = unmarked_types(protos, types)
+    return split
+
+
+def _collection_inputs(
+    data, adata, config: FitConfig, split: CollectionSplit, encoder, *, sources, device, num_workers, embed_batch_size
+) -> Inputs:
+    """A collection: rows of every training (validation) sample, read from disk a batch at a time."""
+    train = ShardDataset(split.train_shards)
+    val = ShardDataset(split.val_shards, validation=True) if split.val_shards else None
+    return Inputs(train, val, split.in_dim, nn.Identity(), config.encoder_config)
+
+
+BUILDERS["collection"] = _collection_inputs

@@ -34,8 +34,8 @@ from .._core import (
 )
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import slide_bags
-from ._inputs import bag_embeddings, model_inputs
+from ..data import Collection, is_collection, slide_bags
+from ._inputs import bag_embeddings, model_inputs, sample_selection
 from ._model import CPNN, model_summary
 
 
@@ -154,6 +154,7 @@ def predict(
     tiles_key: str = TILES,
     slide_key: str = "slide",
     table_key: str = "table",
+    _cache: str = "obsm",
 ) -> None:
     """Predict the panel's expression and the cell-type composition of spots, tiles or slides.
 
@@ -165,12 +166,15 @@ def predict(
     Parameters
     ----------
     data
-        SpatialData with images (or an AnnData with cached embeddings from the same encoder). At
-        slide level: the bulk AnnData (obs = slides).
+        SpatialData with images (or an AnnData with cached embeddings from the same encoder); a
+        collection (``{sample: SpatialData or zarr path}`` or a list of zarr paths), each sample
+        predicted in turn from the disk cache of embeddings and written back into its own table
+        (its store, for a path). At slide level: the bulk AnnData (obs = slides).
     model
         A model from :func:`cpnn.tl.fit` or :meth:`cpnn.CPNN.load`.
     regions
-        Spots to predict: region/section names, a boolean mask or a ``(column, values)`` tuple.
+        Spots to predict: region/section names, a boolean mask or a ``(column, values)`` tuple (for
+        a collection: sample names).
         Default: all spots. The key of a tiles table predicts its tiles. At slide level: the bulk
         samples to predict.
     key_added
@@ -201,6 +205,17 @@ def predict(
     """
     if not isinstance(model, CPNN):
         raise CpnnError(f"model must be a cpnn.CPNN (from cp.tl.fit or cp.CPNN.load), got {type(model).__name__}.")
+    if is_collection(data):
+        coll = Collection(data, table_key=table_key)
+        for name in coll.names if regions is None else list(sample_names(coll, regions)):
+            sdata = coll.open(name)
+            predict(
+                sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
+                num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um,
+                embedding_key=embedding_key, table_key=table_key, _cache="disk",
+            )  # fmt: skip
+            coll.save_table(name, sdata)
+        return None
     check_int("batch_size", batch_size)
     if spot_diameter_um is not None:
         check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
@@ -248,6 +263,7 @@ def predict(
         image_key=image_key,
         spot_diameter_um=spot_diameter_um,
         key=embedding_key,
+        cache=_cache,
     )
     out = predict_embeddings(model, z, device=dev)
     rows = np.flatnonzero(mask)
@@ -276,6 +292,12 @@ def predict(
         time=start,
         deep=f"added\n    {where}\n    {proportions_key(key_added)!r} (adata.obsm)\n    {col!r} (adata.obs)",
     )
+
+
+def sample_names(coll: Collection, selection: Any) -> list[str]:
+    """The samples a selection names, in collection order."""
+    mask = sample_selection(coll.names, selection, "regions")
+    return [n for n, m in zip(coll.names, mask, strict=True) if m]
 
 
 def _warn_switched_off(weights: np.ndarray, model: CPNN) -> list[str]:

@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
 from .._core import check_key, get_table
 from .._errors import CpnnError
+from ..data import Collection, is_collection
 
 __all__ = ["split"]
 
@@ -46,6 +48,28 @@ def _spatial_holdout(adata, rows: np.ndarray, fraction: float) -> np.ndarray:
     return rows[np.argsort(-y, kind="stable")[:n]]
 
 
+def _samples_table(coll: Collection, by: str, patient_key: str) -> AnnData:
+    """One row per sample of a collection: its name and the ``by`` / patient value its table holds throughout."""
+    rows = {}
+    for name in coll.names:
+        obs = coll.table(coll.open(name)).obs
+        row = {"sample": name}
+        for key in {by, patient_key} - {"sample"}:
+            if key not in obs:
+                if key == by:
+                    raise CpnnError(
+                        f"by={by!r}: sample {name!r} has no obs[{by!r}]; use by='sample' or add the column."
+                    )
+                continue
+            values = obs[key].astype(str).unique()
+            if len(values) != 1:
+                raise CpnnError(f"Sample {name!r} holds several {key!r} values {list(values[:3])}; split by sample.")
+            row[key] = values[0]
+        rows[name] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    return AnnData(obs=frame)
+
+
 def _protocol(by: str, same_patient: bool) -> str:
     name = f"leave-one-{by}-out"
     if by == "patient":
@@ -71,7 +95,9 @@ def split(
     Parameters
     ----------
     data
-        SpatialData or AnnData.
+        SpatialData or AnnData; or a collection (``{sample: SpatialData or zarr path}``, a list of
+        paths): then the folds assign whole samples (``by="sample"``, or a column each sample's
+        table holds one value of, such as ``"patient"``) and are indexed by sample name.
     by
         ``obs`` column whose groups are held out (``"patient"``, ``"section"``, ``"slide"``...).
     test
@@ -104,6 +130,10 @@ def split(
     >>> for fold in cp.tl.split(sdata, by="patient"):  # doctest: +SKIP
     ...     model = cp.tl.fit(sdata, train=fold == "train", validation=fold == "validation")
     """
+    if is_collection(data):
+        data = _samples_table(Collection(data, table_key=table_key), by, patient_key)
+        validation_by = validation_by or "sample"
+        table_key = "table"
     adata = get_table(data, table_key)
     if adata.n_obs == 0:
         raise CpnnError("The table has no spots; nothing to split.")

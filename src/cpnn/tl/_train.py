@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .._core import (
     autocast,
     columnwise_spearman,
+    dist,
     lognorm,
     nanmean,
     near_constant,
@@ -23,7 +24,7 @@ from .._core import (
 )
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import Batch, PermutationSampler, batch_loader
+from ..data import Batch, PermutationSampler, RankBatchSampler, batch_loader
 
 
 @dataclass
@@ -102,10 +103,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str) -> torch.Tensor:
+def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_head: nn.Module | None = None):
+    """The batch's loss; ``model``/``head`` may be DDP wrappers (the forward syncs gradients), ``loss_head`` the raw head."""
     with autocast(device):
         out = head(model(batch.x))
-    return head.loss(out, batch.counts, batch.library, batch.composition, batch.sample)
+    return (loss_head or head).loss(out, batch.counts, batch.library, batch.composition, batch.sample)
 
 
 @torch.no_grad()
@@ -124,6 +126,11 @@ def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: i
         n += len(batch)
         predicted.append(out["proportions"].float().cpu().numpy())
         measured.append(batch.counts.float().cpu().numpy())
+    total, n = dist.sum_all([total, n])
+    if dist.world() > 1:
+        parts = dist.gather((predicted, measured))
+        predicted = [p for pr, _ in parts for p in pr]
+        measured = [m for _, ms in parts for m in ms]
     pred, truth = np.concatenate(predicted), np.concatenate(measured)
     rho = columnwise_spearman(lognorm(pred.astype(np.float64)), lognorm(truth.astype(np.float64)))
     flat = near_constant(pred) | near_constant(truth)
@@ -173,6 +180,17 @@ def run_training(
     gen = torch.Generator().manual_seed(seed)
     train_data.generator = gen  # random tile draws of slide bags come from the loop's stream
     sampler = PermutationSampler(len(train_data), gen)
+    world, main = dist.world(), dist.is_main()
+    batches = RankBatchSampler(sampler, batch_size, dist.rank(), world) if world > 1 else None
+    fwd_model, fwd_head = model, head
+    if world > 1:  # gradients averaged across processes; each forward goes through the wrapper
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(device).index] if str(device).startswith("cuda") else None
+        # some parameters sit out a loss (the NB dispersion under the squared error): let DDP find them
+        fwd_head = DDP(head, device_ids=ids, find_unused_parameters=True)
+        if any(p.requires_grad for p in model.parameters()):
+            fwd_model = DDP(model, device_ids=ids, find_unused_parameters=True)
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
@@ -182,7 +200,7 @@ def run_training(
     stop_reason = ""
     start_epoch, resumed_from = 1, 0
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt is not None:
+    if ckpt is not None and main:
         remove_stale_temporaries(ckpt)  # an interrupted write of an earlier run
     if resume and ckpt is not None and ckpt.exists():
         state = _load_checkpoint(ckpt, fingerprint)
@@ -200,18 +218,30 @@ def run_training(
         if state["stop_reason"]:
             stop_reason = str(state["stop_reason"])
             start_epoch = epochs + 1  # the run had already finished
-    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=not settings.progress_bar)
+    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=not settings.progress_bar or not main)
     last_good = _snapshot(model, head)
     try:
         for epoch in bar:
             model.train()
             head.train()
-            total = 0.0
-            for batch in batch_loader(train_data, batch_size=batch_size, sampler=sampler):
+            total, seen = 0.0, 0
+            loader = batch_loader(train_data, batch_size=batch_size, sampler=sampler, batch_sampler=batches)
+            for step, batch in enumerate(loader):
                 batch = batch.to(device)
                 batch.x = augment(batch.x, gen)
-                loss = _loss(model, head, batch, device)
-                if not torch.isfinite(loss):
+                local = _loss(fwd_model, fwd_head, batch, device, head) if len(batch) else None
+                loss = local
+                if world > 1:  # weight each process's mean by its share of the global batch
+                    n_global = min(batch_size, len(train_data) - step * batch_size)
+                    loss = (
+                        local * (len(batch) * world / n_global)
+                        if local is not None
+                        else sum(p.sum() * 0.0 for p in params)  # no rows here: still take part in the sync
+                    )
+                finite = torch.isfinite(loss).all() if local is not None else True
+                if world > 1:
+                    finite = dist.sum_all([0.0 if finite else 1.0])[0] == 0
+                if not finite:
                     model.load_state_dict(last_good[0])
                     head.load_state_dict(last_good[1])
                     raise TrainingDiverged(
@@ -222,15 +252,22 @@ def run_training(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
-                total += float(loss.detach()) * len(batch)
+                if local is not None:
+                    total += float(local.detach()) * len(batch)
+                seen += len(batch)
             sched.step()
+            total, seen = dist.sum_all([total, seen])
             # one copy per epoch serves as the last good weights and, when better, as the best ones
             # (the copies are never modified, so sharing them is safe)
             last_good = _snapshot(model, head)
-            record = {"epoch": epoch, "train_loss": total / len(train_data)}
+            record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
             if val_data is not None:
                 val, rho = evaluate_loss(
-                    model, head, val_data, batch_size=val_data.eval_batch_size or max(batch_size, 256), device=device
+                    model,
+                    head,
+                    val_data,
+                    batch_size=val_data.eval_batch_size or max(batch_size, 256),
+                    device=device,
                 )
                 record["val_loss"] = val
                 record["val_spearman"] = rho
@@ -243,7 +280,7 @@ def run_training(
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
             if val_data is not None and wait >= patience:
                 stop_reason = "early stopping"
-            if ckpt is not None:
+            if ckpt is not None and main:
                 _save_checkpoint(
                     ckpt,
                     {
@@ -265,6 +302,7 @@ def run_training(
                         "stop_reason": stop_reason,
                     },
                 )
+            dist.barrier()  # the checkpoint is written before any process goes on
             if stop_reason:
                 break
     except KeyboardInterrupt:

@@ -1,0 +1,100 @@
+"""Collections of samples: many SpatialData objects (or zarr stores), never concatenated in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from anndata import AnnData
+
+from .._core import get_table, is_spatialdata
+from .._errors import CpnnError
+
+
+def is_collection(data: Any) -> bool:
+    """Whether ``data`` names several samples: a mapping of SpatialData / zarr paths, or a list of paths."""
+    if isinstance(data, Collection):
+        return True
+    if isinstance(data, Mapping):
+        return len(data) > 0 and all(is_spatialdata(v) or isinstance(v, str | Path) for v in data.values())
+    if isinstance(data, list | tuple):
+        return len(data) > 0 and all(isinstance(v, str | Path) for v in data)
+    return False
+
+
+class Collection:
+    """Samples, each with its own SpatialData (table, images, results), opened one at a time.
+
+    Parameters
+    ----------
+    samples
+        ``{name: SpatialData or zarr path}``, or a list of zarr paths (named by their stem).
+    table_key
+        Key of each sample's table.
+
+    Notes
+    -----
+    A sample given as a path is read when it is needed and released afterwards, so memory does
+    not grow with the number of samples; results written to it go back into its store
+    (:meth:`save_table`). A sample given as a SpatialData stays the caller's object.
+    """
+
+    def __init__(self, samples: Mapping[str, Any] | Sequence[str | Path], *, table_key: str = "table") -> None:
+        if isinstance(samples, Collection):
+            samples = samples.sources
+        if isinstance(samples, Mapping):
+            sources = {str(k): v for k, v in samples.items()}
+        else:
+            sources = {Path(p).stem: p for p in samples}
+            if len(sources) != len(samples):
+                raise CpnnError("The zarr paths of the collection share a name (their stems); pass a dict instead.")
+        if not sources:
+            raise CpnnError("The collection is empty; pass {sample: SpatialData or zarr path} or a list of paths.")
+        for name, value in sources.items():
+            if not (is_spatialdata(value) or isinstance(value, str | Path)):
+                raise CpnnError(f"samples[{name!r}] must be a SpatialData or a zarr path, got {type(value).__name__}.")
+            if isinstance(value, str | Path) and not Path(value).exists():
+                raise CpnnError(f"samples[{name!r}] = {str(value)!r} does not exist.")
+        self.sources = sources
+        self.table_key = table_key
+
+    @property
+    def names(self) -> list[str]:
+        """The sample names, in order."""
+        return list(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sources)
+
+    def is_stored(self, name: str) -> bool:
+        """Whether sample ``name`` is a zarr store (read on demand) rather than an in-memory object."""
+        return not is_spatialdata(self.sources[name])
+
+    def open(self, name: str) -> Any:
+        """The SpatialData of sample ``name`` (read from its store when given as a path)."""
+        if name not in self.sources:
+            raise CpnnError(f"{name!r} is not a sample of the collection; samples are {self.names[:10]}.")
+        value = self.sources[name]
+        if is_spatialdata(value):
+            return value
+        import spatialdata as sd
+
+        try:
+            return sd.read_zarr(Path(value))
+        except Exception as err:
+            raise CpnnError(f"Sample {name!r}: {str(value)!r} cannot be read as a SpatialData store ({err}).") from err
+
+    def table(self, sdata: Any) -> AnnData:
+        """The annotated table of an opened sample."""
+        return get_table(sdata, self.table_key)
+
+    def save_table(self, name: str, sdata: Any) -> None:
+        """Write an updated table back to the sample's store (in-memory samples are already updated)."""
+        if self.is_stored(name):
+            # spatialdata refuses to overwrite an element in the store it reads from: replace it
+            sdata.delete_element_from_disk(self.table_key)
+            sdata.write_element(self.table_key)
