@@ -11,7 +11,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Imported only inside ``try: ... except ImportError``, with a message naming how to install them.
-OPTIONAL = {"conch": "pip install git+https://github.com/Mahmoodlab/CONCH.git", "transformers": "cpnn[foundation]"}
+OPTIONAL = {
+    "conch": "pip install git+https://github.com/Mahmoodlab/CONCH.git",
+    "transformers": "cpnn[foundation]",
+    "openslide": "cpnn[openslide]",
+    "spatialdata_io": "cpnn[io]",
+}
 
 
 def _imports() -> set[str]:
@@ -41,4 +46,5 @@ def test_declared_dependencies_are_what_is_imported():
         imported |= names & core
     unused = core - imported
     assert not unused, f"declared but never imported: {sorted(unused)}"
-    assert "transformers" in extras  # the optional families say how to get what they import
+    # the optional imports are in the extras their messages name
+    assert {"transformers", "openslide-python", "openslide-bin", "spatialdata-io"} <= extras

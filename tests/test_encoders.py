@@ -191,3 +191,22 @@ def test_a_custom_module_encoder_fits_predicts_and_reloads(world, tmp_path):
     assert fitted.config["in_dim"] == 3
     with pytest.raises(cp.CpnnError, match="no weights to fine-tune"):
         cp.tl.fit(world, train=["S1"], encoder=mean_colour, finetune=True, patch_px=32, **FIT)
+
+
+def test_an_embedding_made_once_serves_fits_with_any_seed(world):
+    """The seed is part of an embedding's identity only for a randomly initialised encoder."""
+    cp.pp.embed(world, encoder="handcrafted", patch_size_um=32, patch_px=32, key_added="z")
+    table = world["table"].copy()  # no images: only the cache can serve
+    for seed in (0, 1, 7):
+        model = cp.tl.fit(
+            table, train=["S1"], encoder="handcrafted", embedding_key="z", patch_px=32, **{**FIT, "seed": seed}
+        )
+        assert model.config["encoder_config"]["seed"] == 0
+    kw = {"pretrained": False, "patch_size_um": 32, "patch_px": 32}
+    a = cp.models.encoder_config("resnet18", weights=None, seed=1, **kw)
+    b = cp.models.encoder_config("resnet18", weights=None, seed=2, **kw)
+    assert a != b  # a random initialisation does depend on the seed
+    from cpnn.models.encoders import same_embedding
+
+    assert not same_embedding(a, b)
+    assert same_embedding({**a, "pretrained": True}, {**b, "pretrained": True})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, models, pl, pp, tl
+from . import datasets, io, models, pl, pp, tl
 from ._errors import CpnnError, DataFileError
 from ._settings import settings
 from .tl import CPNN
@@ -14,4 +14,16 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["CPNN", "CpnnError", "DataFileError", "__version__", "datasets", "models", "pl", "pp", "settings", "tl"]
+__all__ = [
+    "CPNN",
+    "CpnnError",
+    "DataFileError",
+    "__version__",
+    "datasets",
+    "io",
+    "models",
+    "pl",
+    "pp",
+    "settings",
+    "tl",
+]

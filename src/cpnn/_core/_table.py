@@ -31,6 +31,13 @@ def get_table(data: AnnData | Any, table_key: str = "table") -> AnnData:
         return data
     if is_spatialdata(data):
         if table_key not in data.tables:
+            bins = sorted(k for k in data.tables if "square_" in k and k.endswith("um"))
+            if bins:
+                raise CpnnError(
+                    f"table_key={table_key!r} is not a table of this SpatialData; it holds Visium HD bins {bins}. "
+                    "Pass table_key=<bin table> to predict at that bin size, or build training pseudo-spots with "
+                    "cp.pp.aggregate_bins(sdata, bin_size_um=...) and pass the key it returns."
+                )
             raise CpnnError(
                 f"table_key={table_key!r} is not a table of this SpatialData; "
                 f"its tables are {list(data.tables)}. Pass table_key=<one of them>."

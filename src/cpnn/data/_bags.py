@@ -24,27 +24,49 @@ class SlideBag:
     mask: np.ndarray
 
 
-def _read(value: Any, name: str, opened: dict[str, Any]) -> Any:
-    """The SpatialData of ``slides[name]``; a store named by several samples is read once (``opened``)."""
+def _read(value: Any, name: str, opened: dict[str, Any], tiles_key: str, tile_size_um: float | None) -> Any:
+    """The SpatialData of ``slides[name]``; a store or file named by several samples is read once (``opened``).
+
+    A whole-slide image file is read lazily (:func:`cpnn.io.read_wsi`) and cut into ``tile_size_um``
+    tissue tiles (:func:`cpnn.pp.tile`) under ``tiles_key``; its level 0 is never loaded whole.
+    """
     if is_spatialdata(value):
         return value
     if isinstance(value, str | Path):
         path = Path(value)
         if not path.exists():
-            raise CpnnError(f"slides[{name!r}] = {str(path)!r} does not exist; pass a SpatialData or a .zarr path.")
+            raise CpnnError(
+                f"slides[{name!r}] = {str(path)!r} does not exist; pass a SpatialData, a .zarr path or a "
+                "whole-slide image file."
+            )
         key = str(path.resolve())
         if key not in opened:
-            import spatialdata as sd
+            from ..io._wsi import is_wsi_path
 
-            opened[key] = sd.read_zarr(path)
+            if is_wsi_path(path):
+                from ..io import read_wsi
+                from ..pp import tile
+
+                sdata = read_wsi(path)
+                tile(sdata, tile_size_um=tile_size_um or 112.0, key_added=tiles_key)
+                opened[key] = sdata
+            else:
+                import spatialdata as sd
+
+                opened[key] = sd.read_zarr(path)
         return opened[key]
-    raise CpnnError(f"slides[{name!r}] must be a SpatialData or a path to one, got {type(value).__name__}.")
+    raise CpnnError(
+        f"slides[{name!r}] must be a SpatialData, a .zarr path or a whole-slide image file, got {type(value).__name__}."
+    )
 
 
-def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) -> list[SlideBag]:
+def slide_bags(
+    bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str, tile_size_um: float | None = None
+) -> list[SlideBag]:
     """One bag per bulk sample (in ``bulk.obs_names`` order).
 
-    ``slides`` is either a mapping from each sample to its SpatialData (or a path to its zarr store),
+    ``slides`` is either a mapping from each sample to its SpatialData (or a path to its zarr store
+    or to its whole-slide image file, tiled into ``tile_size_um`` tiles),
     or one SpatialData whose tiles table names each tile's sample in ``obs[slide_key]``. With a
     mapping, a tiles table that has the ``slide_key`` column contributes only the tiles of that sample.
     """
@@ -60,10 +82,10 @@ def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) ->
                 "map every obs name of the bulk table to its SpatialData."
             )
         opened: dict[str, Any] = {}
-        sources = {n: _read(slides[n], n, opened) for n in names}
+        sources = {n: _read(slides[n], n, opened, tiles_key, tile_size_um) for n in names}
     else:
         raise CpnnError(
-            "slides must be a dict {sample: SpatialData or zarr path} or one SpatialData whose tiles table has "
+            "slides must be a dict {sample: SpatialData, zarr path or slide file} or one SpatialData whose tiles table has "
             f"an obs[{slide_key!r}] column; got {type(slides).__name__}."
         )
     bags = []

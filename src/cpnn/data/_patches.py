@@ -148,10 +148,19 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         region, sel, corners, size = self.blocks[i]
-        arr = region.array
-        h, w = arr.shape[-2], arr.shape[-1]
         x0, y0 = int(corners[:, 0].min()), int(corners[:, 1].min())
         x1, y1 = int(corners[:, 0].max()) + size, int(corners[:, 1].max()) + size
+        if (y1 - y0) * (x1 - x0) <= 4 * len(corners) * size * size:  # dense spots: one read for the block
+            padded = self._window(region, x0, y0, x1, y1)
+            crops = np.stack([padded[:, y - y0 : y - y0 + size, x - x0 : x - x0 + size] for x, y in corners])
+        else:  # sparse tiles over a large slide: the bounding box would be mostly unused pixels
+            crops = np.stack([self._window(region, x, y, x + size, y + size) for x, y in corners])
+        return torch.as_tensor(region.obs_index[sel]), torch.from_numpy(crops)
+
+    def _window(self, region: RegionImage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The image's pixels ``[y0:y1, x0:x1]`` as uint8 (or float in [0, 1]), white outside the image."""
+        arr = region.array
+        h, w = arr.shape[-2], arr.shape[-1]
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         block = _read_window(arr, self._caches, cy0, cy1, cx0, cx1)
         if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
@@ -164,11 +173,12 @@ class PatchDataset(torch.utils.data.Dataset):
             white = 255
         else:
             block, white = to_rgb_float(block, region.scale), 1.0
+        if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+            return block
         # pad what lies outside the image with white (slide background)
         padded = np.full((3, y1 - y0, x1 - x0), white, dtype=block.dtype)
         padded[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block
-        crops = np.stack([padded[:, y - y0 : y - y0 + size, x - x0 : x - x0 + size] for x, y in corners])
-        return torch.as_tensor(region.obs_index[sel]), torch.from_numpy(crops)
+        return padded
 
 
 def model_input(patches: torch.Tensor, out_px: int, device: str = "cpu") -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +105,39 @@ def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: flo
             "100 for legacy ST) or set table.uns['cpnn_spatial']['um_per_px'][region]."
         )
     if "radius" not in shapes:
-        raise CpnnError(f"Region {region!r} has no 'radius' column, so its scale cannot be derived; pass mpp=.")
+        side = square_side(shapes)
+        if side is None:
+            raise CpnnError(
+                f"Region {region!r} has neither circles (a 'radius' column) nor square bins, so its scale "
+                "cannot be derived; pass mpp=."
+            )
+        return float(diameter) / side
     return float(diameter) / (2.0 * float(np.median(shapes["radius"])))
+
+
+#: Visium HD bin tables and shapes are named after their bin size, e.g. ``square_008um``.
+_BIN_NAME = re.compile(r"square_(\d{3})um")
+
+
+def bin_size_um(name: str) -> float | None:
+    """The bin size in micrometres that a Visium HD element name carries (``..._square_016um`` -> 16)."""
+    m = _BIN_NAME.search(str(name))
+    return float(m.group(1)) if m else None
+
+
+def square_side(shapes: Any) -> float | None:
+    """The median side of square (polygon) shapes in their own units, ``None`` for other geometries."""
+    geom = shapes.geometry
+    if len(geom) == 0 or not (geom.geom_type == "Polygon").all():
+        return None
+    sample = geom.iloc[: min(len(geom), 2000)]
+    area = sample.area.to_numpy()
+    bounds = sample.bounds.to_numpy()
+    w, h = bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]
+    # a square (axis-aligned or rotated) has area side^2 and a bounding box no larger than side * sqrt 2
+    if not np.allclose(area, np.sqrt(area) ** 2) or (np.maximum(w, h) > 1.5 * np.sqrt(area) + 1e-9).any():
+        return None
+    return float(np.median(np.sqrt(area)))
 
 
 def _check_regions(adata: AnnData, obs_mask: np.ndarray, regions: list[str], region_key: str) -> None:
@@ -211,7 +243,7 @@ def region_images(
         diameter = (
             spot_diameter_um
             if spot_diameter_um is not None
-            else table_spot_diameter_um(adata) or known_spot_diameter_um(sdata, adata)
+            else table_spot_diameter_um(adata) or bin_size_um(region) or known_spot_diameter_um(sdata, adata)
         )
         um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, diameter)
         shape_cs = list(get_transformation(shapes, get_all=True))
@@ -230,8 +262,11 @@ def region_images(
             if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
                 continue
             um_px = um_unit * _scale(a_img) / _scale(a_shape)
+            side = None if "radius" in shapes else square_side(shapes)
             if "radius" in shapes:  # shape units -> coordinate system -> image pixels
                 spot_px = 2.0 * float(np.median(shapes["radius"])) * _scale(a_shape) / _scale(a_img)
+            elif side is not None:  # square bins (Visium HD): the side
+                spot_px = side * _scale(a_shape) / _scale(a_img)
             else:
                 spot_px = float(diameter) / um_px if diameter else None
             data = arr.data if hasattr(arr, "data") else arr
@@ -273,13 +308,29 @@ def _choose(region: str, idx: np.ndarray, shapes: Any, candidates: list, *, forc
     raise CpnnError(f"Region {region!r} has no usable image: {'; '.join(problems)}. Check the image, or {fix}.")
 
 
-def image_um_per_px(sdata: Any, image_key: str) -> float | None:
-    """Micrometres per full-resolution pixel of an image, from a table whose spots share its coordinate system.
+#: Key of ``SpatialData.attrs`` where cpnn records each image's pixel size (and source file).
+ATTRS_KEY = "cpnn"
 
-    ``None`` when no table locates spots of known physical size on the image.
+
+def image_mpp(sdata: Any, image_key: str) -> float | None:
+    """Micrometres per level-0 pixel recorded in ``sdata.attrs["cpnn"]["um_per_px"]`` (by :func:`cpnn.io.read_wsi`)."""
+    attrs = getattr(sdata, "attrs", None) or {}
+    entry = attrs.get(ATTRS_KEY, {}) if isinstance(attrs, dict) else {}
+    value = entry.get("um_per_px", {}).get(image_key) if isinstance(entry, dict) else None
+    return None if value is None else float(value)
+
+
+def image_um_per_px(sdata: Any, image_key: str) -> float | None:
+    """Micrometres per full-resolution pixel of an image.
+
+    Recorded in ``sdata.attrs`` (a slide file read by :func:`cpnn.io.read_wsi`), else derived from
+    a table whose spots share its coordinate system; ``None`` when neither tells.
     """
     from spatialdata.transformations import get_transformation
 
+    recorded = image_mpp(sdata, image_key)
+    if recorded is not None:
+        return recorded
     img = sdata.images[image_key]
     img_cs = list(get_transformation(img, get_all=True))
     for adata in sdata.tables.values():

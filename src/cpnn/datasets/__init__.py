@@ -3,6 +3,8 @@
 from ._fetch import fetch, registry
 from ._genes import histogene_genes
 from ._her2st import HER2ST_IMAGED, her2st, her2st_proportions
+from ._hest import hest
+from ._visium import visium_breast
 from ._wu2021 import wu2021_cid4465, wu2021_profiles
 
 __all__ = [
@@ -10,8 +12,10 @@ __all__ = [
     "fetch",
     "her2st",
     "her2st_proportions",
+    "hest",
     "histogene_genes",
     "registry",
+    "visium_breast",
     "wu2021_cid4465",
     "wu2021_profiles",
 ]

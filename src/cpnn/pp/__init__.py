@@ -1,5 +1,6 @@
-"""Preprocessing: gene panel, cell-type prototypes, deconvolution, tissue tiles, patch embeddings, proportions as obs columns."""
+"""Preprocessing: gene panel, Visium HD pseudo-spots, cell-type prototypes, deconvolution, tissue tiles, patch embeddings, proportions as obs columns."""
 
+from ._bins import aggregate_bins
 from ._deconvolve import deconvolve
 from ._embed import embed
 from ._genes import select_genes
@@ -7,4 +8,4 @@ from ._obs import proportions_to_obs
 from ._prototypes import build_prototypes
 from ._tile import tile
 
-__all__ = ["build_prototypes", "deconvolve", "embed", "proportions_to_obs", "select_genes", "tile"]
+__all__ = ["aggregate_bins", "build_prototypes", "deconvolve", "embed", "proportions_to_obs", "select_genes", "tile"]

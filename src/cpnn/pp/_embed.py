@@ -37,6 +37,7 @@ from ..data import (
 )
 from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
+from ..models.encoders import same_embedding
 
 
 @torch.no_grad()
@@ -267,7 +268,7 @@ def store_embedding(
     """
     embeddings = uns_cpnn(adata).setdefault("embeddings", {})
     record = embeddings.get(key, {})
-    same = record.get("config") == config and key in adata.obsm and adata.obsm[key].shape[1] == z.shape[1]
+    same = same_embedding(record.get("config"), config) and key in adata.obsm and adata.obsm[key].shape[1] == z.shape[1]
     full = (
         np.array(adata.obsm[key], dtype=np.float32) if same else np.full((adata.n_obs, z.shape[1]), np.nan, np.float32)
     )
@@ -291,7 +292,7 @@ def cached_embedding(
     image and spots) are given, the same fingerprints as when the rows were embedded.
     """
     info = uns_cpnn(adata).get("embeddings", {}).get(key, {})
-    if info.get("config") != config or key not in adata.obsm:
+    if not same_embedding(info.get("config"), config) or key not in adata.obsm:
         return None
     if sources is not None:
         stored = info.get("sources") or {}

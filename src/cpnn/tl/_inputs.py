@@ -304,7 +304,13 @@ def _slide_inputs(
     data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
 ) -> Inputs:
     """Slide level: each bulk sample's bag of tile embeddings (cached in its tiles table)."""
-    bags = slide_bags(adata, sources, tiles_key=config.tiles_key, slide_key=config.slide_key)
+    bags = slide_bags(
+        adata,
+        sources,
+        tiles_key=config.tiles_key,
+        slide_key=config.slide_key,
+        tile_size_um=config.encoder_config["patch_size_um"],
+    )
     used = split.train | split.validation
     z_bags = bag_embeddings(
         [b for b, u in zip(bags, used, strict=True) if u],

@@ -354,9 +354,9 @@ def _predict_slides(
             "give the bulk AnnData the model's genes as var_names (measured or not)."
         )
     mask = check_obs_mask(bulk, regions, argument="regions")
-    bags = [
-        b for b, m in zip(slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key), mask, strict=True) if m
-    ]
+    tile_um = float(model.config.encoder_config["patch_size_um"])
+    every = slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key, tile_size_um=tile_um)
+    bags = [b for b, m in zip(every, mask, strict=True) if m]
     dev = settings.resolve_device(device)
     zs = bag_embeddings(
         bags,

@@ -98,12 +98,13 @@ def encoder_config(
         raise CpnnError(f"encoder must be a name, an nn.Module or a callable, got {type(encoder).__name__}.")
     if patch_px is None:
         patch_px = default_input_px(name, path, kwargs)
+    pretrained = bool(pretrained or weights is not None or name in PRESETS)
     config = {
         "encoder": name,
         "weights": "" if path is None else str(path),
         "weights_sha256": "" if path is None else file_digest(weights_file(path)),
-        "pretrained": bool(pretrained or weights is not None or name in PRESETS),
-        "seed": int(seed),
+        "pretrained": pretrained,
+        "seed": int(seed) if encoder_class(name).seeded and not pretrained else 0,
         "patch_size_um": float(patch_size_um),
         "patch_px": int(patch_px),
     }
@@ -118,6 +119,28 @@ def encoder_config(
     if kwargs:
         config["kwargs"] = storable(kwargs)
     return config
+
+
+def same_embedding(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two encoder configs give the same embeddings.
+
+    The seed counts only for an encoder initialised at random (files written before the seed was
+    normalised may record one for pretrained or weight-free encoders).
+    """
+    if a is None or b is None:
+        return False
+
+    def identity(c: Mapping[str, Any]) -> dict:
+        c = dict(c)
+        try:
+            seeded = encoder_class(c.get("encoder", "")).seeded
+        except Exception:  # an unknown family: compare as recorded
+            seeded = True
+        if not seeded or c.get("pretrained"):
+            c["seed"] = 0
+        return c
+
+    return identity(a) == identity(b)
 
 
 _digests: dict[tuple, str] = {}
@@ -166,4 +189,5 @@ __all__ = [
     "file_digest",
     "make_encoder",
     "register_encoder",
+    "same_embedding",
 ]

@@ -18,10 +18,15 @@ class Encoder(nn.Module):
     ----------
     trainable
         Whether the encoder has weights that ``finetune=True`` can train.
+    seeded
+        Whether an encoder built without pretrained weights depends on the seed (random
+        initialisation). When it does not, the seed is left out of the embedding's identity, so an
+        embedding made once serves fits with any seed.
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    seeded: ClassVar[bool] = True
     out_dim: int
 
     @classmethod

@@ -21,6 +21,7 @@ class HandcraftedEncoder(Encoder):
     """
 
     trainable = False
+    seeded = False
     # Ruifrok & Johnston H&E stain vectors (optical density)
     _HE = torch.tensor([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105]])
 

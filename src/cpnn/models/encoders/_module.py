@@ -57,6 +57,8 @@ class ModuleEncoder(Encoder):
         Embedding width.
     """
 
+    seeded = False  # the module arrives with its weights
+
     def __init__(
         self, module: Any, *, mean: Any = None, std: Any = None, patch_px: int = 224, out_dim: int | None = None
     ) -> None:
