@@ -47,9 +47,9 @@ CONFIGS = {
     "paper": ({"preset": "paper"}, False, False),
     "paper + supervision": ({"preset": "paper"}, True, False),
     "cpnn default": ({"preset": "cpnn"}, False, False),
-    "cpnn default + supervision": ({"preset": "cpnn"}, True, False),
+    "cpnn default + supervision": ({"preset": "cpnn", "comp_reg": 1e3}, True, False),
     "cpnn default + supervision x10": ({"preset": "cpnn", "comp_reg": 1e4}, True, False),
-    "cpnn default + supervision + markers": ({"preset": "cpnn"}, True, True),
+    "cpnn default + supervision + markers": ({"preset": "cpnn", "comp_reg": 1e3}, True, True),
     "direct": ({"head": "direct", "preset": "cpnn"}, False, False),
 }
 
@@ -224,6 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     cp.settings.verbosity = 0
+    cp.settings.progress_bar = False
     t0 = time.time()
     lines = [f"# Compositions ({time.strftime('%Y-%m-%d')}, {'quick' if args.quick else 'full'})", ""]
     if not args.skip_deconvolution:

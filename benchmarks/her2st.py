@@ -38,19 +38,7 @@ from cpnn._core import columnwise_pearson, lognorm
 from cpnn.pp._genes import normalized_mean
 
 #: cpnn's reference cell types -> the stereoscope (atlas) major types of her2st_proportions.
-TO_STEREOSCOPE = {
-    "B-cells": "B-cells",
-    "CAFs": "CAFs",
-    "Cancer Epithelial": "Epithelial",
-    "Normal Epithelial": "Epithelial",
-    "Epithelial": "Epithelial",
-    "Endothelial": "Endothelial",
-    "Myeloid": "Myeloid",
-    "Plasmablasts": "Plasma Cells",
-    "Plasma Cells": "Plasma Cells",
-    "PVL": "PVL",
-    "T-cells": "T-cells",
-}
+TO_STEREOSCOPE = cp.datasets.WU2021_TO_STEREOSCOPE
 HEADS = {
     # method: (fit kwargs, prototype set)
     "CPNN (nb, CID4465)": ({"head": "cpnn"}, "nb"),

@@ -176,7 +176,7 @@ def test_composition_maps(world, tmp_path):
     plt.close(fig)
     fig = cp.pl.compare_proportions(world, region="S2", return_fig=True, save=tmp_path / "cmp.png")
     titles = [a.get_title() for a in fig.axes if a.get_title()]
-    assert titles[1].startswith("t0: deconvolved from the counts, r = ")
+    assert titles[1].startswith("t0\ndeconvolved from the counts, r = ")
     assert (tmp_path / "cmp.png").stat().st_size > 5000
     plt.close(fig)
     assert cp.pl.dominant(world, region="S2", show=False) is not None

@@ -38,7 +38,7 @@ def _composition_r(table, key) -> float:
 def test_paper_preset_is_the_published_model(synthetic, tmp_path):
     sdata, _ = synthetic
     table = sdata["table"]
-    assert PRESETS["paper"] == {"residual": 0.0, "context_um": None, "loss": "nb"}
+    assert PRESETS["paper"] == {"residual": 0.0, "context_um": None, "loss": "nb", "comp_reg": 1e3}
     model = _fit_predict(sdata, "paper", preset="paper")
     c = model.config
     assert (c["residual"], c["context_um"], c["loss"], c["preset"]) == (0.0, None, "nb", "paper")
@@ -51,6 +51,7 @@ def test_paper_preset_is_the_published_model(synthetic, tmp_path):
     default = cp.tl.fit(sdata, train=["S1"], epochs=2, **KW)
     assert default.config["preset"] == "cpnn" and default.config["loss"] == PRESETS["cpnn"]["loss"]
     assert default.config["context_um"] == PRESETS["cpnn"]["context_um"]
+    assert (default.config["comp_reg"], c["comp_reg"]) == (1e4, 1e3)
     assert PRESETS["cpnn"] != PRESETS["paper"]
     off = cp.tl.fit(sdata, train=["S1"], epochs=2, context_um=0, **KW)
     assert off.config["context_um"] is None

@@ -220,6 +220,23 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
     return sdata
 
 
+#: Cell types of the Wu et al. 2021 atlas (``celltype_major``) -> the stereoscope types of
+#: :func:`her2st_proportions` ("major"), to compare cpnn's proportions with the authors'.
+WU2021_TO_STEREOSCOPE: dict[str, str] = {
+    "B-cells": "B-cells",
+    "CAFs": "CAFs",
+    "Cancer Epithelial": "Epithelial",
+    "Normal Epithelial": "Epithelial",
+    "Epithelial": "Epithelial",
+    "Endothelial": "Endothelial",
+    "Myeloid": "Myeloid",
+    "Plasmablasts": "Plasma Cells",
+    "Plasma Cells": "Plasma Cells",
+    "PVL": "PVL",
+    "T-cells": "T-cells",
+}
+
+
 def her2st_proportions(level: str = "major", *, sections: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-spot cell-type proportions estimated by the HER2ST authors with stereoscope.
 

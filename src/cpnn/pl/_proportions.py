@@ -312,7 +312,7 @@ def compare_proportions(
         for j, k in enumerate(keys):
             values[f"{t} | {k}"] = frames[k][t].astype(float)
             r = "" if j == 0 else f", r = {columnwise_pearson(first, frames[k].loc[mask, [t]].to_numpy(float))[0]:.2f}"
-            titles.append(f"{t}: {labels[j]}{r}")
+            titles.append(f"{t}\n{labels[j]}{r}")
     if not drawn:
         raise CpnnError(f"Every cell type stays below min_share={min_share} in region {name!r}; lower min_share.")
     note = f"Below {min_share:.0%} in every source (not drawn): {', '.join(faint)}" if faint else None
@@ -330,7 +330,7 @@ def compare_proportions(
         img_alpha=None,
         image_key=image_key,
         max_px=max_px,
-        figsize=figsize or (4.0 * len(keys), 3.4 * len(drawn)),
+        figsize=figsize or (4.8 * len(keys), 3.4 * len(drawn)),
         ax=None,
         table_key=table_key,
         alpha=alpha,

@@ -217,8 +217,11 @@ def draw_spots(
                 cbar.set_label(label)
         if scalebar:
             add_scalebar(a, um_per_unit)
+    if ax is None:  # margins in inches, so that a tall grid has no wide empty band above it
+        h = fig.get_figheight()
+        fig.subplots_adjust(top=1 - (0.9 if suptitle else 0.5) / h, bottom=0.4 / h)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1 - 0.15 / fig.get_figheight())
     if note:
         fig.text(0.01, 0.005, note, fontsize=8, ha="left", va="bottom", wrap=True)
     return fig

@@ -19,11 +19,13 @@ from ..models.heads import Head
 
 #: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the published model.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"residual": 0.0, "context_um": None, "loss": "nb"},
-    "cpnn": {"residual": 0.0, "context_um": 150.0, "loss": "mse"},
+    "paper": {"residual": 0.0, "context_um": None, "loss": "nb", "comp_reg": 1e3},
+    # the squared-error loss sums over the panel's log-scale genes, so the composition loss needs
+    # ten times the paper's weight to be felt (docs/benchmarks.md, "Compositions you can trust")
+    "cpnn": {"residual": 0.0, "context_um": 150.0, "loss": "mse", "comp_reg": 1e4},
 }
 #: The options a preset sets.
-PRESET_OPTIONS = ("residual", "context_um", "loss")
+PRESET_OPTIONS = ("residual", "context_um", "loss", "comp_reg")
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def resolve_config(
     prototypes_key: str,
     composition_key: str | None,
     proto_reg: float,
-    comp_reg: float,
+    comp_reg: float | None,
     hidden: tuple[int, ...],
     dropout: float,
     preset: str,
@@ -198,9 +200,9 @@ def resolve_config(
     chosen = {**PRESETS[preset]}
     if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
         chosen["context_um"] = None
-    explicit = {"residual": residual, "context_um": context_um, "loss": loss}
+    explicit = {"residual": residual, "context_um": context_um, "loss": loss, "comp_reg": comp_reg}
     chosen.update({k: v for k, v in explicit.items() if v is not None})
-    residual, context_um, loss = chosen["residual"], chosen["context_um"], chosen["loss"]
+    residual, context_um, loss, comp_reg = (chosen[k] for k in PRESET_OPTIONS)
     residual = check_number("residual", residual, low=0.0)
     if loss not in ("nb", "mse"):
         raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")

@@ -61,7 +61,7 @@ def fit(
     prototypes_key: str = PROTOTYPES,
     composition_key: str | None = None,
     proto_reg: float = 1e3,
-    comp_reg: float = 1e3,
+    comp_reg: float | None = None,
     hidden: tuple[int, ...] = (1024, 512),
     dropout: float = 0.0,
     preset: Literal["cpnn", "paper"] = "cpnn",
@@ -153,7 +153,9 @@ def fit(
     proto_reg
         Weight of the regulariser keeping learned prototypes near the atlas (1e3 in the paper).
     comp_reg
-        Weight of the composition loss towards ``composition_key``'s targets (1e3 in the paper).
+        Weight of the composition loss towards ``composition_key``'s targets. Default: the
+        preset's (1e3 in the paper; 1e4 in ``"cpnn"``, whose squared-error loss on log-scale
+        genes is larger).
     hidden
         Hidden layer sizes of the head's MLP (the paper: 1024, 512).
     dropout
