@@ -6,6 +6,7 @@ import resource
 import threading
 import time
 
+import numpy as np
 import psutil
 
 
@@ -49,3 +50,9 @@ def table(rows: list[dict]) -> str:
         cells = [r.get(c, "-") for c in cols]
         out.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     return "\n".join(out)
+
+
+def mean_sd(values, digits: int = 3) -> str:
+    """``"mean +- sd"`` (population sd, NaN skipped as pandas does) of ``values``, ``digits`` decimals each."""
+    v = np.asarray(values, dtype=float)
+    return f"{np.nanmean(v):.{digits}f} +- {np.nanstd(v):.{digits}f}"

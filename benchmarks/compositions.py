@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, table
+from _util import Peak, mean_sd, table
 from her2st import TO_STEREOSCOPE, agreement, panels
 
 import cpnn as cp
@@ -195,13 +195,12 @@ def summary(runs: pd.DataFrame) -> list[str]:
             per_seed = g.groupby("seed")[["test_spearman", "agreement"]].mean(numeric_only=True)
             r = {
                 "config": name,
-                "test Spearman (+- sd over folds)": f"{per_fold['test_spearman'].mean():.3f} +- {per_fold['test_spearman'].std(ddof=0):.3f}",
+                "test Spearman (+- sd over folds)": mean_sd(per_fold["test_spearman"]),
                 "+- sd over seeds": f"{per_seed['test_spearman'].std(ddof=0):.3f}",
             }
             if g["agreement"].notna().any():
                 r["stereoscope agreement"] = (
-                    f"{per_fold['agreement'].mean():.2f} +- {per_fold['agreement'].std(ddof=0):.2f} "
-                    f"(seeds +- {per_seed['agreement'].std(ddof=0):.2f})"
+                    f"{mean_sd(per_fold['agreement'], 2)} (seeds +- {per_seed['agreement'].std(ddof=0):.2f})"
                 )
                 r["types switched off"] = f"{per_fold['switched_off'].mean():.1f}"
             else:

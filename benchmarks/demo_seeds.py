@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import table
+from _util import mean_sd, table
 from her2st import agreement
 
 import cpnn as cp
@@ -82,8 +82,8 @@ def main() -> None:
         summary.append(
             {
                 "config": name,
-                "Spearman on B4 (mean +- sd over seeds)": f"{g['Spearman on B4'].mean():.3f} +- {g['Spearman on B4'].std(ddof=0):.3f}",
-                "stereoscope agreement": f"{g['agreement'].mean():.2f} +- {g['agreement'].std(ddof=0):.2f}",
+                "Spearman on B4 (mean +- sd over seeds)": mean_sd(g["Spearman on B4"]),
+                "stereoscope agreement": mean_sd(g["agreement"], 2),
                 "types switched off": f"{g['switched off'].mean():.1f}",
                 "per seed": ", ".join(f"{v:.3f}" for v in g["Spearman on B4"]),
             }

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, table
+from _util import Peak, mean_sd, table
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, lognorm
@@ -270,7 +270,7 @@ def main() -> None:
                     r[f"{panel} pooled Spearman"] = "n/a"
                     r[f"{panel} RMSE"] = f"{rr['rmse'].mean():.3f}"
                 elif len(g):
-                    r[f"{panel} Spearman"] = f"{g['spearman'].mean():.3f} +- {g['spearman'].std(ddof=0):.3f}"
+                    r[f"{panel} Spearman"] = mean_sd(g["spearman"])
                     r[f"{panel} Pearson"] = f"{g['pearson'].mean():.3f}"
                     r[f"{panel} pooled Spearman"] = f"{rr['spearman_pooled'].mean():.3f}"
                     r[f"{panel} RMSE"] = f"{rr['rmse'].mean():.3f}"

@@ -40,20 +40,9 @@ def tissue(size: int, chunk: int = 1024):
     """A lazy (3, size, size) uint8 image: four discs of tissue with texture on glass."""
     import dask.array as da
 
-    centres = np.array([[0.35, 0.35, 0.22], [0.62, 0.4, 0.18], [0.45, 0.68, 0.2], [0.7, 0.72, 0.12]]) * size
-
     def block(block_info=None):
         (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        y = np.arange(y0, y1, dtype=np.float32)[:, None]
-        x = np.arange(x0, x1, dtype=np.float32)[None, :]
-        inside = np.zeros((y1 - y0, x1 - x0), bool)
-        for cx, cy, r in centres:
-            inside |= (y - cy) ** 2 + (x - cx) ** 2 < r**2
-        out = np.full((3, y1 - y0, x1 - x0), 240, np.uint8)
-        for c, v in enumerate((185, 105, 165)):
-            out[c][inside] = v
-        out[:, ::4, ::3] -= 15
-        return out
+        return tissue_window(size, y0, y1, x0, x1)
 
     n = -(-size // chunk)
     chunks = ((3,), (chunk,) * (n - 1) + (size - chunk * (n - 1),), (chunk,) * (n - 1) + (size - chunk * (n - 1),))

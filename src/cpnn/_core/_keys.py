@@ -27,6 +27,16 @@ def in_reference_column(key: str) -> str:
     return "cpnn_in_reference" if key == PROTOTYPES else f"{key}_in_reference"
 
 
+#: Visium HD bin tables and shapes are named after their bin size, e.g. ``square_008um``.
+_BIN_NAME = re.compile(r"square_(\d{3})um")
+
+
+def bin_size_um(name: str) -> float | None:
+    """The bin size in micrometres that a Visium HD element name carries (``..._square_016um`` -> 16)."""
+    m = _BIN_NAME.search(str(name))
+    return float(m.group(1)) if m else None
+
+
 def proportions_key(key_added: str) -> str:
     """``obsm`` key of the composition weights written by a prediction ``key_added``."""
     return f"{key_added}_proportions"

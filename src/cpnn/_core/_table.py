@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import CpnnError
-from ._keys import SPATIAL, UNS
+from ._keys import SPATIAL, UNS, bin_size_um
 
 
 def is_spatialdata(data: Any) -> bool:
@@ -31,7 +31,7 @@ def get_table(data: AnnData | Any, table_key: str = "table") -> AnnData:
         return data
     if is_spatialdata(data):
         if table_key not in data.tables:
-            bins = sorted(k for k in data.tables if "square_" in k and k.endswith("um"))
+            bins = sorted(k for k in data.tables if bin_size_um(k) is not None)
             if bins:
                 raise CpnnError(
                     f"table_key={table_key!r} is not a table of this SpatialData; it holds Visium HD bins {bins}. "

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from anndata import AnnData
 
-from .._core import SPATIAL
+from .._core import SPATIAL, bin_size_um
 from .._errors import CpnnError
 from ._content import ImageSample, sample_image
 
@@ -93,7 +92,15 @@ def known_spot_diameter_um(sdata: Any, adata: AnnData) -> float | None:
     return None
 
 
-def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: float | None) -> float:
+def spot_units(shapes: Any) -> float | None:
+    """A spot's size in its shapes' units: the diameter of circles, the side of square bins, else ``None``."""
+    if "radius" in shapes:
+        return 2.0 * float(np.median(shapes["radius"]))
+    return square_side(shapes)
+
+
+def _um_per_unit(adata: AnnData, region: str, units: float | None, spot_diameter_um: float | None) -> float:
+    """Micrometres per shape unit of ``region``, whose spots measure ``units`` (:func:`spot_units`)."""
     spatial = adata.uns.get(SPATIAL, {})
     per_region = spatial.get("um_per_px", {}) if isinstance(spatial, dict) else {}
     if region in per_region:
@@ -104,25 +111,12 @@ def _um_per_unit(adata: AnnData, region: str, shapes: Any, spot_diameter_um: flo
             f"Cannot tell the physical scale of region {region!r}: pass spot_diameter_um= (55 for Visium, "
             "100 for legacy ST) or set table.uns['cpnn_spatial']['um_per_px'][region]."
         )
-    if "radius" not in shapes:
-        side = square_side(shapes)
-        if side is None:
-            raise CpnnError(
-                f"Region {region!r} has neither circles (a 'radius' column) nor square bins, so its scale "
-                "cannot be derived; pass mpp=."
-            )
-        return float(diameter) / side
-    return float(diameter) / (2.0 * float(np.median(shapes["radius"])))
-
-
-#: Visium HD bin tables and shapes are named after their bin size, e.g. ``square_008um``.
-_BIN_NAME = re.compile(r"square_(\d{3})um")
-
-
-def bin_size_um(name: str) -> float | None:
-    """The bin size in micrometres that a Visium HD element name carries (``..._square_016um`` -> 16)."""
-    m = _BIN_NAME.search(str(name))
-    return float(m.group(1)) if m else None
+    if units is None:
+        raise CpnnError(
+            f"Region {region!r} has neither circles (a 'radius' column) nor square bins, so its scale "
+            "cannot be derived; pass mpp=."
+        )
+    return float(diameter) / units
 
 
 def square_side(shapes: Any) -> float | None:
@@ -245,7 +239,8 @@ def region_images(
             if spot_diameter_um is not None
             else table_spot_diameter_um(adata) or bin_size_um(region) or known_spot_diameter_um(sdata, adata)
         )
-        um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, shapes, diameter)
+        units = spot_units(shapes)
+        um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, units, diameter)
         shape_cs = list(get_transformation(shapes, get_all=True))
         candidates = []
         for key in [image_key] if image_key is not None else list(sdata.images):
@@ -262,11 +257,8 @@ def region_images(
             if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
                 continue
             um_px = um_unit * _scale(a_img) / _scale(a_shape)
-            side = None if "radius" in shapes else square_side(shapes)
-            if "radius" in shapes:  # shape units -> coordinate system -> image pixels
-                spot_px = 2.0 * float(np.median(shapes["radius"])) * _scale(a_shape) / _scale(a_img)
-            elif side is not None:  # square bins (Visium HD): the side
-                spot_px = side * _scale(a_shape) / _scale(a_img)
+            if units is not None:  # circle diameter or bin side: shape units -> coordinate system -> image pixels
+                spot_px = units * _scale(a_shape) / _scale(a_img)
             else:
                 spot_px = float(diameter) / um_px if diameter else None
             data = arr.data if hasattr(arr, "data") else arr
@@ -347,7 +339,7 @@ def image_um_per_px(sdata: Any, image_key: str) -> float | None:
             if not common:
                 continue
             try:
-                um_unit = _um_per_unit(adata, region, shapes, diameter)
+                um_unit = _um_per_unit(adata, region, spot_units(shapes), diameter)
             except CpnnError:
                 continue
             return um_unit * _scale(_affine(img, common[0])) / _scale(_affine(shapes, common[0]))

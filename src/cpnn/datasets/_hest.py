@@ -156,7 +156,7 @@ def hest(
                 f"metadata/{i}.json records no spot_diameter (technology {meta.get('st_technology', '?')!r}); "
                 "pass spot_diameter_um=."
             )
-        keep = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool) and v is not None}
+        keep = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)}
         parts.append(
             sample_parts(
                 base / HEST_LAYOUT["wsi"].format(id=i),

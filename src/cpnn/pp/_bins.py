@@ -11,8 +11,8 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._core import SPATIAL, is_spatialdata
+from .._core import bin_size_um as bin_size_of
 from .._errors import CpnnError
-from ..data._regions import bin_size_um as bin_size_of
 from ..data._regions import square_side, table_regions
 
 
