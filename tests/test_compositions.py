@@ -167,11 +167,16 @@ def test_composition_maps(world, tmp_path):
     fig = cp.pl.proportions(world, region="S2", scale="shared", return_fig=True)
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == ["t0", "t1"] and "t2 (max 0.001)" in fig.texts[-1].get_text()
-    assert {a.get_ylabel() for a in fig.axes if getattr(a, "_colorbar", None)} == {"proportion (shared 0-1 scale)"}
+    bars = [a for a in fig.axes if getattr(a, "_colorbar", None)]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "proportion (shared 0-1 scale)"  # one bar for the shared scale
     plt.close(fig)
     fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", return_fig=True)
     legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
-    assert all(name.startswith("t") for name in legend)
+    assert all(name.startswith(("t", "mixed")) for name in legend)
+    props = t.obsm["cpnn_deconvolution"].loc[t.obs["section"].to_numpy() == "S2"].to_numpy()
+    share_mixed = float(np.mean(props.max(1) < 0.5))
+    assert (share_mixed > 0) == any(name.startswith("mixed") for name in legend)
+    assert "Reference cell types: t0, t1, t2" in fig.texts[-1].get_text()
     assert "deconvolved from the counts" in fig.axes[0].get_title()
     plt.close(fig)
     fig = cp.pl.compare_proportions(world, region="S2", return_fig=True, save=tmp_path / "cmp.png")

@@ -155,8 +155,16 @@ def test_proportions_without_image_and_to_obs(plot_data):
     assert not fig.axes[0].images  # no image behind, spots from obsm["spatial"]
     plt.close(fig)
     out = cp.pp.proportions_to_obs(table, copy=True)
-    assert "cpnn_proportions_CAFs" not in table.obs
-    np.testing.assert_allclose(out.obs["cpnn_proportions_CAFs"], table.obsm["cpnn_proportions"]["CAFs"])
+    assert "CAFs" not in table.obs  # copy=True leaves the input alone
+    np.testing.assert_allclose(out.obs["CAFs"], table.obsm["cpnn_proportions"]["CAFs"])
+    assert list(out.uns["cpnn"]["obs_columns"]["CAFs"]) == ["cpnn_proportions", "CAFs"]
+    cp.pp.proportions_to_obs(out)  # again: its own columns are refreshed
+    out.obs["T-cells"] = 1.0
+    out.uns["cpnn"]["obs_columns"].pop("T-cells")  # now a column of the user's with a cell type's name
+    with pytest.raises(cp.CpnnError, match="prefix"):
+        cp.pp.proportions_to_obs(out)
+    cp.pp.proportions_to_obs(out, prefix="cpnn_")
+    assert "cpnn_T-cells" in out.obs and (out.obs["T-cells"] == 1.0).all()
 
 
 def test_history_from_model_and_table():

@@ -347,6 +347,23 @@ def test_training_at_its_cap_or_at_its_start_is_reported(cpnn_log):
     assert training_warnings(early, epochs=300, validated=False) == []
 
 
+def test_a_run_still_improving_within_its_patience_at_the_cap_is_not_converged():
+    """Issue 26: the best epoch need not be the last one for a run to be cut short by its cap."""
+    from cpnn.tl._train import TrainResult, training_warnings
+
+    history = [{"epoch": e} for e in range(1, 301)]
+    cut = TrainResult(best_epoch=285, history=history)  # 15 epochs without improvement, patience 30
+    (note,) = training_warnings(cut, epochs=300, validated=True, patience=30)
+    assert "still improving" in note and "best epoch 285 of 300" in note and "epochs=" in note
+    settled = TrainResult(best_epoch=250, history=history)  # 50 epochs without improvement: converged
+    assert training_warnings(settled, epochs=300, validated=True, patience=30) == []
+    stopped = TrainResult(best_epoch=100, history=history[:130], stopped_early=True, stop_reason="early stopping")
+    assert training_warnings(stopped, epochs=300, validated=True, patience=30) == []
+    s = _world()
+    cp.tl.fit(s, train=["S1"], validation=["S2"], **{**CPNN_FIT, "epochs": 3})
+    assert s["table"].uns["cpnn"]["fit"]["still_improving_at_cap"]
+
+
 def test_evaluate_groups_by_region_without_a_section_column():
     """12. The default groupby falls back to the table's region key (spatialdata-io Visium has no section)."""
     s = _world()

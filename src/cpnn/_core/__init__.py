@@ -1,7 +1,15 @@
 """The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
 from . import _dist as dist
-from ._files import MANIFEST, check_manifest, remove_stale_temporaries, save_atomic, sha256_file, write_manifest
+from ._files import (
+    MANIFEST,
+    check_manifest,
+    remove_stale_temporaries,
+    save_atomic,
+    sha256_file,
+    write_manifest,
+    zarr_write_settings,
+)
 from ._keys import (
     EMBEDDING,
     MARKER,
@@ -128,4 +136,5 @@ __all__ = [
     "write_composition",
     "write_fractions",
     "write_manifest",
+    "zarr_write_settings",
 ]

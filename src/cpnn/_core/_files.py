@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,16 @@ def check_manifest(folder: Path) -> str:
             return f"{name} changed since it was written"
     _verified[str(folder)] = stats
     return ""
+
+
+@contextmanager
+def zarr_write_settings() -> Iterator[None]:
+    """The zarr stores cpnn writes: automatic zarr v3 sharding off, chosen explicitly (anndata's switch).
+
+    anndata warns once per array written while the choice is left open; cpnn's stores are small
+    tables and image pyramids in 1024-px chunks, for which sharding brings nothing.
+    """
+    import anndata as ad
+
+    with ad.settings.override(auto_shard_zarr_v3=False):
+        yield

@@ -8,7 +8,7 @@ from typing import Any
 
 from anndata import AnnData
 
-from .._core import get_table, is_spatialdata
+from .._core import get_table, is_spatialdata, zarr_write_settings
 from .._errors import CpnnError
 
 
@@ -97,4 +97,5 @@ class Collection:
         if self.is_stored(name):
             # spatialdata refuses to overwrite an element in the store it reads from: replace it
             sdata.delete_element_from_disk(self.table_key)
-            sdata.write_element(self.table_key)
+            with zarr_write_settings():
+                sdata.write_element(self.table_key)

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
+from tqdm.auto import tqdm
 
-from .._core import SPATIAL, check_manifest, write_manifest
+from .._core import SPATIAL, check_manifest, write_manifest, zarr_write_settings
 from .._errors import CpnnError
 from .._settings import settings
 from ._fetch import fetch, registry
@@ -87,6 +88,18 @@ def _write_level0(jpeg: Path, path: Path) -> None:
     _release_memory()
 
 
+def _store_path(section: str) -> Path:
+    """The cache path of a section's image store (named after its JPEG's hash)."""
+    sha = registry()[_image_path(section)][0]
+    return settings.cachedir / "her2st" / f"{section}_image_{sha[:12]}.zarr"
+
+
+def _image_cached(section: str) -> bool:
+    """Whether the section's image store is in the cache and complete."""
+    store = _store_path(section)
+    return store.exists() and not check_manifest(store)
+
+
 def _image_store(section: str):
     """Return the section's image element, converting the JPEG into a zarr store on first use."""
     import dask.array as da
@@ -95,8 +108,7 @@ def _image_store(section: str):
     from spatialdata.transformations import Identity
 
     rel = _image_path(section)
-    sha = registry()[rel][0]
-    store = settings.cachedir / "her2st" / f"{section}_image_{sha[:12]}.zarr"
+    store = _store_path(section)
     if store.exists():
         problem = check_manifest(store)
         if problem:
@@ -118,7 +130,8 @@ def _image_store(section: str):
                 chunks=(3, _CHUNK, _CHUNK),
                 transformations={section: Identity()},
             )
-            sd.SpatialData(images={"image": img}).write(tmp)
+            with zarr_write_settings():
+                sd.SpatialData(images={"image": img}).write(tmp)
             del img
             write_manifest(tmp)  # last: a store without its manifest never counts as complete
             tmp.rename(store)
@@ -174,7 +187,17 @@ def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
             )
 
     # images first: a conversion's decoded JPEG never sits in memory next to a dense count table
-    imgs = {f"{s}_image": _image_store(s) for s in sections} if images else {}
+    imgs = {}
+    if images:
+        todo = [s for s in sections if not _image_cached(s)]
+        bar = tqdm(
+            total=len(todo), desc="converting H&E JPEGs to zarr (once)", disable=not (settings.progress_bar and todo)
+        )
+        for s in sections:
+            imgs[f"{s}_image"] = _image_store(s)
+            if s in todo:
+                bar.update()
+        bar.close()
     tables, shapes, scale = [], {}, {}
     for s in sections:
         counts, spots = _read_section_table(s)

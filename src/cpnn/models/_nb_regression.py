@@ -3,7 +3,10 @@
 ``counts[n, g] ~ NB(mean = library[n] * exp(rho[type[n], g] + beta[batch[n], g]), theta[g])``,
 fitted by MAP with Fisher scoring (block coordinate: type rates, batch effects, dispersions).
 ``beta`` is centred over batches, so the prototypes ``exp(rho)`` are the batch-free rates, and
-carries a normal prior; this is the model of cell2location's ``RegressionModel`` without pyro.
+carries a normal prior. This is *not* cell2location's ``RegressionModel``, which the authors use:
+that model has no per-cell library offset (a per-batch scalar detection instead), an additive
+per-batch background, and reports a posterior mean after variational inference. Measured on the
+CID4465 cells, the two estimators' prototypes agree at per-type Pearson 0.998.
 
 Every parameter belongs to one gene, so each scoring step is a handful of vectorised passes
 over the cells; terms that vanish for zero counts (lgamma, digamma) are evaluated on the
@@ -148,7 +151,8 @@ def fit_nb_regression(
     prior_prec = 1.0 / batch_prior_sd**2
     history: list[float] = []
     it = 0
-    for it in tqdm(range(1, n_iter + 1), desc="NB prototypes", disable=not progress):  # noqa: B007
+    bar = tqdm(total=n_iter, desc="NB prototypes (at most)", disable=not progress)
+    for it in range(1, n_iter + 1):  # noqa: B007
         score, info, _ = _accumulate(chunks, rho, beta, theta, "rho", n_types, n_batches, device)
         delta = torch.clamp(score / info.clamp_min(1e-8), -3.0, 3.0).float()
         rho = rho + delta
@@ -165,8 +169,12 @@ def fit_nb_regression(
         )
         prior = 0.5 * prior_prec * float((beta.double() ** 2).sum())
         history.append((-loglik + prior) / n)
+        bar.update()
         if len(history) > 1 and abs(history[-2] - history[-1]) <= tol * abs(history[-1]):
             break
+    bar.total = bar.n  # converged: the bar ends where the fit did, not at an unreached cap
+    bar.set_description("NB prototypes (converged)" if bar.n < n_iter else "NB prototypes")
+    bar.close()
     return NBRegressionResult(
         rates=(torch.exp(rho).cpu().numpy() / lib_scale).astype(np.float64),
         batch_effects=torch.exp(beta).cpu().numpy(),

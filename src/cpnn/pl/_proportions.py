@@ -18,6 +18,10 @@ from ._utils import check_names, finish
 
 #: Cell types whose proportion stays below this in the region are named, not drawn.
 MIN_SHARE = 0.05
+#: Colour map of composition maps: light at 0, so the H&E stays visible under low proportions.
+COMPOSITION_CMAP = "YlGnBu"
+#: A spot whose largest proportion is below this has no dominant type (drawn as "mixed").
+MIN_DOMINANCE = 0.5
 
 
 def source_of(adata: Any, key: str) -> str:
@@ -53,7 +57,7 @@ def proportions(
     scale: str = "panel",
     min_share: float = MIN_SHARE,
     ncols: int = 4,
-    cmap: str = "viridis",
+    cmap: str = COMPOSITION_CMAP,
     vmax: float | None = None,
     alpha: float = 0.85,
     img_alpha: float | None = None,
@@ -87,21 +91,25 @@ def proportions(
         ``obsm`` key of the proportions (a DataFrame whose columns are the cell types).
     scale
         ``"panel"``: each panel's colour scale runs from 0 to its own maximum (stated in its colour
-        bar); ``"shared"``: every panel from 0 to 1, so panels compare by eye.
+        bar); ``"shared"``: every panel from 0 to 1 with one colour bar, so panels compare by eye.
     min_share
         Cell types whose proportion stays below this in the region are named, not drawn (0: draw all).
     ncols
         Panels per row.
-    cmap, vmax
-        Colour map, and the top of every panel's colour scale (overrides ``scale``).
+    cmap
+        Colour map (default light at 0, so that the tissue stays visible where a type is absent).
+    vmax
+        Top of every panel's colour scale (overrides ``scale``).
     alpha, img_alpha
         Opacity of the spots (the tissue shows through) and of the H&E.
     image_key
         Force this image element.
     max_px
         Longer side of the image drawn behind the spots, in pixels.
-    figsize, ax
-        Figure size, and an Axes to draw one cell type into.
+    figsize
+        Figure size in inches.
+    ax
+        An Axes to draw one cell type into.
     show, save, return_fig
         scanpy's convention: draw the figure (``show=None`` follows ``sc.settings.autoshow``) and
         return nothing; ``show=False`` returns the Axes, ``return_fig=True`` the Figure. ``save``
@@ -167,6 +175,7 @@ def dominant(
     region: str | None = None,
     key: str = "cpnn_proportions",
     palette: str = "tab10",
+    min_dominance: float = MIN_DOMINANCE,
     img_alpha: float = 1.0,
     image_key: str | None = None,
     max_px: int = 1500,
@@ -179,7 +188,10 @@ def dominant(
 ) -> Figure | Axes | None:
     """The dominant cell type of each spot as one categorical map; opacity is that type's proportion.
 
-    A spot drawn faintly holds a mixture; a solid one is mostly its type.
+    A spot drawn faintly holds a mixture; a solid one is mostly its type. A spot whose largest
+    proportion is below ``min_dominance`` has no dominant type and is drawn as an open grey
+    circle ("mixed"). The note under the map names the reference's cell types: tissue the
+    reference has no type for (fat without adipocytes, say) is still split among these.
 
     Parameters
     ----------
@@ -189,6 +201,8 @@ def dominant(
         As in :func:`cpnn.pl.proportions`.
     palette
         Matplotlib colour map of the categories.
+    min_dominance
+        Largest proportion below which a spot counts as mixed (0: every spot gets its top type).
     figsize, ax, show, save, return_fig, table_key
         As in :func:`cpnn.pl.proportions`.
 
@@ -226,21 +240,53 @@ def dominant(
     shapes = [
         Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) if square else Circle((x, y), radius) for x, y in xy
     ]
+    mixed = share < min_dominance
     face = colours[winner].copy()
     face[:, 3] = np.clip(share, 0.15, 1.0)
-    ax_.add_collection(PatchCollection(shapes, facecolors=face, edgecolors="none"))
+    face[mixed] = (0.0, 0.0, 0.0, 0.0)
+    edge = np.zeros_like(face)
+    edge[mixed] = (0.35, 0.35, 0.35, 0.9)
+    ax_.add_collection(PatchCollection(shapes, facecolors=face, edgecolors=edge, linewidths=0.6))
     ax_.set_xlim(xy[:, 0].min() - 3 * radius, xy[:, 0].max() + 3 * radius)
     ax_.set_ylim(xy[:, 1].max() + 3 * radius, xy[:, 1].min() - 3 * radius)
     ax_.set_aspect("equal")
     ax_.set_axis_off()
-    present = sorted(set(winner))
+    present = sorted(set(winner[~mixed]))
     handles = [
-        Line2D([], [], marker="o", ls="", color=colours[k], label=f"{props.columns[k]} ({np.mean(winner == k):.0%})")
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color=colours[k],
+            label=f"{props.columns[k]} ({np.mean((winner == k) & ~mixed):.0%})",
+        )
         for k in present
     ]
+    if mixed.any():
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                markerfacecolor="none",
+                markeredgecolor="0.35",
+                label=f"mixed, none >= {min_dominance:.0%} ({np.mean(mixed):.0%})",
+            )
+        )
     ax_.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     source = source_of(adata, key)
-    ax_.set_title(f"Dominant cell type, {name}" + (f"\n{source}; opacity = its proportion" if source else ""))
+    ax_.set_title(
+        f"Dominant cell type, {name}" + (f"\n{source}; opacity = its proportion" if source else ""), fontsize=10
+    )
+    if ax is None:
+        fig.text(
+            0.01, 0.005,
+            f"Reference cell types: {', '.join(map(str, props.columns))}. Tissue without a reference type "
+            "(e.g. fat, when the reference has no adipocytes) is still split among these.",
+            fontsize=7, ha="left", va="bottom", wrap=True,
+        )  # fmt: skip
     add_scalebar(ax_, kw.get("um_per_unit"))
     return finish(fig, ax, name="dominant", show=show, save=save, return_fig=return_fig)
 
@@ -253,7 +299,7 @@ def compare_proportions(
     cell_types: str | Sequence[str] | None = None,
     region: str | None = None,
     min_share: float = MIN_SHARE,
-    cmap: str = "viridis",
+    cmap: str = COMPOSITION_CMAP,
     alpha: float = 0.85,
     image_key: str | None = None,
     max_px: int = 1000,

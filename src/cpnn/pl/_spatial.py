@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -171,7 +172,10 @@ def draw_spots(
     opacity (so the tissue shows through), ``note`` a line of text under the panels.
     """
     import matplotlib.pyplot as plt
-    import squidpy as sq
+
+    with warnings.catch_warnings():  # docrep's invalid escapes, printed when squidpy is first compiled
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import squidpy as sq
 
     view, kw = spatial_view(
         data, values, mask, library_id=region, image_key=image_key, max_px=max_px, table_key=table_key
@@ -193,6 +197,8 @@ def draw_spots(
         fig, axes = ax.figure, [ax]
     lows, highs = _per_panel(vmin, len(cols)), _per_panel(vmax, len(cols))
     labels = _per_panel(colorbar_label, len(cols))
+    # one scale for every panel of a grid: one colour bar for the figure, not one per panel
+    shared = ax is None and len(cols) > 1 and len(set(lows)) == 1 and len(set(highs)) == 1 and len(set(labels)) == 1
     for col, a, title, lo, hi, label in zip(cols, axes, titles, lows, highs, labels, strict=True):
         before = set(fig.axes)
         sq.pl.spatial_scatter(
@@ -213,13 +219,22 @@ def draw_spots(
         a.set_ylabel("")
         for cax in set(fig.axes) - before:  # the colour bar squidpy added for this panel
             cbar = getattr(cax, "_colorbar", None)
-            if cbar is not None:
+            if cbar is not None and shared:
+                cax.remove()
+            elif cbar is not None:
                 cbar.set_label(label)
         if scalebar:
             add_scalebar(a, um_per_unit)
     if ax is None:  # margins in inches, so that a tall grid has no wide empty band above it
         h = fig.get_figheight()
         fig.subplots_adjust(top=1 - (0.9 if suptitle else 0.5) / h, bottom=0.4 / h)
+    if shared:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        fig.subplots_adjust(right=0.9)
+        cax = fig.add_axes((0.92, 0.25, 0.012, 0.5))
+        fig.colorbar(ScalarMappable(Normalize(lows[0], highs[0]), cmap), cax=cax, label=labels[0])
     if suptitle:
         fig.suptitle(suptitle, y=1 - 0.15 / fig.get_figheight())
     if note:

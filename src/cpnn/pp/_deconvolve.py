@@ -98,7 +98,8 @@ def _nb(
     """Maximum likelihood of the counts under NB(library x normalise(s_g x (w . P)), theta_g), w on the simplex.
 
     ``s_g`` is a per-gene technical scaling shared by all rows (centred on the log scale), ``theta_g``
-    the per-gene inverse dispersion: the observation model of cell2location and RCTD. Terms that
+    the per-gene inverse dispersion: an observation model in the spirit of cell2location and RCTD
+    (maximum likelihood, not their Bayesian models). Terms that
     vanish for zero counts are evaluated on the non-zero entries only.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -134,7 +135,13 @@ def _nb(
         opt.step()
         history.append(float(nll.detach()))
     w = torch.softmax(logits.detach(), dim=1).cpu().numpy().astype(np.float64)
-    return w, {"final_nll": history[-1], "first_nll": history[0], "gene_scaling_sd": float(log_s.detach().std())}
+    scaling = torch.exp(log_s.detach() - log_s.detach().mean()).cpu().numpy().astype(np.float64)
+    return w, {
+        "final_nll": history[-1],
+        "first_nll": history[0],
+        "gene_scaling_sd": float(log_s.detach().std()),
+        "gene_scaling": scaling,
+    }
 
 
 def deconvolve(
@@ -168,8 +175,10 @@ def deconvolve(
     method
         ``"nb"``: maximum likelihood of the raw counts under a negative binomial whose mean is the
         library size times the normalised ``s_g * (w . prototypes)``, with a per-gene technical
-        scaling ``s_g`` and inverse dispersion shared across spots (the model of cell2location and
-        RCTD), fitted in torch (CUDA when present) from the ``"nnls"`` solution. ``"nnls"``:
+        scaling ``s_g`` and inverse dispersion shared across spots (an observation model in the
+        spirit of cell2location's and RCTD's, but not cell2location's spatial model, which the
+        authors run: no priors on cell abundance, maximum likelihood instead of variational
+        inference), fitted in torch (CUDA when present) from the ``"nnls"`` solution. ``"nnls"``:
         non-negative least squares of each spot's gene proportions on the types' (fast baseline).
     prototypes_key
         ``varm`` key of the prototypes.
@@ -196,7 +205,9 @@ def deconvolve(
     ``None``, or a copy with ``copy=True``. Writes ``obsm[key_added]`` (DataFrame, columns = cell types,
     rows sum to 1, NaN for spots not deconvolved or without counts in the genes; with grouped
     prototypes the group sums, the fine ones in ``obsm[key_added + "_fine"]``) and
-    ``uns["cpnn"]["deconvolution"][key_added]`` (method, genes, spots, fit summary).
+    ``uns["cpnn"]["deconvolution"][key_added]`` (method, genes, spots, fit summary; for ``"nb"`` the
+    fitted per-gene technical scaling ``gene_scaling``, geometric mean 1, aligned with ``genes``,
+    which :func:`cpnn.tl.fit` can start its per-gene correction from: ``alpha_init="scaling"``).
     """
     start = logg.info(f"deconvolving with {method!r}")
     if method not in ("nb", "nnls"):

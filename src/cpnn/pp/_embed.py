@@ -37,7 +37,7 @@ from ..data import (
 )
 from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
-from ..models.encoders import same_embedding
+from ..models.encoders import encoder_class, same_embedding
 
 
 @torch.no_grad()
@@ -173,8 +173,10 @@ def embed(
 
     Returns
     -------
-    ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded) and
-    ``uns["cpnn"]["embeddings"][key_added]`` (the encoder settings).
+    ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded),
+    ``uns["cpnn"]["embeddings"][key_added]`` (the encoder settings) and, for an encoder that
+    measures something per spot, ``obs`` columns (``encoder="nuclei"``: ``obs["cpnn_n_nuclei"]``,
+    the nuclei detected in each spot's patch).
     """
     if is_collection(data):
         return _embed_collection(
@@ -281,6 +283,9 @@ def store_embedding(
     full[mask] = z
     adata.obsm[key] = full
     embeddings[key] = {"config": config, "dim": int(z.shape[1]), "sources": known}
+    # per-spot measurements an encoder reports (the nuclei encoder: its nucleus count), as obs columns
+    for name, idx in getattr(encoder_class(config["encoder"]), "obs_features", {}).items():
+        adata.obs[f"cpnn_{name}"] = full[:, idx].astype(np.float32)
 
 
 def cached_embedding(

@@ -17,15 +17,63 @@ from .._errors import CpnnError
 from ..models import HEADS, encoder_class, encoder_config
 from ..models.heads import Head
 
-#: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the published model.
+#: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the authors'
+#: model *and* training recipe, as their code runs it (docs/concepts.md, "The paper's recipe").
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"residual": 0.0, "context_um": None, "loss": "nb", "comp_reg": 1e3},
+    "paper": {
+        "residual": 0.0,
+        "context_um": None,
+        "loss": "nb",
+        "comp_reg": 1e3,
+        # the recipe around the model: raw features, 8 bags (spots) a step, 1000 epochs at most,
+        # xavier-normal MLP, log-dispersion ~ N(0, 1), alpha from the deconvolution's gene scaling,
+        # composition loss against a deconvolution of the training spots (made when none is given)
+        "standardise": False,
+        "batch_size": 8,
+        "epochs": 1000,
+        "patience": 30,
+        "init": "xavier",
+        "alpha_init": "scaling",
+        "targets": "deconvolve",
+    },
     # the squared-error loss sums over the panel's log-scale genes, so the composition loss needs
     # ten times the paper's weight to be felt (docs/benchmarks.md, "Compositions you can trust")
-    "cpnn": {"residual": 0.0, "context_um": 150.0, "loss": "mse", "comp_reg": 1e4},
+    "cpnn": {
+        "residual": 0.0,
+        "context_um": 150.0,
+        "loss": "mse",
+        "comp_reg": 1e4,
+        "standardise": True,
+        "batch_size": 256,
+        "epochs": 300,
+        "patience": 30,
+        "init": "torch",
+        "alpha_init": "one",
+        # the composition loss on by default, as in the paper: no cell type switched off (docs/benchmarks.md)
+        "targets": "deconvolve",
+    },
 }
-#: The options a preset sets.
-PRESET_OPTIONS = ("residual", "context_um", "loss", "comp_reg")
+#: The options a preset sets (each ``None`` in :func:`cpnn.tl.fit`'s signature means "the preset's").
+PRESET_OPTIONS = (
+    "residual",
+    "context_um",
+    "loss",
+    "comp_reg",
+    "standardise",
+    "batch_size",
+    "epochs",
+    "patience",
+    "init",
+    "alpha_init",
+    "targets",
+)
+#: Allowed values of the preset options that are names.
+CHOICES = {
+    "loss": ("nb", "mse"),
+    "init": ("xavier", "torch"),
+    "alpha_init": ("scaling", "one"),
+    "targets": ("deconvolve", "given"),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +105,10 @@ class FitConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     patience: int = 30
+    standardise: bool = True
+    init: str = "torch"
+    alpha_init: str = "one"
+    targets: str = "given"
     layer: str | None = None
     seed: int = 0
     max_patches: int = 0
@@ -166,11 +218,15 @@ def resolve_config(
     context_um: float | None,
     loss: str | None,
     sample_key: str | None,
-    epochs: int,
+    epochs: int | None,
     batch_size: int | None,
     lr: float,
     weight_decay: float,
-    patience: int,
+    patience: int | None,
+    standardise: bool | None,
+    init: str | None,
+    alpha_init: str | None,
+    targets: str | None,
     layer: str | None,
     seed: int,
     max_patches: int,
@@ -200,12 +256,27 @@ def resolve_config(
     chosen = {**PRESETS[preset]}
     if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
         chosen["context_um"] = None
-    explicit = {"residual": residual, "context_um": context_um, "loss": loss, "comp_reg": comp_reg}
+    if level == "slide":  # the paper's 8 bags a step are 8 slides; a spot preset's larger batch is not meant for slides
+        chosen["batch_size"] = 8
+    explicit = {
+        "residual": residual,
+        "context_um": context_um,
+        "loss": loss,
+        "comp_reg": comp_reg,
+        "standardise": standardise,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "patience": patience,
+        "init": init,
+        "alpha_init": alpha_init,
+        "targets": targets,
+    }
     chosen.update({k: v for k, v in explicit.items() if v is not None})
-    residual, context_um, loss, comp_reg = (chosen[k] for k in PRESET_OPTIONS)
+    for name, allowed in CHOICES.items():
+        if chosen[name] not in allowed:
+            raise CpnnError(f"{name}={chosen[name]!r}; use one of {list(allowed)}.")
+    residual, context_um, loss, comp_reg = (chosen[k] for k in ("residual", "context_um", "loss", "comp_reg"))
     residual = check_number("residual", residual, low=0.0)
-    if loss not in ("nb", "mse"):
-        raise CpnnError(f"loss={loss!r}; use 'nb' or 'mse'.")
     if context_um is not None:
         context_um = check_number("context_um", context_um, low=0.0)
         if context_um > 0 and (finetune or level == "slide"):
@@ -235,7 +306,6 @@ def resolve_config(
         raise CpnnError(f"encoder={name!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
-    batch_size = batch_size if batch_size is not None else (8 if level == "slide" else 256)
     hidden = tuple(check_int("hidden", h) for h in hidden) if not isinstance(hidden, int) else (hidden,)
     if head_cls.composition:
         composition = {"residual": residual, "sample_key": sample_key}
@@ -257,11 +327,15 @@ def resolve_config(
         preset=preset,
         context_um=context_um or None,
         loss=loss,
-        epochs=check_int("epochs", epochs),
-        batch_size=check_int("batch_size", batch_size),
+        epochs=check_int("epochs", chosen["epochs"]),
+        batch_size=check_int("batch_size", chosen["batch_size"]),
         lr=check_number("lr", lr, low=0.0, strict=True),
         weight_decay=check_number("weight_decay", weight_decay, low=0.0),
-        patience=check_int("patience", patience),
+        patience=check_int("patience", chosen["patience"]),
+        standardise=bool(chosen["standardise"]),
+        init=chosen["init"],
+        alpha_init=chosen["alpha_init"],
+        targets=chosen["targets"],
         layer=layer,
         seed=int(seed),
         max_patches=int(max_patches) if level == "slide" else 0,

@@ -29,6 +29,7 @@ from ..models.heads import SlideHead
 from ._config import PRESETS, FitConfig, resolve_config
 from ._inputs import Split, build_inputs, read_collection, read_split
 from ._model import CPNN, build_head
+from ._targets import composition_targets, gene_scaling
 from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training, training_warnings
 
 __all__ = ["PRESETS", "fit"]
@@ -69,11 +70,15 @@ def fit(
     context_um: float | None = None,
     loss: Literal["nb", "mse"] | None = None,
     sample_key: str | None = None,
-    epochs: int = 300,
+    epochs: int | None = None,
     batch_size: int | None = None,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
-    patience: int = 30,
+    patience: int | None = None,
+    standardise: bool | None = None,
+    init: Literal["xavier", "torch"] | None = None,
+    alpha_init: Literal["scaling", "one"] | None = None,
+    targets: Literal["deconvolve", "given"] | None = None,
     layer: str | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -122,7 +127,8 @@ def fit(
     encoder
         A pathology foundation model by name (``"uni"``, ``"uni2-h"``, ``"conch"``, ``"h-optimus-0"``,
         ``"virchow2"``, ``"gigapath"``, ``"phikon"``...; :data:`cpnn.models.PRESETS`), any timm
-        architecture or ``hf-hub:`` id, ``"handcrafted"`` colour/texture features, or an
+        architecture or ``hf-hub:`` id, ``"handcrafted"`` colour/texture features, ``"nuclei"``
+        (nuclear morphometry at 0.5 um per pixel plus colour/texture; offline, no weights), or an
         ``nn.Module``/callable taking (N, 3, px, px) floats in [0, 1] and returning (N, D).
     encoder_kwargs
         Constructor settings of the encoder (timm: ``init_values``, ``reg_tokens``, ``mlp_layer``,
@@ -148,8 +154,9 @@ def fit(
     prototypes_key
         ``varm`` key of the prototypes.
     composition_key
-        ``obsm`` key of a reference composition (DataFrame with the cell types as columns) to
-        regularise the weights towards, when one exists.
+        ``obsm`` key of a reference composition (DataFrame with the cell types as columns, e.g.
+        from :func:`cpnn.pp.deconvolve` of the training spots) to regularise the weights towards.
+        Only the training spots' rows are read.
     proto_reg
         Weight of the regulariser keeping learned prototypes near the atlas (1e3 in the paper).
     comp_reg
@@ -161,9 +168,13 @@ def fit(
     dropout
         Dropout rate between the MLP's layers, in [0, 1).
     preset
-        ``"paper"``: the paper's model exactly (no residual, no spatial context, NB loss).
+        ``"paper"``: the authors' model and training recipe as their code runs it: NB loss, no
+        residual or spatial context, raw (not standardised) inputs, 8 spots (or slides) a step,
+        up to 1000 epochs with patience 30, xavier-normal MLP, alpha initialised from the
+        deconvolution's per-gene scaling, and the composition loss always on (``targets="deconvolve"``).
         ``"cpnn"``: the package's default configuration (see ``PRESETS`` and the benchmark page).
-        Options passed explicitly override the preset.
+        Options passed explicitly override the preset; every option documented as "default: the
+        preset's" takes its value from it.
     residual
         Strength of a per-gene log-scale residual from the same features (cpnn head):
         ``y * exp(r)`` with ``sum_g r_g^2 / residual`` added to the loss; 0 is the paper's model.
@@ -182,8 +193,28 @@ def fit(
         any sample, use none.
     epochs, batch_size, lr, weight_decay, patience
         Optimisation: AdamW with StepLR(50, 0.9) and gradient clipping at 0.5; early stopping
-        after ``patience`` epochs without a better validation loss. ``batch_size`` defaults to
-        256 spots, or 8 slides at slide level (the paper).
+        after ``patience`` epochs without a better validation loss (the head's data term only,
+        regularisers left out; for the NB loss the counts rescaled to 10,000 at library 10,000, as
+        the authors' code validates). ``epochs``, ``batch_size`` and ``patience`` default to the
+        preset's (``"paper"``: 1000, 8, 30; ``"cpnn"``: see ``PRESETS``); slide level always
+        defaults to 8 slides a step.
+    standardise
+        z-score the head's input features with the training spots' mean and standard deviation
+        (default: the preset's; the paper feeds raw features).
+    init
+        ``"xavier"``: xavier-normal MLP weights and log-dispersion drawn from N(0, 1), as the
+        authors' code; ``"torch"``: PyTorch's default initialisation and log-dispersion 2.
+        Default: the preset's.
+    alpha_init
+        ``"scaling"``: initialise the per-gene correction ``alpha`` at the log of the per-gene
+        technical scaling that :func:`cpnn.pp.deconvolve` fitted with the composition targets (1 for
+        genes it did not fit); ``"one"``: at log 1. Default: the preset's.
+    targets
+        ``"deconvolve"``: when the head has a composition, ``comp_reg > 0`` and no
+        ``composition_key`` is given, deconvolve the training spots (:func:`cpnn.pp.deconvolve`, NB,
+        into ``obsm["cpnn_deconvolution"]``; validation and test spots never) and supervise the
+        composition with them, as the paper does; ``"given"``: only ``composition_key``'s targets.
+        Default: the preset's. Pass ``comp_reg=0`` for no composition loss at all.
     layer
         Layer with raw counts (default ``X``).
     device
@@ -257,7 +288,8 @@ def fit(
         correction=correction, prototypes_key=prototypes_key, composition_key=composition_key,
         proto_reg=proto_reg, comp_reg=comp_reg, hidden=hidden, dropout=dropout, preset=preset, residual=residual,
         context_um=context_um, loss=loss, sample_key=sample_key, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, patience=patience, layer=layer, seed=seed, max_patches=max_patches,
+        weight_decay=weight_decay, patience=patience, standardise=standardise, init=init, alpha_init=alpha_init,
+        targets=targets, layer=layer, seed=seed, max_patches=max_patches,
         tiles_key=tiles_key, slide_key=slide_key, embedding_key=embedding_key, image_key=image_key,
         spot_diameter_um=spot_diameter_um,
     )  # fmt: skip
@@ -273,12 +305,14 @@ def fit(
     workers = settings.num_workers if num_workers is None else num_workers
     if is_collection(data):
         adata = None
+        config = composition_targets(None, config, train, validation, key_added)
         split = read_collection(
             data, config, train, validation, panel=panel, encoder=enc, device=dev, num_workers=workers,
             embed_batch_size=check_int("embed_batch_size", embed_batch_size), table_key=table_key,
         )  # fmt: skip
     else:
         adata = get_table(data, table_key)
+        config = composition_targets(adata, config, train, validation, key_added)
         split = read_split(adata, config, train, validation)
     inputs = build_inputs(
         data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
@@ -291,16 +325,20 @@ def fit(
     )  # fmt: skip
     torch.manual_seed(config.seed)  # after any data loading, which draws from the global generator
     head_module = build_head(config, inputs.in_dim, split.prototypes)
-    if inputs.standardise and not config.head_class.closed_form:
-        getattr(head_module, "head", head_module).fit_inputs(
-            inputs.train.standardisation_inputs(config.head_class.per_tile)
-        )
+    inner = getattr(head_module, "head", head_module)
+    if config.standardise and inputs.standardise and not config.head_class.closed_form:
+        inner.fit_inputs(inputs.train.standardisation_inputs(config.head_class.per_tile))
+    scaling = gene_scaling(adata, config, list(split.genes))
+    if scaling is not None and hasattr(inner, "set_gene_scaling"):
+        inner.set_gene_scaling(scaling)
     result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
     model = CPNN(config, enc.cpu().eval(), head_module, result.history)
     notes = (
         []
         if config.head_class.closed_form
-        else training_warnings(result, epochs=config.epochs, validated=bool(split.validation.any()))
+        else training_warnings(
+            result, epochs=config.epochs, validated=bool(split.validation.any()), patience=config.patience
+        )
     )
     off = _switched_off(config, inputs, head_module)
     if off:
@@ -391,6 +429,8 @@ def _record(
         "n_validation": int(split.validation.sum()),
         "device": device,
         "warnings": list(notes),
+        # training ran to its epoch cap with the validation loss still improving within the patience
+        "still_improving_at_cap": any("still improving" in n for n in notes),
         "types_without_marker": list(split.unmarked),
         "types_switched_off": list(off),
         "key_added": key_added,

@@ -87,9 +87,21 @@ def composition_share(out: dict[str, np.ndarray]) -> np.ndarray | None:
 
 
 def _write_expression(
-    adata: AnnData, rows: np.ndarray, props: np.ndarray, model: CPNN, *, layer: str | None, key_added: str
+    adata: AnnData,
+    rows: np.ndarray,
+    props: np.ndarray,
+    model: CPNN,
+    *,
+    layer: str | None,
+    key_added: str,
+    measured_depth: bool = False,
 ) -> str:
-    """Predicted counts of ``rows`` into ``layers[key_added]`` (or, for a tiles table, ``obsm``); returns the slot."""
+    """Depth-free predicted counts of ``rows`` into ``layers[key_added]`` (tiles table: ``obsm``); returns the slot.
+
+    The counts are at the median training library (the model's expected counts for a spot of
+    typical depth), never scaled by the spot's own measured library unless ``measured_depth``
+    asks for the extra layer.
+    """
     genes = model.genes
     if is_tiles_table(adata) and not set(genes) <= set(adata.var_names):
         # tiles carry no genes: expression at the median training library, as a DataFrame
@@ -102,18 +114,43 @@ def _write_expression(
         adata.obsm[key] = frame
         return f"{key!r} (adata.obsm)"
     gidx = adata.var_names.get_indexer(genes)
+    depth = float(model.config.median_library)
+    _put_layer(adata, key_added, rows, gidx, (props * depth).astype(np.float32))
+    if not measured_depth:
+        return f"{key_added!r} (adata.layers)"
     lib = dense_rows(layer_matrix(adata, layer), rows, gidx).sum(axis=1).astype(np.float64)
-    lib = np.where(np.isfinite(lib) & (lib > 0), lib, model.config.median_library)
-    pred = (props * lib[:, None]).astype(np.float32)
+    lib = np.where(np.isfinite(lib) & (lib > 0), lib, np.nan)  # no measured depth: nothing to scale to
+    name = measured_depth_key(key_added)
+    _put_layer(adata, name, rows, gidx, (props * lib[:, None]).astype(np.float32))
+    return f"{key_added!r}, {name!r} (adata.layers)"
+
+
+def measured_depth_key(key_added: str) -> str:
+    """Layer of the predictions scaled to each spot's measured panel library (``measured_depth=True``)."""
+    return f"{key_added}_measured_depth"
+
+
+def _put_layer(adata: AnnData, key: str, rows: np.ndarray, gidx: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` (rows x panel genes) into sparse ``layers[key]``; other rows keep earlier predictions.
+
+    Spots never predicted hold NaN in the panel's columns (the one encoding of "not predicted",
+    as in ``obsm``); genes outside the panel hold 0.
+    """
+    n, g = adata.n_obs, len(gidx)
+    new_r, new_c, new_v = np.repeat(rows, g), np.tile(gidx, len(rows)), values.ravel()
+    if key in adata.layers:  # earlier predictions (or NaN) of the other spots
+        old = sparse.coo_matrix(adata.layers[key])
+        keep = ~np.isin(old.row, rows)
+        r, c, v = old.row[keep], old.col[keep], old.data[keep].astype(np.float32)
+    else:
+        others = np.setdiff1d(np.arange(n), rows)
+        r, c, v = np.repeat(others, g), np.tile(gidx, len(others)), np.full(len(others) * g, np.nan, np.float32)
     full = sparse.csr_matrix(
-        (pred.ravel(), (np.repeat(rows, len(gidx)), np.tile(gidx, len(rows)))), shape=(adata.n_obs, adata.n_vars)
+        (np.concatenate([v, new_v]), (np.concatenate([r, new_r]), np.concatenate([c, new_c]))),
+        shape=(n, adata.n_vars),
+        dtype=np.float32,
     )
-    if key_added in adata.layers:  # keep earlier predictions of the other spots
-        others = np.ones(adata.n_obs, np.float32)
-        others[rows] = 0.0
-        full = sparse.diags(others) @ sparse.csr_matrix(adata.layers[key_added], dtype=np.float32) + full
-    adata.layers[key_added] = full.tocsr()
-    return f"{key_added!r} (adata.layers)"
+    adata.layers[key] = full
 
 
 def _write_weights(adata: AnnData, rows: np.ndarray, weights: np.ndarray, model: CPNN, key: str) -> None:
@@ -153,13 +190,16 @@ def predict(
     slides: Any = None,
     tiles_key: str = TILES,
     slide_key: str = "slide",
+    measured_depth: bool = False,
     table_key: str = "table",
     _cache: str = "obsm",
 ) -> None:
     """Predict the panel's expression and the cell-type composition of spots, tiles or slides.
 
-    Works on spots without measured counts (a new section): their predictions are scaled to the
-    median training library size. The same call predicts every tissue tile of a section
+    Predictions are depth-free: the model's expected counts for a spot of the median training
+    library size, whatever the spot's own sequencing depth (a layer scaled by each spot's measured
+    depth would carry that depth into every downstream correlation and map). Spots without
+    measured counts (a new section) are predicted the same way. The same call predicts every tissue tile of a section
     (``regions="cpnn_tiles"`` or ``table_key="cpnn_tiles"`` after :func:`cpnn.pp.tile`), giving
     composition and expression maps that also cover tissue without spots.
 
@@ -180,7 +220,10 @@ def predict(
     key_added
         Name of the outputs.
     layer
-        Layer holding measured counts, used for each spot's library size (default ``X``).
+        Layer holding measured counts, for ``measured_depth`` (default ``X``).
+    measured_depth
+        Also write ``layers[f"{key_added}_measured_depth"]``: the predictions scaled to each spot's
+        measured panel library (NaN without counts), e.g. to compare with raw counts on their scale.
     device, batch_size, num_workers, image_key, spot_diameter_um, embedding_key
         As in :func:`cpnn.tl.fit`.
     slides, tiles_key, slide_key
@@ -190,8 +233,9 @@ def predict(
 
     Returns
     -------
-    ``None``. Writes ``layers[key_added]`` (sparse, predicted counts in the panel's columns scaled
-    to each spot's measured panel library size, 0 elsewhere and for spots not predicted),
+    ``None``. Writes ``layers[key_added]`` (sparse, depth-free predicted counts in the panel's
+    columns at the median training library ``uns["cpnn"]["predict"]["library"]``; NaN in the
+    panel's columns for spots not predicted, as in ``obsm``; 0 for genes outside the panel),
     ``obsm[f"{key_added}_proportions"]`` (DataFrame spots x cell types, rows sum to 1, NaN for
     spots not predicted; cpnn head only), ``obs[f"{key_added}_predicted"]``,
     ``var[f"{key_added}_composition_share"]`` (cpnn head: per gene, the share of the predicted
@@ -212,7 +256,7 @@ def predict(
             predict(
                 sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
                 num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um,
-                embedding_key=embedding_key, table_key=table_key, _cache="disk",
+                embedding_key=embedding_key, measured_depth=measured_depth, table_key=table_key, _cache="disk",
             )  # fmt: skip
             coll.save_table(name, sdata)
         return None
@@ -234,6 +278,7 @@ def predict(
             embedding_key=embedding_key,
             tiles_key=tiles_key,
             slide_key=slide_key,
+            measured_depth=measured_depth,
             start=start,
         )
     if isinstance(regions, str) and is_spatialdata(data) and regions in data.tables and regions != table_key:
@@ -267,7 +312,9 @@ def predict(
     )
     out = predict_embeddings(model, z, device=dev)
     rows = np.flatnonzero(mask)
-    where = _write_expression(adata, rows, out["proportions"], model, layer=layer, key_added=key_added)
+    where = _write_expression(
+        adata, rows, out["proportions"], model, layer=layer, key_added=key_added, measured_depth=measured_depth
+    )
     col = _mark(adata, mask, key_added, model)
     off: list[str] = []
     if "weights" in out:
@@ -325,6 +372,8 @@ def _record(
         "cell_types": model.cell_types,
         "types_never_above": list(off or []),
         "never_above_share": OFF_SHARE,
+        # the depth of layers[key_added]: expected counts at this panel library, for every spot
+        "library": float(model.config.median_library),
     }
 
 
@@ -342,6 +391,7 @@ def _predict_slides(
     embedding_key: str,
     tiles_key: str,
     slide_key: str,
+    measured_depth: bool,
     start: Any,
 ) -> None:
     """Slide level: bulk expression and mean composition per sample, composition per tile."""
@@ -370,7 +420,13 @@ def _predict_slides(
     outs = [predict_bag(model, z, device=dev) for z in zs]
     rows = np.flatnonzero(mask)
     where = _write_expression(
-        bulk, rows, np.stack([o["proportions"] for o in outs]), model, layer=layer, key_added=key_added
+        bulk,
+        rows,
+        np.stack([o["proportions"] for o in outs]),
+        model,
+        layer=layer,
+        key_added=key_added,
+        measured_depth=measured_depth,
     )
     col = _mark(bulk, mask, key_added, model)
     key = proportions_key(key_added)

@@ -39,23 +39,23 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def training_warnings(result: TrainResult, *, epochs: int, validated: bool) -> list[str]:
-    """What a finished run says about its own budget: best epoch at the cap, or within the first few.
+def training_warnings(result: TrainResult, *, epochs: int, validated: bool, patience: int = 1) -> list[str]:
+    """What a finished run says about its own budget: still improving at the cap, or best within the first few epochs.
 
-    Each message names the fix; an empty list when training ended normally (or had no validation).
+    A run that ran all ``epochs`` and whose best validation epoch lies within the last ``patience``
+    epochs had not converged: early stopping would not yet have fired. Each message names the
+    fix; an empty list when training ended normally (or had no validation).
     """
     if not validated or not result.history or result.stop_reason == "interrupted":
         return []
     ran = len(result.history)
+    last = result.history[-1]["epoch"]
     out = []
-    if (
-        result.stop_reason == ""
-        and ran + result.resumed_from >= epochs
-        and result.best_epoch >= result.history[-1]["epoch"]
-    ):
+    if result.stop_reason == "" and ran + result.resumed_from >= epochs and result.best_epoch > last - max(patience, 1):
         out.append(
-            f"the validation loss was still falling at the last epoch ({result.best_epoch} of {epochs}): training "
-            "stopped at its cap, not at a minimum. Raise epochs= (or lr=) and fit again."
+            f"the validation loss was still improving near the last epoch (best epoch {result.best_epoch} of {epochs}, "
+            f"within the last {max(patience, 1)}, the patience): training stopped at its cap, not at a minimum. "
+            "Raise epochs= (or lr=) and fit again."
         )
     if ran >= 10 and result.best_epoch <= 3:
         out.append(
@@ -112,7 +112,7 @@ def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_hea
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str) -> tuple[float, float]:
-    """Mean loss over the dataset ``data`` without gradient, and the mean per-gene Spearman of its predictions."""
+    """Mean validation criterion over ``data`` without gradient (:meth:`Head.criterion`), and the mean per-gene Spearman."""
     model.eval()
     head.eval()
     total, n = 0.0, 0
@@ -121,7 +121,7 @@ def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: i
         batch = batch.to(device)
         with autocast(device):
             out = head(model(batch.x))
-        loss = head.loss(out, batch.counts, batch.library, batch.composition, batch.sample)
+        loss = head.criterion(out, batch.counts, batch.library)
         total += float(loss) * len(batch)
         n += len(batch)
         predicted.append(out["proportions"].float().cpu().numpy())
@@ -311,6 +311,11 @@ def run_training(
         head.load_state_dict(last_good[1])
         if not history:
             raise
+    finally:
+        if stop_reason == "early stopping":  # the bar ends where training did, not at the unreached cap
+            bar.n = bar.total = len(history) - resumed_from
+            bar.set_description(f"{desc} (early stopping)")
+        bar.close()
     if best_state is None:
         best_state, best_epoch = (model.state_dict(), head.state_dict()), history[-1]["epoch"]
     model.load_state_dict(best_state[0])

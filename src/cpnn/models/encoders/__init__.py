@@ -1,6 +1,6 @@
 """Encoders: image patches -> embeddings.
 
-Names resolve in order: a registered family (``"handcrafted"``), a foundation-model preset
+Names resolve in order: a registered family (``"handcrafted"``, ``"nuclei"``), a foundation-model preset
 (:data:`PRESETS`: ``"uni"``, ``"uni2-h"``, ``"conch"``, ``"h-optimus-0"``, ``"virchow2"``, ...),
 else a timm architecture or ``hf-hub:`` id. Any ``nn.Module`` or callable works too.
 """
@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 
 from ..._core import sha256_file
@@ -21,6 +20,7 @@ from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
 from ._hub_families import ConchEncoder, TransformersEncoder
 from ._module import ModuleEncoder, module_key
+from ._nuclei import NucleiEncoder
 from ._presets import PRESETS, Preset
 from ._timm import TimmEncoder, storable
 from ._weights import folder_config, weights_file
@@ -31,6 +31,8 @@ register_encoder = ENCODERS.register
 
 HANDCRAFTED = "handcrafted"
 register_encoder(HANDCRAFTED)(HandcraftedEncoder)
+NUCLEI = "nuclei"
+register_encoder(NUCLEI)(NucleiEncoder)
 
 #: The family class of each kind of preset.
 FAMILIES: dict[str, type[Encoder]] = {"timm": TimmEncoder, "conch": ConchEncoder, "transformers": TransformersEncoder}
@@ -49,15 +51,25 @@ def encoder_class(name: str) -> type[Encoder]:
     return TimmEncoder
 
 
-def default_input_px(name: str, weights: Path | None = None, kwargs: Mapping[str, Any] | None = None) -> int:
+def default_input_px(
+    name: str,
+    weights: Path | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    patch_size_um: float | None = None,
+) -> int:
     """The input size an encoder expects.
 
-    ``img_size`` of its settings, else the preset's, the local folder's config, timm's for the
-    architecture, else 224.
+    ``img_size`` of its settings, else a physical scale the encoder reads at (``um_per_px``, e.g.
+    the nuclei encoder's 0.5 um per pixel, times ``patch_size_um``), the preset's, the local
+    folder's config, timm's for the architecture, else 224.
     """
     size = (kwargs or {}).get("img_size")
     if size is not None:
         return int(size if isinstance(size, int) else list(size)[-1])
+    scale = getattr(ENCODERS.get(name), "um_per_px", None) if name in ENCODERS else None
+    if scale and patch_size_um:
+        return max(16, round(patch_size_um / scale))
     if name in PRESETS:
         return PRESETS[name].input_px
     if weights is not None and weights.is_dir():
@@ -67,6 +79,8 @@ def default_input_px(name: str, weights: Path | None = None, kwargs: Mapping[str
     if name in ENCODERS or name.startswith(("hf-hub:", "hf_hub:", "module:")):
         return 224
     try:
+        import timm  # timm (and torchvision) load on first use, not at import
+
         return int(timm.models.get_pretrained_cfg(name).input_size[-1])
     except (RuntimeError, AttributeError, KeyError):
         return 224
@@ -97,7 +111,7 @@ def encoder_config(
     if not isinstance(encoder, str) and not callable(encoder):
         raise CpnnError(f"encoder must be a name, an nn.Module or a callable, got {type(encoder).__name__}.")
     if patch_px is None:
-        patch_px = default_input_px(name, path, kwargs)
+        patch_px = default_input_px(name, path, kwargs, patch_size_um=patch_size_um)
     pretrained = bool(pretrained or weights is not None or name in PRESETS)
     config = {
         "encoder": name,
@@ -173,11 +187,13 @@ def make_encoder(name: str, *, pretrained: bool = False, weights: str | Path | N
 __all__ = [
     "ENCODERS",
     "HANDCRAFTED",
+    "NUCLEI",
     "PRESETS",
     "ConchEncoder",
     "Encoder",
     "HandcraftedEncoder",
     "ModuleEncoder",
+    "NucleiEncoder",
     "Preset",
     "TimmEncoder",
     "TransformersEncoder",

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from scanpy import logging as logg
 
@@ -99,6 +98,8 @@ class TimmEncoder(Encoder):
         patch_px: int | None = None,
         quiet: bool = False,
     ) -> None:
+        import timm  # loads torchvision: on first use, not at import
+
         super().__init__()
         preset: Preset | None = PRESETS.get(name)
         extra = resolve_objects({**(preset.kwargs if preset else {}), **(kwargs or {})})
@@ -154,6 +155,8 @@ class TimmEncoder(Encoder):
 
     @staticmethod
     def _create(name: str, arch: str, pretrained: bool, kwargs: dict) -> torch.nn.Module:
+        import timm
+
         try:
             return timm.create_model(arch, pretrained=pretrained, **{**kwargs, "num_classes": 0})
         except RuntimeError as e:

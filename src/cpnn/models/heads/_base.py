@@ -21,6 +21,13 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], dropout: float) -> n
     return nn.Sequential(*layers)
 
 
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-normal weights for every linear layer of ``module`` (biases keep PyTorch's default), as the authors' code."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+
+
 class Standardise(nn.Module):
     """Fixed z-scoring of the input features with training statistics."""
 
@@ -79,6 +86,10 @@ class Head(nn.Module):
         """Training loss of a batch: outputs, raw panel counts, library sizes, optional targets."""
         raise NotImplementedError
 
+    def criterion(self, out: dict[str, torch.Tensor], counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Validation criterion for early stopping (default: the training loss without reference composition)."""
+        return self.loss(out, counts, library)
+
     def fit_inputs(self, z: torch.Tensor) -> None:
         """Prepare for the training inputs ``z`` (rows = what the head sees): standardisation."""
         self.standardise.fit(z)
@@ -129,3 +140,7 @@ class SlideHead(nn.Module):
     def loss(self, *args: Any) -> torch.Tensor:
         """The wrapped head's loss on slide-level outputs."""
         return self.head.loss(*args)
+
+    def criterion(self, *args: Any) -> torch.Tensor:
+        """The wrapped head's validation criterion on slide-level outputs."""
+        return self.head.criterion(*args)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..._core import lognorm_torch
 from .._losses import gene_softmax_mse, nb_log_prob
-from ._base import Head, Standardise, mlp
+from ._base import Head, Standardise, mlp, xavier_init
 
 
 class CPNNHead(Head):
@@ -51,6 +51,9 @@ class CPNNHead(Head):
         loss (L2-penalised; 0: none). Predictions never use it: new samples get no offset.
     seed
         Seed of the random prototypes of ``mode="random"``.
+    init
+        ``"xavier"``: xavier-normal MLP weights and log-dispersion drawn from N(0, 1) (the authors'
+        code); ``"torch"``: PyTorch's default layers and log-dispersion 2.
     """
 
     composition = True
@@ -72,6 +75,7 @@ class CPNNHead(Head):
         loss: str = "nb",
         n_samples: int = 0,
         seed: int = 0,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         k, g = prototypes.shape
@@ -100,7 +104,9 @@ class CPNNHead(Head):
         eff = torch.ones(g) if efficiency is None else torch.as_tensor(efficiency, dtype=torch.float32)
         self.alpha = nn.Parameter(torch.log(eff.clamp_min(1e-8)), requires_grad=correction)
         self.beta = nn.Parameter(torch.full((g,), float(np.log(1e-10))), requires_grad=correction)
-        self.log_theta = nn.Parameter(torch.full((g,), 2.0))
+        self.log_theta = nn.Parameter(torch.randn(g) if init == "xavier" else torch.full((g,), 2.0))
+        if init == "xavier":
+            xavier_init(self.mlp)
         self.mode, self.correction = mode, correction
         self.proto_reg = proto_reg if mode == "learn" else 0.0
         self.comp_reg = comp_reg
@@ -123,7 +129,16 @@ class CPNNHead(Head):
             loss=config["loss"],
             n_samples=len(config["samples"] or ()),
             seed=config["seed"],
+            init=config.get("init", "torch"),
         )
+
+    def set_gene_scaling(self, scaling: np.ndarray) -> None:
+        """Initialise ``alpha`` at the log of a per-gene technical scaling (G values, positive)."""
+        s = torch.as_tensor(np.asarray(scaling, dtype=np.float32)).clamp_min(1e-8)
+        if s.shape != self.alpha.shape:
+            raise ValueError(f"gene scaling has {tuple(s.shape)} values for {self.alpha.numel()} genes")
+        with torch.no_grad():
+            self.alpha.copy_(torch.log(s))
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Composition weights (N x K), predicted gene proportions and unnormalised expression (N x G).
@@ -158,6 +173,21 @@ class CPNNHead(Head):
             slide["residual"] = out["residual"][valid.reshape(-1)]
         return slide
 
+    def _data_term(
+        self, out: dict[str, torch.Tensor], counts: torch.Tensor, library: torch.Tensor, sample: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean NB negative log-likelihood per spot (or squared error of log1p CP10k), without regularisers."""
+        props = out["proportions"]
+        if sample is not None and self.n_samples:
+            seen = (sample >= 0).float()[:, None]
+            offset = self.sample_offset[sample.clamp_min(0)] * seen
+            props = props * torch.exp(offset)
+            props = props / props.sum(-1, keepdim=True)
+        if self.loss_kind == "nb":
+            mu = props * library[:, None]
+            return -nb_log_prob(counts, mu, torch.exp(self.log_theta)).sum(-1).mean()
+        return ((torch.log1p(props * 1e4) - lognorm_torch(counts, library)) ** 2).sum(-1).mean()
+
     def loss(
         self,
         out: dict[str, torch.Tensor],
@@ -167,17 +197,7 @@ class CPNNHead(Head):
         sample: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean NB negative log-likelihood per spot (or squared error of log1p CP10k), plus the regularisers."""
-        props = out["proportions"]
-        if sample is not None and self.n_samples:
-            seen = (sample >= 0).float()[:, None]
-            offset = self.sample_offset[sample.clamp_min(0)] * seen
-            props = props * torch.exp(offset)
-            props = props / props.sum(-1, keepdim=True)
-        if self.loss_kind == "nb":
-            mu = props * library[:, None]
-            nll = -nb_log_prob(counts, mu, torch.exp(self.log_theta)).sum(-1).mean()
-        else:
-            nll = ((torch.log1p(props * 1e4) - lognorm_torch(counts, library)) ** 2).sum(-1).mean()
+        nll = self._data_term(out, counts, library, sample)
         if self.residual > 0:
             nll = nll + (out["residual"] ** 2).sum(-1).mean() / self.residual
         if self.n_samples:
@@ -187,6 +207,17 @@ class CPNNHead(Head):
         if composition is not None and self.comp_reg:
             nll = nll + self.comp_reg * torch.mean((out["weights"] - composition) ** 2)
         return nll
+
+    def criterion(self, out: dict[str, torch.Tensor], counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """Validation criterion: the data term alone; for the NB loss the counts rescaled to 10,000 at library 10,000.
+
+        This is the authors' early-stopping criterion: comparable between spots (and slides) of any
+        sequencing depth, and blind to the regularisers.
+        """
+        if self.loss_kind == "nb":
+            scaled = counts / library.clamp_min(1e-8)[:, None] * 1e4
+            return self._data_term(out, scaled, torch.full_like(library, 1e4), None)
+        return self._data_term(out, counts, library, None)
 
     def learned_prototypes(self) -> np.ndarray:
         """The learned prototypes, K x G, on the count scale."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..._core import lognorm_torch
-from ._base import Head, Standardise, mlp
+from ._base import Head, Standardise, mlp, xavier_init
 
 
 class LogNormHead(Head):
@@ -48,19 +48,35 @@ class DirectHead(LogNormHead):
         Panel size.
     hidden, dropout
         MLP hidden sizes and dropout.
+    init
+        ``"xavier"`` (xavier-normal weights, as the authors' code) or ``"torch"`` (PyTorch's default).
     """
 
     def __init__(
-        self, in_dim: int, n_genes: int, *, hidden: tuple[int, ...] = (1024, 512), dropout: float = 0.0
+        self,
+        in_dim: int,
+        n_genes: int,
+        *,
+        hidden: tuple[int, ...] = (1024, 512),
+        dropout: float = 0.0,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         self.standardise = Standardise(in_dim)
         self.mlp = mlp(in_dim, n_genes, hidden, dropout)
+        if init == "xavier":
+            xavier_init(self.mlp)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], in_dim: int, prototypes: np.ndarray | None) -> DirectHead:
         """The head of a fit's configuration (prototypes are not used)."""
-        return cls(in_dim, len(config["genes"]), hidden=tuple(config["hidden"]), dropout=config["dropout"])
+        return cls(
+            in_dim,
+            len(config["genes"]),
+            hidden=tuple(config["hidden"]),
+            dropout=config["dropout"],
+            init=config.get("init", "torch"),
+        )
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predicted log-normalised expression and gene proportions (N x G)."""

@@ -1,0 +1,193 @@
+"""The accuracy story on the faithful recipe: both presets, direct and ridge, per encoder, LOSO and LOPO.
+
+Run (hours on 2 CPU cores in full; resumable, seed-major so that a partial run covers every fold):
+    CPNN_DATA_DIR=../shared/data python benchmarks/protocols.py --out results/protocols --resume
+Quick check: ``--folds section=B4 patient=B --seeds 1``. Subsets: ``--panels top-250``,
+``--encoders handcrafted nuclei``, ``--methods "cpnn default" ridge``.
+
+Folds: leave-one-patient-out over the six imaged sections (2 folds) and leave-one-section-out (6),
+validation taken from the training side by ``cp.tl.split`` (never the held-out section). Panels:
+top 250 by mean (the paper's protocol) and HisToGene's 727, both restricted to genes every method
+can predict. Encoders, all offline and weight-free or random: ``handcrafted`` colour/texture,
+``nuclei`` (nuclear morphometry at 0.5 um/px plus the colour/texture statistics), and resnet18 at
+random initialisation (frozen). Methods: ``preset="paper"`` (the authors' recipe, composition
+loss against the training spots' NB deconvolution), ``preset="cpnn"`` (the shipped default, with
+the same targets), ``head="direct"`` and ``head="ridge"``; 3 seeds (ridge is deterministic: one).
+
+Per run: mean per-gene Spearman per held-out section, and for composition heads the agreement of
+the image-derived composition with the authors' stereoscope proportions on the held-out spots
+(mean Pearson over the 8 stereoscope types) and, on the held-out B4 spots with little tissue
+(tissue fraction < 0.5 in the nuclei encoder's reading), the mean predicted epithelial share
+next to stereoscope's. ``<out>/runs.csv`` holds every run; ``<out>/tables.md`` the summary (mean
++- sd over folds of the seed means, and the sd over seeds of the fold means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import mean_sd, table
+from her2st import TO_STEREOSCOPE, agreement, panels
+
+import cpnn as cp
+from cpnn.models.encoders._nuclei import MORPHOMETRY
+
+METHODS = {
+    "paper": {"preset": "paper"},
+    "cpnn default": {"preset": "cpnn"},
+    "direct": {"head": "direct", "preset": "cpnn"},
+    "ridge": {"head": "ridge"},
+}
+ENCODERS = {"handcrafted": {}, "nuclei": {}, "resnet18 (random, frozen)": {"encoder": "resnet18"}}
+
+
+def _embed(sdata, name: str) -> str:
+    key = "z_" + name.split()[0]
+    enc = ENCODERS[name].get("encoder", name)
+    t0 = time.perf_counter()
+    cp.pp.embed(sdata, encoder=enc, key_added=key)
+    n = sdata["table"].n_obs
+    print(f"embedded {n} spots with {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return key
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/protocols")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--folds", nargs="*", default=None, help="fold names (e.g. section=B4 patient=B); default all")
+    ap.add_argument("--panels", nargs="*", default=None, help="panel names (top-250, HisToGene-727); default both")
+    ap.add_argument("--encoders", nargs="*", default=list(ENCODERS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cp.settings.verbosity = 0
+    cp.settings.progress_bar = False
+    csv = out / "runs.csv"
+    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.exists() else []
+    done = {(r["encoder"], r["fold"], r["panel"], r["method"], int(r["seed"])) for r in rows}
+
+    sdata = cp.datasets.her2st()
+    adata = sdata["table"]
+    ref = cp.datasets.wu2021_cid4465()
+    stereo = cp.datasets.her2st_proportions("major").reindex(adata.obs_names)
+    cp.pp.build_prototypes(adata, ref, cell_type_key="celltype_major", method="nb")
+    ok = adata.var_names[adata.var["cpnn_in_reference"].to_numpy(bool)]
+    panel_sets = panels(adata, ok, cp.datasets.wu2021_profiles(), n_top=250)
+    if args.panels:
+        panel_sets = {k: v for k, v in panel_sets.items() if k in args.panels}
+    keys = {name: _embed(sdata, name) for name in args.encoders}
+    # spots with little tissue (fat, glass), read by the nuclei encoder whatever encoder is benchmarked
+    nuclei_key = keys.get("nuclei") or _embed(sdata, "nuclei")
+    low_tissue = np.asarray(adata.obsm[nuclei_key])[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
+    folds = [f for f in cp.tl.split(adata, by="patient")] + [f for f in cp.tl.split(adata, by="section")]
+    if args.folds:
+        folds = [f for f in folds if f.name in args.folds]
+    for seed in range(args.seeds):
+        for fold in folds:
+            train, val, test = ((fold == r).to_numpy() for r in ("train", "validation", "test"))
+            targets = f"targets_{fold.name}_{seed}"
+            for panel, genes in panel_sets.items():
+                cp.pp.select_genes(adata, genes=genes)
+                for enc_name in args.encoders:
+                    for method in args.methods:
+                        if method == "ridge" and seed > 0:
+                            continue  # closed form: no seed
+                        if (enc_name, fold.name, panel, method, seed) in done:
+                            continue
+                        if targets not in adata.obsm:  # the fold's targets: the training spots only
+                            cp.pp.deconvolve(adata, regions=train, key_added=targets, seed=seed)
+                        kw = dict(METHODS[method])
+                        if kw.get("head") != "ridge":
+                            kw["composition_key"] = targets
+                        enc = ENCODERS[enc_name].get("encoder", enc_name)
+                        t0 = time.perf_counter()
+                        model = cp.tl.fit(
+                            adata, train=train, validation=val, encoder=enc, embedding_key=keys[enc_name],
+                            seed=seed, **kw,
+                        )  # fmt: skip
+                        seconds = time.perf_counter() - t0
+                        cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=keys[enc_name])
+                        df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=test, groupby="section")
+                        cols = [
+                            c
+                            for c in df.columns
+                            if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")
+                        ]
+                        row = {
+                            "encoder": enc_name,
+                            "protocol": "LOPO" if fold.name.startswith("patient") else "LOSO",
+                            "fold": fold.name,
+                            "panel": panel,
+                            "method": method,
+                            "seed": seed,
+                            "spearman": float(np.nanmean([df[c].mean() for c in cols])),
+                            "epochs": len(model.history),
+                            "still_improving_at_cap": bool(
+                                adata.uns["cpnn"]["fit"].get("still_improving_at_cap", False)
+                            ),
+                            "seconds": seconds,
+                        }
+                        if model.has_composition:
+                            props = adata.obsm["bench_proportions"]
+                            a = agreement(adata, props, stereo, test)
+                            row["agreement"] = float(np.nanmean(list(a.values())))
+                            row.update({f"r {k}": v for k, v in a.items()})
+                            fat = test & low_tissue & stereo.notna().all(1).to_numpy()
+                            if fat.any():
+                                mapped = props.loc[fat].T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+                                row["low-tissue spots"] = int(fat.sum())
+                                row["epithelial on low-tissue spots"] = float(mapped["Epithelial"].mean())
+                                row["stereoscope epithelial on low-tissue spots"] = float(
+                                    stereo.loc[fat, "Epithelial"].mean()
+                                )
+                        rows.append(row)
+                        print(
+                            f"{enc_name} {fold.name} {panel} {method} seed {seed}: Spearman {row['spearman']:.3f} "
+                            f"agreement {row.get('agreement', float('nan')):.2f} ({seconds:.0f} s)",
+                            flush=True,
+                        )
+                        pd.DataFrame(rows).to_csv(csv, index=False)
+    text = "\n".join(summary(pd.DataFrame(rows)))
+    (out / "tables.md").write_text(text)
+    print(text)
+
+
+def summary(runs: pd.DataFrame) -> list[str]:
+    """Per protocol and panel, one table: encoder x method, Spearman and agreement, folds and seeds counted."""
+    lines = []
+    for (proto, panel), grp in runs.groupby(["protocol", "panel"], sort=False):
+        out = []
+        for (enc, method), g in grp.groupby(["encoder", "method"], sort=False):
+            per_fold = (
+                g.groupby("fold")[["spearman", "agreement"]].mean(numeric_only=True)
+                if "agreement" in g
+                else g.groupby("fold")[["spearman"]].mean()
+            )
+            per_seed = g.groupby("seed")[["spearman"]].mean()
+            r = {
+                "encoder": enc,
+                "method": method,
+                "Spearman (+- sd over folds)": mean_sd(per_fold["spearman"]),
+                "sd over seeds": f"{per_seed['spearman'].std(ddof=0):.3f}" if len(per_seed) > 1 else "-",
+                "stereoscope agreement": mean_sd(per_fold["agreement"], 2)
+                if "agreement" in per_fold and per_fold["agreement"].notna().any()
+                else "-",
+                "folds x seeds": f"{g['fold'].nunique()} x {g['seed'].nunique()}",
+            }
+            out.append(r)
+        lines += [f"### {proto}, {panel}", "", table(out), ""]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
