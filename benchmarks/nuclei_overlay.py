@@ -23,7 +23,7 @@ from skimage.segmentation import find_boundaries
 from skimage.transform import resize
 
 import cpnn as cp
-from cpnn.models.encoders._nuclei import MORPHOMETRY, NUCLEI_UM_PER_PX, morphometry, segment_nuclei
+from cpnn.models.encoders._nuclei import MORPHOMETRY, NUCLEI_UM_PER_PX, morphometry, segment_nuclei, tissue_mask
 
 PATCH_UM = 112.0
 
@@ -62,7 +62,7 @@ def main() -> None:
     for i in np.flatnonzero(sections == "B4"):
         region = f"{sections[i]}_spots"
         rgb = patch(sdata, sections[i], table.obsm["spatial"][i], um[region])
-        t = (-np.log(np.clip(rgb, 1 / 255, 1))).sum(-1).__gt__(0.25).mean()
+        t = tissue_mask(rgb).mean()
         if t < best_tissue:
             best, best_tissue = i, t
     picks["least tissue in B4 (fat, glass, a bubble)"] = best
@@ -76,7 +76,7 @@ def main() -> None:
         shown[find_boundaries(labels, mode="outer")] = (0.0, 0.9, 0.2)
         ax.imshow(shown)
         ax.set_axis_off()
-        n = int(f[MORPHOMETRY.index("n_nuclei")])
+        n = round(float(f[MORPHOMETRY.index("n_nuclei")]) * 100)
         ax.set_title(
             f"{label}\n{table.obs_names[i]}: {n} nuclei; small-round-dark "
             f"{f[MORPHOMETRY.index('share_small_round_dark')]:.0%}, elongated "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cpnn
 
 project = "cpnn"
@@ -18,6 +20,19 @@ extensions = [
     "sphinx.ext.viewcode",
     "matplotlib.sphinxext.mathmpl",  # maths rendered at build time: the pages need no network
 ]
+# links into the scverse, torch, numpy and pandas docs; an offline build (CI: CPNN_DOCS_OFFLINE=1)
+# cannot fetch their inventories and builds without the links
+if not os.environ.get("CPNN_DOCS_OFFLINE"):
+    extensions.append("sphinx.ext.intersphinx")
+    intersphinx_mapping = {
+        "anndata": ("https://anndata.readthedocs.io/en/stable/", None),
+        "scanpy": ("https://scanpy.readthedocs.io/en/stable/", None),
+        "squidpy": ("https://squidpy.readthedocs.io/en/stable/", None),
+        "spatialdata": ("https://spatialdata.scverse.org/en/stable/", None),
+        "torch": ("https://pytorch.org/docs/stable/", None),
+        "numpy": ("https://numpy.org/doc/stable/", None),
+        "pandas": ("https://pandas.pydata.org/docs/", None),
+    }
 autosummary_generate = True
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"

@@ -168,7 +168,7 @@ def test_composition_maps(world, tmp_path):
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == ["t0", "t1"] and "t2 (max 0.001)" in fig.texts[-1].get_text()
     bars = [a for a in fig.axes if getattr(a, "_colorbar", None)]
-    assert len(bars) == 1 and bars[0].get_ylabel() == "proportion (shared 0-1 scale)"  # one bar for the shared scale
+    assert len(bars) == 1 and bars[0].get_xlabel() == "proportion (shared 0-1 scale)"  # one bar for the shared scale
     plt.close(fig)
     fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", return_fig=True)
     legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]

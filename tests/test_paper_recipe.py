@@ -46,12 +46,17 @@ def test_paper_resolves_to_the_reference_recipe(planted):
     # the default preset keeps its own recipe, and explicit options override either
     default = cp.tl.fit(planted, train=["S1"], epochs=2, **KW)
     d = default.config
-    assert (d["standardise"], d["batch_size"], d["init"]) == (True, PRESETS["cpnn"]["batch_size"], "torch")
+    cpnn = PRESETS["cpnn"]
+    assert (d["standardise"], d["batch_size"], d["lr"], d["init"]) == (
+        cpnn["standardise"],
+        cpnn["batch_size"],
+        cpnn["lr"],
+        "torch",
+    )
     assert d["composition_key"] == "cpnn_deconvolution"  # the default supervises the composition too
-    assert not torch.all(default.head.standardise.std == 1)
-    raw = cp.tl.fit(planted, train=["S1"], epochs=2, standardise=False, batch_size=32, **KW)
-    assert raw.config["standardise"] is False and raw.config["batch_size"] == 32
-    assert torch.all(raw.head.standardise.mean == 0)
+    scaled = cp.tl.fit(planted, train=["S1"], epochs=2, standardise=True, batch_size=32, **KW)
+    assert scaled.config["standardise"] is True and scaled.config["batch_size"] == 32
+    assert not torch.all(scaled.head.standardise.std == 1)  # fitted on the training spots
     with pytest.raises(cp.CpnnError, match="init="):
         cp.tl.fit(planted, train=["S1"], epochs=1, init="he", **KW)
 

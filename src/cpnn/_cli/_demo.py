@@ -41,7 +41,7 @@ def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     # the best-predicted genes, so that the figure also shows what the model gets right
     best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
     draws = (
-        lambda p: cp.pl.proportions(sdata, region=TEST, scale="shared", save=p, show=False),
+        lambda p: cp.pl.proportions(sdata, region=TEST, save=p, show=False),
         lambda p: cp.pl.dominant(sdata, region=TEST, save=p, show=False),
         lambda p: cp.pl.compare_proportions(
             sdata, keys=("cpnn_proportions", "deconvolution_B4"), region=TEST, save=p, show=False

@@ -161,7 +161,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--weights", help="local encoder checkpoint")
     fit.add_argument("--patch-size-um", type=float, default=112.0)
     fit.add_argument("--patch-px", type=int, default=224)
-    fit.add_argument("--epochs", type=int, default=300)
+    fit.add_argument("--epochs", type=int, default=None, help="epoch cap (default: the preset's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--spot-diameter-um", type=float, help="55 for Visium, 100 for legacy ST, when not recorded")
     fit.add_argument("--checkpoint-dir", help="write a checkpoint every epoch here")

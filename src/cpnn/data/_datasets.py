@@ -48,8 +48,10 @@ class SpotDataset(Dataset):
     ----------
     x
         Inputs, first dimension = spots.
-    counts, library
-        Raw panel counts (N x G) and library sizes (N).
+    counts
+        Raw panel counts, one row per item.
+    library
+        Panel library size of each row.
     composition
         Reference composition (N x K) for the composition regulariser, or ``None``.
     sample
@@ -107,8 +109,12 @@ class BagDataset(Dataset):
     ----------
     z
         Per slide, its tile embeddings (tiles x D).
-    counts, library, composition
-        As :class:`SpotDataset`, one row per slide.
+    counts
+        Raw panel counts, one row per item.
+    library
+        Panel library size of each row.
+    composition
+        Reference composition (rows x K) for the composition loss, or ``None``.
     max_patches
         Most tiles per slide and step (4096 in the paper).
     seed

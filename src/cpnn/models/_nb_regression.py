@@ -110,10 +110,14 @@ def fit_nb_regression(
     ----------
     X
         Cells x genes raw counts (dense or sparse).
-    cell_type, batch
-        Integer codes per cell.
-    n_types, n_batches
-        Number of codes.
+    cell_type
+        Cell-type code of each cell.
+    batch
+        Batch (donor) code of each cell.
+    n_types
+        Number of cell types.
+    n_batches
+        Number of batches.
     library
         Library size per cell (total counts over all genes).
     n_iter

@@ -63,12 +63,22 @@ def expression(
     gene_symbols
         ``var`` column holding the names ``genes`` uses (e.g. symbols when ``var_names`` are
         Ensembl IDs); titles show these names.
-    cmap, img_alpha, image_key, max_px
-        As in :func:`cpnn.pl.proportions`.
+    cmap
+        Matplotlib colour map.
+    img_alpha
+        Opacity of the H&E behind the spots.
+    image_key
+        Force this image element (default: the sharpest image covering the spots).
+    max_px
+        Longer side of the image drawn behind the spots, in pixels.
     figsize
         Figure size.
-    show, save, return_fig
-        As in :func:`cpnn.pl.proportions` (scanpy's convention).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
     table_key
         Key of the table.
 

@@ -60,10 +60,16 @@ def correlations(
         ``obs`` column of the groups (on-the-fly evaluation only).
     kind
         ``"violin"`` or ``"box"``. The mean over genes is marked and written above each group.
-    figsize, ax
-        Figure size, an Axes to draw into.
-    show, save, return_fig
-        As in :func:`cpnn.pl.proportions` (scanpy's convention).
+    figsize
+        Figure size in inches (width, height).
+    ax
+        An Axes to draw into (default: a new figure).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
     table_key
         Key of the table.
 
@@ -162,10 +168,16 @@ def history(
         A trained :class:`cpnn.CPNN`, or the AnnData/SpatialData it was fitted on.
     key
         Which fit of the table (``cp.tl.fit``'s ``key_added``); default the latest.
-    figsize, ax
-        Figure size, an Axes to draw into.
-    show, save, return_fig
-        As in :func:`cpnn.pl.proportions` (scanpy's convention).
+    figsize
+        Figure size in inches (width, height).
+    ax
+        An Axes to draw into (default: a new figure).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
     table_key
         Key of the table.
 
@@ -190,9 +202,9 @@ def history(
     if records.empty or "train_loss" not in records:
         raise CpnnError("The training history is empty.")
     fig, ax_ = new_figure(ax, figsize)
-    ax_.plot(records["epoch"], records["train_loss"], label="training")
+    ax_.plot(records["epoch"], records["train_loss"], label="training loss (with regularisers)")
     if "val_loss" in records and records["val_loss"].notna().any():
-        ax_.plot(records["epoch"], records["val_loss"], label="validation")
+        ax_.plot(records["epoch"], records["val_loss"], label="validation criterion (data term)")
         if best is None:
             best = int(records.loc[records["val_loss"].idxmin(), "epoch"])
     if best:

@@ -24,6 +24,12 @@ COMPOSITION_CMAP = "YlGnBu"
 MIN_DOMINANCE = 0.5
 
 
+def _share(mask: np.ndarray) -> str:
+    """The share of spots in ``mask`` as a legend reads it: "<1%" rather than a misleading "0%"."""
+    share = float(np.mean(mask))
+    return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+
+
 def source_of(adata: Any, key: str) -> str:
     """How the compositions in ``obsm[key]`` were obtained, for titles."""
     info = uns_cpnn(adata)
@@ -100,8 +106,10 @@ def proportions(
         Colour map (default light at 0, so that the tissue stays visible where a type is absent).
     vmax
         Top of every panel's colour scale (overrides ``scale``).
-    alpha, img_alpha
-        Opacity of the spots (the tissue shows through) and of the H&E.
+    alpha
+        Opacity of the spots, so that the tissue shows through.
+    img_alpha
+        Opacity of the H&E behind the spots.
     image_key
         Force this image element.
     max_px
@@ -110,10 +118,12 @@ def proportions(
         Figure size in inches.
     ax
         An Axes to draw one cell type into.
-    show, save, return_fig
-        scanpy's convention: draw the figure (``show=None`` follows ``sc.settings.autoshow``) and
-        return nothing; ``show=False`` returns the Axes, ``return_fig=True`` the Figure. ``save``
-        is a path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
     table_key
         Key of the table.
 
@@ -197,14 +207,32 @@ def dominant(
     ----------
     data
         SpatialData with images, or an AnnData with ``obsm["spatial"]``, with ``obsm[key]``.
-    region, key, image_key, max_px, img_alpha
-        As in :func:`cpnn.pl.proportions`.
+    region
+        Region or section to draw (default: the first one with compositions).
+    key
+        ``obsm`` key of the proportions (a DataFrame whose columns are the cell types).
+    image_key
+        Force this image element (default: the sharpest image covering the spots).
+    max_px
+        Longer side of the image drawn behind the spots, in pixels.
+    img_alpha
+        Opacity of the H&E behind the spots.
     palette
         Matplotlib colour map of the categories.
     min_dominance
         Largest proportion below which a spot counts as mixed (0: every spot gets its top type).
-    figsize, ax, show, save, return_fig, table_key
-        As in :func:`cpnn.pl.proportions`.
+    figsize
+        Figure size in inches (width, height).
+    ax
+        An Axes to draw into (default: a new figure).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
+    table_key
+        Key of the table.
 
     Returns
     -------
@@ -259,7 +287,7 @@ def dominant(
             marker="o",
             ls="",
             color=colours[k],
-            label=f"{props.columns[k]} ({np.mean((winner == k) & ~mixed):.0%})",
+            label=f"{props.columns[k]} ({_share((winner == k) & ~mixed)})",
         )
         for k in present
     ]
@@ -272,7 +300,7 @@ def dominant(
                 ls="",
                 markerfacecolor="none",
                 markeredgecolor="0.35",
-                label=f"mixed, none >= {min_dominance:.0%} ({np.mean(mixed):.0%})",
+                label=f"mixed, none >= {min_dominance:.0%} ({_share(mixed)})",
             )
         )
     ax_.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
@@ -325,8 +353,28 @@ def compare_proportions(
         Column titles (default: how each was obtained, else the key).
     cell_types
         Cell types to draw (default: those every source has).
-    region, min_share, cmap, alpha, image_key, max_px, figsize, show, save, return_fig, table_key
-        As in :func:`cpnn.pl.proportions`.
+    region
+        Region or section to draw (default: the first one with compositions).
+    min_share
+        Cell types whose proportion stays below this in the region are named, not drawn (0: draw all).
+    cmap
+        Matplotlib colour map.
+    alpha
+        Opacity of the spots, so that the tissue shows through.
+    image_key
+        Force this image element (default: the sharpest image covering the spots).
+    max_px
+        Longer side of the image drawn behind the spots, in pixels.
+    figsize
+        Figure size in inches (width, height).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
+    table_key
+        Key of the table.
 
     Returns
     -------

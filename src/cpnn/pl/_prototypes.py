@@ -76,10 +76,18 @@ def prototypes(
         ``varm`` key of the prototypes.
     panel_only
         Choose markers among the predicted panel (``var["cpnn_selected"]``) when there is one.
-    cmap, figsize, ax
-        Colour map, figure size, an Axes to draw into.
-    show, save, return_fig
-        As in :func:`cpnn.pl.proportions` (scanpy's convention).
+    cmap
+        Matplotlib colour map.
+    figsize
+        Figure size in inches (width, height).
+    ax
+        An Axes to draw into (default: a new figure).
+    show
+        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+    save
+        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+    return_fig
+        Return the Figure.
     table_key
         Key of the table.
 

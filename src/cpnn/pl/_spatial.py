@@ -186,7 +186,13 @@ def draw_spots(
         n = len(cols)
         nc = min(ncols, n)
         nr = int(np.ceil(n / nc))
-        fig, axes = plt.subplots(nr, nc, figsize=figsize or (4.2 * nc, 3.8 * nr), squeeze=False)
+        if figsize is None:  # panels as tall as the region's image is, plus room for a title
+            aspect = 0.85
+            if "library_id" in kw:
+                img = view.uns["spatial"][region]["images"]["hires"]
+                aspect = float(np.clip(img.shape[0] / max(img.shape[1], 1), 0.3, 2.0))
+            figsize = (4.2 * nc, (3.6 * aspect + 0.7) * nr)
+        fig, axes = plt.subplots(nr, nc, figsize=figsize, squeeze=False)
         axes = axes.ravel()
         for extra in axes[n:]:
             extra.set_axis_off()
@@ -232,9 +238,13 @@ def draw_spots(
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        fig.subplots_adjust(right=0.9)
-        cax = fig.add_axes((0.92, 0.25, 0.012, 0.5))
-        fig.colorbar(ScalarMappable(Normalize(lows[0], highs[0]), cmap), cax=cax, label=labels[0])
+        # one horizontal bar under the grid (margins in inches), clear of the panels' titles
+        h = fig.get_figheight()
+        fig.subplots_adjust(bottom=1.1 / h)
+        cax = fig.add_axes((0.3, 0.55 / h, 0.4, 0.12 / h))
+        fig.colorbar(
+            ScalarMappable(Normalize(lows[0], highs[0]), cmap), cax=cax, orientation="horizontal", label=labels[0]
+        )
     if suptitle:
         fig.suptitle(suptitle, y=1 - 0.15 / fig.get_figheight())
     if note:

@@ -193,8 +193,14 @@ def deconvolve(
         Genes chosen when ``genes`` is not given.
     layer
         Layer with raw counts (default ``X``).
-    n_iter, lr, device, seed
-        Adam iterations and learning rate of ``method="nb"``, its torch device, its seed.
+    n_iter
+        Adam iterations of ``method="nb"``.
+    lr
+        Adam learning rate of ``method="nb"``.
+    device
+        Torch device of ``method="nb"``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed
+        Seed of the small jitter added to the ``"nnls"`` start of ``method="nb"``.
     table_key
         Key of the table.
     copy

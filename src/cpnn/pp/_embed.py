@@ -144,10 +144,17 @@ def embed(
         embedded once into the disk cache (``cp.settings.cachedir / "embeddings"``, one sealed
         folder per sample, encoder and image content; float16), which :func:`cpnn.tl.fit` and
         :func:`cpnn.tl.predict` then read. Under several processes each embeds its share of the samples.
-    encoder, encoder_kwargs, weights, pretrained
-        The encoder, as in :func:`cpnn.tl.fit`: a foundation-model preset (``"uni"``, ``"conch"``...),
-        a timm architecture or ``hf-hub:`` id, ``"handcrafted"``, or an ``nn.Module``/callable; its
-        constructor settings; a local checkpoint (file or hub folder, loaded strictly); hub weights.
+    encoder
+        The encoder, as in :func:`cpnn.tl.fit`: a foundation-model preset (``"uni"``,
+        ``"conch"``...), a timm architecture or ``hf-hub:`` id, ``"handcrafted"``, ``"nuclei"``,
+        or an ``nn.Module``/callable.
+    encoder_kwargs
+        Constructor settings of the encoder (and cpnn's own ``mean``/``std``/``token``), as in
+        :func:`cpnn.tl.fit`.
+    weights
+        A local checkpoint of the encoder (file or hub folder, loaded strictly).
+    pretrained
+        Use the hub's pretrained weights (networked machines).
     patch_size_um
         Side of the patch around each spot centre, in micrometres.
     patch_px
@@ -284,8 +291,8 @@ def store_embedding(
     adata.obsm[key] = full
     embeddings[key] = {"config": config, "dim": int(z.shape[1]), "sources": known}
     # per-spot measurements an encoder reports (the nuclei encoder: its nucleus count), as obs columns
-    for name, idx in getattr(encoder_class(config["encoder"]), "obs_features", {}).items():
-        adata.obs[f"cpnn_{name}"] = full[:, idx].astype(np.float32)
+    for name, (idx, factor) in getattr(encoder_class(config["encoder"]), "obs_features", {}).items():
+        adata.obs[f"cpnn_{name}"] = np.round(full[:, idx].astype(np.float64) * factor, 6).astype(np.float32)
 
 
 def cached_embedding(

@@ -67,8 +67,10 @@ def select_genes(
         T cells, B cells or endothelial cells can look alike on a panel of highly expressed genes,
         and their composition weights cannot be told apart. Marker-only genes are flagged in
         ``var["cpnn_marker"]``; evaluate on the rest (``genes=``) to report the base panel.
-    reference, cell_type_key
-        The labelled single-cell reference (raw counts) and its cell-type column, for ``markers``.
+    reference
+        Labelled single-cell AnnData (raw counts) for marker genes.
+    cell_type_key
+        ``obs`` column of ``reference`` holding the cell types.
     table_key
         Key of the table when ``data`` is a SpatialData.
     copy

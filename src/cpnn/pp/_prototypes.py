@@ -251,15 +251,21 @@ def build_prototypes(
         For a profiles DataFrame: a mapping column -> cell type; columns of one type are averaged.
     min_cells
         Cell types with fewer cells after QC are dropped with a warning.
-    max_mito_pct, min_genes, max_genes
-        Cell QC (METHOD.md): cells with less than ``max_mito_pct`` % mitochondrial counts and
-        ``min_genes`` .. ``max_genes`` detected genes are kept. ``None`` switches a filter off.
+    max_mito_pct
+        Cell QC (METHOD.md): cells with at least this percentage of mitochondrial counts are
+        dropped; ``None`` switches the filter off.
+    min_genes
+        Cell QC: cells with fewer detected genes are dropped; ``None`` switches the filter off.
+    max_genes
+        Cell QC: cells with more detected genes (likely doublets) are dropped; ``None`` switches
+        the filter off.
     min_cells_per_gene
         Genes detected in fewer cells are not used; a value below 1 is a fraction of the cells
         (the reference code's 200 cells of the 100,064-cell atlas is 0.002).
-    n_iter, device
-        Most Fisher-scoring rounds of ``method="nb"``, and the torch device (``"auto"``: CUDA
-        when present).
+    n_iter
+        Most Fisher-scoring rounds of ``method="nb"``.
+    device
+        Torch device of ``method="nb"``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     gene_symbols
         ``var`` column with the gene names to match against the reference, when ``var_names``
         are other IDs (e.g. Ensembl IDs with symbols in ``var["gene_symbols"]``).

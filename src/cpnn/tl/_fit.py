@@ -72,7 +72,7 @@ def fit(
     sample_key: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     weight_decay: float = 1e-2,
     patience: int | None = None,
     standardise: bool | None = None,
@@ -191,13 +191,19 @@ def fit(
         gives every training sample its own per-gene scaling (L2-penalised), so that the
         composition network is not bent to one sample's technical gene scaling; predictions, on
         any sample, use none.
-    epochs, batch_size, lr, weight_decay, patience
-        Optimisation: AdamW with StepLR(50, 0.9) and gradient clipping at 0.5; early stopping
-        after ``patience`` epochs without a better validation loss (the head's data term only,
-        regularisers left out; for the NB loss the counts rescaled to 10,000 at library 10,000, as
-        the authors' code validates). ``epochs``, ``batch_size`` and ``patience`` default to the
-        preset's (``"paper"``: 1000, 8, 30; ``"cpnn"``: see ``PRESETS``); slide level always
-        defaults to 8 slides a step.
+    epochs
+        Most epochs to train (default: the preset's; ``"paper"``: 1000).
+    batch_size
+        Rows a step (default: the preset's; ``"paper"``: 8 spots; slide level: 8 slides).
+    lr
+        Learning rate of AdamW (StepLR(50, 0.9) per epoch, gradient clipping at 0.5; default: the
+        preset's; ``"paper"``: 1e-3).
+    weight_decay
+        Weight decay of AdamW.
+    patience
+        Epochs without a better validation criterion before training stops (default: the
+        preset's, 30). The criterion is the head's data term without regularisers; for the NB loss
+        the counts rescaled to 10,000 at library 10,000, as the authors' code validates.
     standardise
         z-score the head's input features with the training spots' mean and standard deviation
         (default: the preset's; the paper feeds raw features).
@@ -226,8 +232,10 @@ def fit(
         DataLoader workers reading patches (default ``cp.settings.num_workers``).
     embed_batch_size
         Patches per encoder call when embedding spots or tiles.
-    image_key, spot_diameter_um
-        Image choice and physical scale overrides (see :func:`cpnn.pp.embed`).
+    image_key
+        Force this image element (default: the sharpest image covering the spots; see :func:`cpnn.pp.embed`).
+    spot_diameter_um
+        Spot diameter in micrometres, overriding the one derived from the data (see :func:`cpnn.pp.embed`).
     embedding_key
         ``obsm`` key of the cached embeddings (the ``key_added`` of :func:`cpnn.pp.embed`), so
         that embeddings of several encoders can live side by side.
@@ -246,8 +254,10 @@ def fit(
     max_patches
         Slide level: at most this many random tiles per slide in each step (4096 in the paper);
         validation uses a fixed subset of the same size.
-    tiles_key, slide_key
-        Slide level: key of the tiles table, and its column naming each tile's bulk sample.
+    tiles_key
+        Slide level: key of the tiles table.
+    slide_key
+        Slide level: the tiles table's column naming each tile's bulk sample.
     panel
         For a collection: the AnnData whose gene panel and prototypes every sample uses (default
         the first sample's table; run :func:`cpnn.pp.select_genes` and
@@ -326,8 +336,12 @@ def fit(
     torch.manual_seed(config.seed)  # after any data loading, which draws from the global generator
     head_module = build_head(config, inputs.in_dim, split.prototypes)
     inner = getattr(head_module, "head", head_module)
-    if config.standardise and inputs.standardise and not config.head_class.closed_form:
-        inner.fit_inputs(inputs.train.standardisation_inputs(config.head_class.per_tile))
+    if inputs.standardise and not config.head_class.closed_form:
+        z_train = inputs.train.standardisation_inputs(config.head_class.per_tile)
+        if config.standardise:
+            inner.fit_inputs(z_train)
+        else:
+            _check_raw_scale(z_train)
     scaling = gene_scaling(adata, config, list(split.genes))
     if scaling is not None and hasattr(inner, "set_gene_scaling"):
         inner.set_gene_scaling(scaling)
@@ -396,6 +410,22 @@ def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, r
     if result.stop_reason == "interrupted":
         logg.warning(f"training interrupted after {len(result.history)} epochs; returning the best model so far")
     return result
+
+
+#: Largest feature standard deviation fed raw into the MLP before ``fit`` warns (foundation-model
+#: features, which the paper feeds raw, have standard deviations well below 10).
+RAW_SD_LIMIT = 10.0
+
+
+def _check_raw_scale(z: torch.Tensor) -> None:
+    """Warn when raw (unstandardised) features are on a scale that saturates the MLP's softmax."""
+    sd = z.float().std(0)
+    if len(z) > 1 and float(sd.max()) > RAW_SD_LIMIT:
+        logg.warning(
+            f"standardise=False feeds raw features to the MLP, but one varies with a standard deviation of "
+            f"{float(sd.max()):.3g} across the training spots: on such a scale the composition saturates. "
+            "Pass standardise=True (or rescale the embeddings)."
+        )
 
 
 @torch.no_grad()

@@ -224,10 +224,24 @@ def predict(
     measured_depth
         Also write ``layers[f"{key_added}_measured_depth"]``: the predictions scaled to each spot's
         measured panel library (NaN without counts), e.g. to compare with raw counts on their scale.
-    device, batch_size, num_workers, image_key, spot_diameter_um, embedding_key
-        As in :func:`cpnn.tl.fit`.
-    slides, tiles_key, slide_key
-        Slide level, as in :func:`cpnn.tl.fit`: where each bulk sample's tiles are.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    batch_size
+        Embeddings per step of the head (and patches per encoder call when spots are embedded).
+    num_workers
+        DataLoader workers reading patches (default ``cp.settings.num_workers``).
+    image_key
+        Force this image element (default: the sharpest image covering the spots).
+    spot_diameter_um
+        Spot diameter in micrometres, overriding the one derived from the data.
+    embedding_key
+        ``obsm`` key of the cached embeddings, as in :func:`cpnn.tl.fit`.
+    slides
+        Slide level: where each bulk sample's tiles are, as in :func:`cpnn.tl.fit`.
+    tiles_key
+        Slide level: key of the tiles table.
+    slide_key
+        Slide level: the tiles table's column naming each tile's bulk sample.
     table_key
         Key of the table.
 

@@ -25,12 +25,14 @@ def targets_key(key_added: str) -> str:
     return f"{key_added}_deconvolution"
 
 
-def _covers_exactly(adata: AnnData, key: str, train: np.ndarray, prototypes_key: str) -> bool:
-    """Whether ``obsm[key]`` is a deconvolution of exactly the training rows with the same prototypes."""
+def _covers_exactly(adata: AnnData, key: str, train: np.ndarray, prototypes_key: str, types: list[str]) -> bool:
+    """Whether ``obsm[key]`` is a deconvolution of exactly the training rows with the same prototype set."""
     frame = adata.obsm.get(key)
     record = uns_cpnn(adata).get("deconvolution", {}).get(key)
     if frame is None or not isinstance(record, dict) or str(record.get("prototypes_key")) != prototypes_key:
         return False
+    if [str(t) for t in record.get("cell_types", [])] != [str(t) for t in types]:
+        return False  # prototypes rebuilt with other cell types since
     finite = np.isfinite(np.asarray(frame, dtype=float)).all(1)
     return bool(np.array_equal(finite, train))
 
@@ -56,7 +58,7 @@ def composition_targets(
         )
         return config
     # the panel and prototypes are checked first, with the messages read_split gives
-    panel_prototypes(adata, panel_genes(adata), config.prototypes_key)
+    _, types = panel_prototypes(adata, panel_genes(adata), config.prototypes_key)
     val_mask = (
         check_obs_mask(adata, validation, argument="validation")
         if validation is not None
@@ -65,7 +67,7 @@ def composition_targets(
     train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
     train_mask = train_mask & ~val_mask
     key = targets_key(key_added)
-    if _covers_exactly(adata, key, train_mask, config.prototypes_key):
+    if _covers_exactly(adata, key, train_mask, config.prototypes_key, list(types)):
         logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots)")
     else:
         logg.info(

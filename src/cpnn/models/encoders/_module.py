@@ -49,8 +49,10 @@ class ModuleEncoder(Encoder):
     ----------
     module
         Takes (N, 3, px, px) float tensors and returns (N, D) embeddings (a tuple: its first item).
-    mean, std
-        Normalisation applied first (default none: the module sees [0, 1]).
+    mean
+        Input normalisation: mean per RGB channel.
+    std
+        Input normalisation: standard deviation per RGB channel.
     patch_px
         Input size, used to find the embedding width with one forward pass when ``out_dim`` is not given.
     out_dim

@@ -31,12 +31,15 @@ NUCLEI_UM_PER_PX = 0.5
 MIN_AREA_UM2, MAX_AREA_UM2 = 7.0, 500.0
 #: Haematoxylin optical density below which nothing is a nucleus, whatever Otsu says.
 H_FLOOR = 0.12
+#: Saturation above which a pixel is stained tissue (tinted glass and empty fat stay below).
+TISSUE_SATURATION = 0.15
 #: Mean saturation below which a dark object is grey debris (bubble, fold, pigment), not a nucleus.
 MIN_SATURATION = 0.2
 #: Morphology classes: small-round-dark (lymphocyte-like), elongated (fibroblast-like), large.
 SMALL_UM2, ROUND_ECC, ELONGATED_ECC, LARGE_UM2 = 40.0, 0.75, 0.9, 60.0
 QUANTILES = (0.1, 0.5, 0.9)
-#: Names of the morphometric features, in order (followed by 10 LBP bins and the hand-crafted ones).
+#: Names of the morphometric features, in order (followed by 10 LBP bins and the hand-crafted ones),
+#: each on a unit scale: counts / 100, density / 10,000 per mm^2, areas / 100 um^2, distances / 10 um.
 MORPHOMETRY = (
     "n_nuclei",
     "nuclei_per_mm2_tissue",
@@ -62,6 +65,17 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     return np.clip(od.reshape(-1, 3) @ np.linalg.inv(basis)[:, 0], 0.0, None).reshape(rgb.shape[:2])
 
 
+def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Stained tissue: saturated (eosin, haematoxylin) or dark pixels; glass and empty fat are neither.
+
+    Scanned glass is often tinted (lavender or grey), so optical density alone calls it tissue;
+    its colour is unsaturated.
+    """
+    top, low = rgb.max(-1), rgb.min(-1)
+    saturation = (top - low) / np.clip(top, 1e-6, None)
+    return (saturation > TISSUE_SATURATION) | ((-np.log(np.clip(rgb, 1.0 / 255.0, 1.0))).sum(-1) > 1.0)
+
+
 def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label image of the nuclei of an RGB patch in [0, 1], its haematoxylin channel and tissue mask.
 
@@ -78,7 +92,7 @@ def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.nd
     from skimage.segmentation import watershed
 
     h = ndi.gaussian_filter(haematoxylin(rgb), sigma=max(0.5, 0.5 / um_per_px))
-    tissue = (-np.log(np.clip(rgb, 1.0 / 255.0, 1.0))).sum(-1) > 0.25  # optical density: not glass
+    tissue = tissue_mask(rgb)
     if tissue.mean() < 0.01:
         return np.zeros(h.shape, np.int32), h, tissue
     values = h[tissue]
@@ -141,14 +155,17 @@ def morphometry(rgb: np.ndarray, um_per_px: float) -> np.ndarray:
     nuc = nucleus_table(labels, h, um_per_px)
     n = len(nuc["area"])
     tissue_mm2 = max(float(tissue.sum()) * um_per_px**2 / 1e6, 1e-6)
-    feats = [float(n), n / tissue_mm2 if tissue.mean() >= 0.01 else 0.0]
+    # every feature on a unit scale (raw features go straight into the paper's MLP): counts in
+    # hundreds, density in 10,000 per mm^2, areas in 100 um^2, distances in 10 um
+    feats = [n / 100.0, (n / tissue_mm2 if tissue.mean() >= 0.01 else 0.0) / 1e4]
+    scale = {"area": 100.0, "eccentricity": 1.0, "solidity": 1.0, "h": 1.0}
     for key in ("area", "eccentricity", "solidity", "h"):
-        feats += list(np.quantile(nuc[key], QUANTILES)) if n else [0.0] * len(QUANTILES)
+        feats += [v / scale[key] for v in np.quantile(nuc[key], QUANTILES)] if n else [0.0] * len(QUANTILES)
     if n >= 2:
         d, _ = cKDTree(np.c_[nuc["x"], nuc["y"]]).query(np.c_[nuc["x"], nuc["y"]], k=2)
-        feats += list(np.quantile(d[:, 1], (0.1, 0.5)))
+        feats += [v / 10.0 for v in np.quantile(d[:, 1], (0.1, 0.5))]
     else:
-        side = np.sqrt(labels.size) * um_per_px
+        side = np.sqrt(labels.size) * um_per_px / 10.0
         feats += [side, side]  # no neighbour within the patch: as far as the patch allows
     if n:
         dark = nuc["h"] >= np.median(nuc["h"])
@@ -181,8 +198,8 @@ class NucleiEncoder(Encoder):
     trainable = False
     seeded = False
     um_per_px: ClassVar[float | None] = NUCLEI_UM_PER_PX
-    #: obs columns written when embedding: name -> feature index
-    obs_features: ClassVar[dict[str, int]] = {"n_nuclei": 0}
+    #: obs columns written when embedding: name -> (feature index, factor back to the natural unit)
+    obs_features: ClassVar[dict[str, tuple[int, float]]] = {"n_nuclei": (0, 100.0)}
 
     def __init__(self, *, um_per_px: float = NUCLEI_UM_PER_PX) -> None:
         super().__init__()

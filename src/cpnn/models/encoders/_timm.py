@@ -74,8 +74,10 @@ class TimmEncoder(Encoder):
         ``config.json``. Loaded strictly: every tensor must fit.
     kwargs
         Constructor settings for ``timm.create_model`` (``init_values``, ``reg_tokens``, ``mlp_layer``...).
-    mean, std
-        Input normalisation (default: the preset's, the folder's ``config.json``, or timm's for the architecture).
+    mean
+        Input normalisation: mean per RGB channel.
+    std
+        Input normalisation: standard deviation per RGB channel.
     token
         Embedding of transformer backbones: ``"cls"``, ``"mean"`` (patch tokens) or ``"cls+mean"``
         (concatenated, as Virchow's card prescribes); default the model's own pooling.

@@ -37,10 +37,14 @@ class CPNNHead(Head):
         Learn the per-gene ``alpha``/``beta`` modality correction.
     efficiency
         Per-gene detection efficiency initialising ``exp(alpha)`` (1 when unknown).
-    hidden, dropout
-        MLP hidden sizes and dropout.
-    proto_reg, comp_reg
-        Weights of the prototype and composition regularisers.
+    hidden
+        Hidden layer sizes of the MLP (the paper: 1024, 512).
+    dropout
+        Dropout rate between the MLP's layers, in [0, 1).
+    proto_reg
+        Weight of the regulariser keeping the learned prototypes near the initial ones.
+    comp_reg
+        Weight of the composition loss towards a reference composition.
     residual
         Strength of a per-gene log-scale residual ``r`` from the same features: ``y * exp(r)``,
         with ``sum_g r_g^2 / residual`` added to the loss; 0 switches it off (the paper's model).

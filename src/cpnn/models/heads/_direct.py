@@ -46,8 +46,10 @@ class DirectHead(LogNormHead):
         Embedding dimension.
     n_genes
         Panel size.
-    hidden, dropout
-        MLP hidden sizes and dropout.
+    hidden
+        Hidden layer sizes of the MLP (the paper: 1024, 512).
+    dropout
+        Dropout rate between the MLP's layers, in [0, 1).
     init
         ``"xavier"`` (xavier-normal weights, as the authors' code) or ``"torch"`` (PyTorch's default).
     """
