@@ -182,7 +182,7 @@ def summary(runs: pd.DataFrame) -> list[str]:
                 "stereoscope agreement": mean_sd(per_fold["agreement"], 2)
                 if "agreement" in per_fold and per_fold["agreement"].notna().any()
                 else "-",
-                "folds x seeds": f"{g['fold'].nunique()} x {g['seed'].nunique()}",
+                "runs (folds, seeds)": f"{len(g)} ({g['fold'].nunique()}, {g['seed'].nunique()})",
             }
             out.append(r)
         lines += [f"### {proto}, {panel}", "", table(out), ""]

@@ -183,5 +183,5 @@ def test_history_from_model_and_table():
     for source in (model, sdata):
         fig = cp.pl.history(source, return_fig=True)
         labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        assert labels[:2] == ["training", "validation"]
+        assert labels[:2] == ["training loss (with regularisers)", "validation criterion (data term)"]
         plt.close(fig)

@@ -296,6 +296,11 @@ CASES = [
         "S2_spots",
     ),
     (
+        "composition targets from normalised values (default preset)",
+        lambda w: cp.tl.fit(_lognormed(w), encoder="handcrafted", patch_size_um=32, patch_px=32),
+        "comp_reg=0",
+    ),
+    (
         "NB loss on normalised values",
         lambda w: cp.tl.fit(_lognormed(w), preset="paper", encoder="handcrafted", patch_size_um=32, patch_px=32),
         "whole numbers",

@@ -15,7 +15,8 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core import check_obs_mask, panel_genes, panel_prototypes, uns_cpnn
+from .._core import check_obs_mask, panel_counts, panel_genes, panel_prototypes, uns_cpnn
+from .._errors import CpnnError
 from ..pp import deconvolve
 from ._config import FitConfig
 
@@ -65,7 +66,18 @@ def composition_targets(
         else np.zeros(adata.n_obs, bool)
     )
     train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
-    train_mask = train_mask & ~val_mask
+    if (train_mask & val_mask).any():
+        raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
+    # the counts are checked with read_split's messages; deconvolving needs whole numbers whatever the loss
+    genes = panel_genes(adata)
+    panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=config.loss == "nb")
+    block = panel_counts(adata, genes, train_mask, config.layer, argument="training")
+    if block.size and not np.allclose(block, np.round(block)):
+        raise CpnnError(
+            "the counts of the training spots are not whole numbers, but targets='deconvolve' deconvolves raw "
+            "counts for the composition loss: pass the raw counts (layer= naming them), your own targets "
+            "(composition_key=), or comp_reg=0 for no composition loss."
+        )
     key = targets_key(key_added)
     if _covers_exactly(adata, key, train_mask, config.prototypes_key, list(types)):
         logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots)")
