@@ -155,3 +155,12 @@ def test_paper_recipe_learns_planted_compositions(planted):
     assert r > 0.8, r
     history = table.uns["cpnn"]["history"]
     assert np.all(np.isfinite(history["val_loss"]))
+
+
+def test_raw_features_on_a_saturating_scale_are_reported(cpnn_log):
+    from cpnn.tl._fit import _check_raw_scale
+
+    _check_raw_scale(torch.rand(50, 8))  # unit scale: silent
+    assert "standardise" not in cpnn_log()
+    _check_raw_scale(torch.rand(50, 8) * 1000)
+    assert "standardise=True" in cpnn_log()
