@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit on HER2ST patient C, predict patient B, evaluate, draw")
     demo.add_argument("--out", default="cpnn-demo", help="output folder")
-    demo.add_argument("--encoder", default="handcrafted", help="'handcrafted' or a timm architecture")
+    demo.add_argument("--encoder", default="handcrafted", help="'handcrafted', 'nuclei' or a timm architecture")
     demo.add_argument("--epochs", type=int, default=None, help="epoch cap (default: the preset's)")
     demo.add_argument("--n-genes", type=int, default=250)
     demo.add_argument("--seed", type=int, default=0, help="first seed")

@@ -81,6 +81,12 @@ ENCODER_NOTES = {
         "compositions follow tissue colour. For real use pass a pathology foundation model (see "
         "docs/foundation_models.md)."
     ),
+    "nuclei": (
+        "nuclei detected and measured at 0.5 um per pixel (count, size, shape, stain, crowding) plus the "
+        "colour/texture statistics (offline, no weights): closer to what a pathologist reads, but no cell "
+        "is typed, so the compositions are still estimates. For real use pass a pathology foundation model "
+        "(see docs/foundation_models.md)."
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from ..models import HEADS, encoder_class, encoder_config
 from ..models.heads import Head
 
 #: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the authors'
-#: model *and* training recipe, as their code runs it (docs/concepts.md, "The paper's recipe").
+#: model *and* training recipe, as their code runs it (docs/concepts.md, "How the network is trained").
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "residual": 0.0,
