@@ -84,13 +84,11 @@ class Split:
         return h.hexdigest()
 
 
-def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -> Split:
-    """Masks, panel counts, prototypes and reference compositions of both sides, validated."""
-    head_cls = config.head_class
-    if config.sample_key is not None:
-        check_key(adata, config.sample_key, argument="sample_key")
-    genes = panel_genes(adata)
-    protos, types = panel_prototypes(adata, genes, config.prototypes_key) if head_cls.composition else (None, [])
+def split_masks(adata: AnnData, train: Any, validation: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation masks of ``fit``'s ``train=``/``validation=``: disjoint, training not empty.
+
+    Without ``train`` every spot outside the validation side trains.
+    """
     val_mask = (
         check_obs_mask(adata, validation, argument="validation")
         if validation is not None
@@ -101,6 +99,17 @@ def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -
         raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
     if not train_mask.any():
         raise CpnnError("The training set is empty; check train= and validation=.")
+    return train_mask, val_mask
+
+
+def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -> Split:
+    """Masks, panel counts, prototypes and reference compositions of both sides, validated."""
+    head_cls = config.head_class
+    if config.sample_key is not None:
+        check_key(adata, config.sample_key, argument="sample_key")
+    genes = panel_genes(adata)
+    protos, types = panel_prototypes(adata, genes, config.prototypes_key) if head_cls.composition else (None, [])
+    train_mask, val_mask = split_masks(adata, train, validation)
     integer = head_cls.composition and config.loss == "nb"
     counts_tr = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=integer)
     lib_tr = counts_tr.sum(1)

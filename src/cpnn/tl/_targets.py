@@ -15,10 +15,11 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core import check_obs_mask, panel_counts, panel_genes, panel_prototypes, uns_cpnn
+from .._core import panel_counts, panel_genes, panel_prototypes, uns_cpnn
 from .._errors import CpnnError
 from ..pp import deconvolve
 from ._config import FitConfig
+from ._inputs import split_masks
 
 
 def targets_key(key_added: str) -> str:
@@ -59,19 +60,12 @@ def composition_targets(
         )
         return config
     # the panel and prototypes are checked first, with the messages read_split gives
-    _, types = panel_prototypes(adata, panel_genes(adata), config.prototypes_key)
-    val_mask = (
-        check_obs_mask(adata, validation, argument="validation")
-        if validation is not None
-        else np.zeros(adata.n_obs, bool)
-    )
-    train_mask = check_obs_mask(adata, train, argument="train") if train is not None else ~val_mask
-    if (train_mask & val_mask).any():
-        raise CpnnError(f"train and validation share {int((train_mask & val_mask).sum())} spots; make them disjoint.")
-    # the counts are checked with read_split's messages; deconvolving needs whole numbers whatever the loss
     genes = panel_genes(adata)
-    panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=config.loss == "nb")
-    block = panel_counts(adata, genes, train_mask, config.layer, argument="training")
+    _, types = panel_prototypes(adata, genes, config.prototypes_key)
+    train_mask, _ = split_masks(adata, train, validation)
+    # the counts are checked with read_split's messages (whole numbers for the NB loss); deconvolving
+    # needs whole numbers whatever the loss
+    block = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=config.loss == "nb")
     if block.size and not np.allclose(block, np.round(block)):
         raise CpnnError(
             "the counts of the training spots are not whole numbers, but targets='deconvolve' deconvolves raw "
