@@ -65,15 +65,20 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     return np.clip(od.reshape(-1, 3) @ np.linalg.inv(basis)[:, 0], 0.0, None).reshape(rgb.shape[:2])
 
 
-def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation of an RGB image in [0, 1] (H, W, 3): 0 for grey, towards 1 for pure colour."""
+    top = rgb.max(-1)
+    return (top - rgb.min(-1)) / np.clip(top, 1e-6, None)
+
+
+def tissue_mask(rgb: np.ndarray, sat: np.ndarray | None = None) -> np.ndarray:
     """Stained tissue: saturated (eosin, haematoxylin) or dark pixels; glass and empty fat are neither.
 
     Scanned glass is often tinted (lavender or grey), so optical density alone calls it tissue;
-    its colour is unsaturated.
+    its colour is unsaturated. ``sat``: the image's :func:`saturation`, when already computed.
     """
-    top, low = rgb.max(-1), rgb.min(-1)
-    saturation = (top - low) / np.clip(top, 1e-6, None)
-    return (saturation > TISSUE_SATURATION) | ((-np.log(np.clip(rgb, 1.0 / 255.0, 1.0))).sum(-1) > 1.0)
+    sat = saturation(rgb) if sat is None else sat
+    return (sat > TISSUE_SATURATION) | ((-np.log(np.clip(rgb, 1.0 / 255.0, 1.0))).sum(-1) > 1.0)
 
 
 def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,7 +97,8 @@ def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.nd
     from skimage.segmentation import watershed
 
     h = ndi.gaussian_filter(haematoxylin(rgb), sigma=max(0.5, 0.5 / um_per_px))
-    tissue = tissue_mask(rgb)
+    sat = saturation(rgb)
+    tissue = tissue_mask(rgb, sat)
     if tissue.mean() < 0.01:
         return np.zeros(h.shape, np.int32), h, tissue
     values = h[tissue]
@@ -117,10 +123,8 @@ def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.nd
     # grey or black objects (air bubbles, folds, pigment, pen) are dark in every channel: a stained
     # nucleus is blue-purple, so drop objects whose mean saturation is that of grey
     if labels.max():
-        top, low = rgb.max(-1), rgb.min(-1)
-        saturation = (top - low) / np.clip(top, 1e-6, None)
         ids = np.arange(1, labels.max() + 1)
-        grey = ids[np.asarray(ndi.mean(saturation, labels, ids)) < MIN_SATURATION]
+        grey = ids[np.asarray(ndi.mean(sat, labels, ids)) < MIN_SATURATION]
         labels[np.isin(labels, grey)] = 0
     return labels, h, tissue
 
@@ -197,9 +201,8 @@ class NucleiEncoder(Encoder):
 
     trainable = False
     seeded = False
-    um_per_px: ClassVar[float | None] = NUCLEI_UM_PER_PX
-    #: obs columns written when embedding: name -> (feature index, factor back to the natural unit)
-    obs_features: ClassVar[dict[str, tuple[int, float]]] = {"n_nuclei": (0, 100.0)}
+    input_um_per_px: ClassVar[float | None] = NUCLEI_UM_PER_PX
+    obs_features: ClassVar[dict[str, tuple[int, float]]] = {"n_nuclei": (0, 100.0)}  # counts are in hundreds
 
     def __init__(self, *, um_per_px: float = NUCLEI_UM_PER_PX) -> None:
         super().__init__()
