@@ -291,7 +291,7 @@ def store_embedding(
     adata.obsm[key] = full
     embeddings[key] = {"config": config, "dim": int(z.shape[1]), "sources": known}
     # per-spot measurements an encoder reports (the nuclei encoder: its nucleus count), as obs columns
-    for name, (idx, factor) in getattr(encoder_class(config["encoder"]), "obs_features", {}).items():
+    for name, (idx, factor) in encoder_class(config["encoder"]).obs_features.items():
         adata.obs[f"cpnn_{name}"] = np.round(full[:, idx].astype(np.float64) * factor, 6).astype(np.float32)
 
 

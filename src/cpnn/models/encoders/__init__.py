@@ -60,14 +60,15 @@ def default_input_px(
 ) -> int:
     """The input size an encoder expects.
 
-    ``img_size`` of its settings, else a physical scale the encoder reads at (``um_per_px``, e.g.
-    the nuclei encoder's 0.5 um per pixel, times ``patch_size_um``), the preset's, the local
+    ``img_size`` of its settings, else the physical scale the encoder reads at
+    (:attr:`Encoder.input_um_per_px`, e.g. the nuclei encoder's 0.5 um per pixel) applied to
+    ``patch_size_um``, the preset's, the local
     folder's config, timm's for the architecture, else 224.
     """
     size = (kwargs or {}).get("img_size")
     if size is not None:
         return int(size if isinstance(size, int) else list(size)[-1])
-    scale = getattr(ENCODERS.get(name), "um_per_px", None) if name in ENCODERS else None
+    scale = ENCODERS.get(name).input_um_per_px if name in ENCODERS else None
     if scale and patch_size_um:
         return max(16, round(patch_size_um / scale))
     if name in PRESETS:

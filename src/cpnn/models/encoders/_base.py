@@ -22,11 +22,19 @@ class Encoder(nn.Module):
         Whether an encoder built without pretrained weights depends on the seed (random
         initialisation). When it does not, the seed is left out of the embedding's identity, so an
         embedding made once serves fits with any seed.
+    input_um_per_px
+        Micrometres per pixel the encoder reads patches at (its default input size then follows
+        the patch size), or ``None`` for a fixed input size in pixels.
+    obs_features
+        Per-spot measurements written to ``obs[f"cpnn_{name}"]`` when spots are embedded:
+        name -> (feature index, factor back to the natural unit).
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
     seeded: ClassVar[bool] = True
+    input_um_per_px: ClassVar[float | None] = None
+    obs_features: ClassVar[dict[str, tuple[int, float]]] = {}
     out_dim: int
 
     @classmethod
