@@ -23,9 +23,10 @@ from .._core import (
 )
 from .._errors import CpnnError
 from ._spatial import draw_spots, resolve_region
-from ._utils import check_names, finish
+from ._utils import check_names, doc_show_save, finish
 
 
+@doc_show_save
 def expression(
     data: Any,
     genes: str | Sequence[str],
@@ -73,14 +74,7 @@ def expression(
         Longer side of the image drawn behind the spots, in pixels.
     figsize
         Figure size.
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------

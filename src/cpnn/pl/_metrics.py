@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .._core import PREDICTION, get_table, per_gene_metrics, uns_cpnn
 from .._errors import CpnnError
 from ..tl import CPNN
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 _SUMMARY = ("mean", "pooled")
 
@@ -30,6 +30,7 @@ def _per_group(df: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
     return out
 
 
+@doc_show_save
 def correlations(
     data: Any,
     *,
@@ -64,14 +65,7 @@ def correlations(
         Figure size in inches (width, height).
     ax
         An Axes to draw into (default: a new figure).
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------
@@ -149,6 +143,7 @@ def correlations(
     return finish(fig, ax, name="correlations", show=show, save=save, return_fig=return_fig)
 
 
+@doc_show_save
 def history(
     data: Any,
     *,
@@ -172,14 +167,7 @@ def history(
         Figure size in inches (width, height).
     ax
         An Axes to draw into (default: a new figure).
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .._core import OFF_SHARE, columnwise_pearson, get_proportions, get_table, proportions_key, uns_cpnn
 from .._errors import CpnnError
 from ._spatial import add_scalebar, draw_spots, resolve_region, spatial_view
-from ._utils import check_names, finish
+from ._utils import check_names, doc_show_save, finish
 
 #: Cell types whose proportion stays below this in the region are named, not drawn.
 MIN_SHARE = 0.05
@@ -54,6 +54,7 @@ def _region_values(
     return adata, props, name, mask
 
 
+@doc_show_save
 def proportions(
     data: Any,
     *,
@@ -118,14 +119,7 @@ def proportions(
         Figure size in inches.
     ax
         An Axes to draw one cell type into.
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------
@@ -179,6 +173,7 @@ def proportions(
     return finish(fig, ax, name="proportions", show=show, save=save, return_fig=return_fig)
 
 
+@doc_show_save
 def dominant(
     data: Any,
     *,
@@ -225,14 +220,7 @@ def dominant(
         Figure size in inches (width, height).
     ax
         An Axes to draw into (default: a new figure).
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------
@@ -319,6 +307,7 @@ def dominant(
     return finish(fig, ax, name="dominant", show=show, save=save, return_fig=return_fig)
 
 
+@doc_show_save
 def compare_proportions(
     data: Any,
     *,
@@ -367,14 +356,7 @@ def compare_proportions(
         Longer side of the image drawn behind the spots, in pixels.
     figsize
         Figure size in inches (width, height).
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------

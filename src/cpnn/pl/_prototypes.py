@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .._core import PROTOTYPES, SELECTED, get_table, in_reference_column, panel_prototypes
 from .._errors import CpnnError
 from ..tl import CPNN
-from ._utils import check_names, finish, new_figure
+from ._utils import check_names, doc_show_save, finish, new_figure
 
 
 def prototype_frame(data: Any, *, key: str, table_key: str) -> pd.DataFrame:
@@ -45,6 +45,7 @@ def top_markers(profiles: pd.DataFrame, n: int) -> list[str]:
     return chosen
 
 
+@doc_show_save
 def prototypes(
     data: Any,
     *,
@@ -82,14 +83,7 @@ def prototypes(
         Figure size in inches (width, height).
     ax
         An Axes to draw into (default: a new figure).
-    show
-        Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
-    save
-        A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
-    return_fig
-        Return the Figure.
-    table_key
-        Key of the table.
+    {show_save}
 
     Returns
     -------

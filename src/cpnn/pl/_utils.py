@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import matplotlib.pyplot as plt
 import scanpy as sc
@@ -11,6 +14,27 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._errors import CpnnError
+
+F = TypeVar("F", bound=Callable)
+
+#: The numpydoc entries of scanpy's figure convention, shared by every ``cp.pl`` function.
+DOC_SHOW_SAVE = """\
+show
+    Draw the figure and return nothing (``None`` follows ``sc.settings.autoshow``); ``False`` returns the Axes.
+save
+    A path, or ``True`` / a suffix such as ``"_B4.png"`` (written to ``sc.settings.figdir``).
+return_fig
+    Return the Figure.
+table_key
+    Key of the table."""
+
+
+def doc_show_save(func: F) -> F:
+    """Put :data:`DOC_SHOW_SAVE` where the docstring of ``func`` says ``{show_save}`` (as scanpy's ``_doc_params``)."""
+    func.__doc__ = re.sub(
+        r"^( *)\{show_save\}$", lambda m: textwrap.indent(DOC_SHOW_SAVE, m.group(1)), func.__doc__, flags=re.M
+    )
+    return func
 
 
 def check_names(wanted: Sequence[str] | None, valid: Sequence[str], *, argument: str, what: str) -> list[str]:
