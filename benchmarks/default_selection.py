@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import mean_sd, table
-from her2st import panels
+from her2st import nb_prototypes_and_panels
 
 import cpnn as cp
 
@@ -56,10 +56,7 @@ def main() -> None:
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
-    ref = cp.datasets.wu2021_cid4465()
-    cp.pp.build_prototypes(adata, ref, cell_type_key="celltype_major", method="nb")
-    ok = adata.var_names[adata.var["cpnn_in_reference"].to_numpy(bool)]
-    genes = panels(adata, ok, cp.datasets.wu2021_profiles(), n_top=250)["top-250"]
+    genes = nb_prototypes_and_panels(adata)["top-250"]
     cp.pp.select_genes(adata, genes=genes)
     cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
     section = adata.obs["section"].astype(str)

@@ -68,6 +68,13 @@ def panels(adata, nb_types_ok: pd.Index, atlas: pd.DataFrame, *, n_top: int) -> 
     return {f"top-{n_top}": top, f"HisToGene-{len(histo)}": histo}
 
 
+def nb_prototypes_and_panels(adata, *, n_top: int = 250) -> dict[str, list[str]]:
+    """NB prototypes of the CID4465 cells (``celltype_major``) into ``adata``, and both panels (see :func:`panels`)."""
+    cp.pp.build_prototypes(adata, cp.datasets.wu2021_cid4465(), cell_type_key="celltype_major", method="nb")
+    ok = adata.var_names[adata.var["cpnn_in_reference"].to_numpy(bool)]
+    return panels(adata, ok, cp.datasets.wu2021_profiles(), n_top=n_top)
+
+
 def evaluate_fold(adata, layer, genes, test, method_label) -> dict:
     df = cp.tl.evaluate(adata, layer=layer, genes=genes, spots=test, groupby="section")
     per_section = [c for c in df.columns if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")]

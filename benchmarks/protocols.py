@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import mean_sd, table
-from her2st import TO_STEREOSCOPE, agreement, panels
+from her2st import TO_STEREOSCOPE, agreement, nb_prototypes_and_panels
 
 import cpnn as cp
 from cpnn.models.encoders._nuclei import MORPHOMETRY
@@ -78,11 +78,8 @@ def main() -> None:
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
-    ref = cp.datasets.wu2021_cid4465()
     stereo = cp.datasets.her2st_proportions("major").reindex(adata.obs_names)
-    cp.pp.build_prototypes(adata, ref, cell_type_key="celltype_major", method="nb")
-    ok = adata.var_names[adata.var["cpnn_in_reference"].to_numpy(bool)]
-    panel_sets = panels(adata, ok, cp.datasets.wu2021_profiles(), n_top=250)
+    panel_sets = nb_prototypes_and_panels(adata)
     if args.panels:
         panel_sets = {k: v for k, v in panel_sets.items() if k in args.panels}
     keys = {name: _embed(sdata, name) for name in args.encoders}
