@@ -186,3 +186,58 @@ def test_composition_maps(world, tmp_path):
     plt.close(fig)
     assert cp.pl.dominant(world, region="S2", show=False) is not None
     plt.close("all")
+
+
+# --- Deconvolution at scale (chunks, bounded memory, h5ad) -----------------------------------------
+
+
+def test_chunked_deconvolution_equals_one_chunk_and_holds_one_chunk_dense(monkeypatch):
+    """Spots are solved independently: any chunking gives the same compositions; no dense block exceeds a chunk."""
+    import cpnn.pp._deconvolve as dec
+
+    adata, profiles, comps = _planted(np.random.default_rng(3), n=600, scaling_sd=0.5)
+    cp.pp.build_prototypes(adata, profiles)
+    cp.pp.deconvolve(adata, chunk_size=adata.n_obs, key_added="one", shared_spots=300)
+    seen = []
+    original = dec.dense_rows
+
+    def spy(X, rows, cols=None):
+        seen.append((len(rows), X.shape[1] if cols is None else len(cols)))
+        return original(X, rows, cols)
+
+    monkeypatch.setattr(dec, "dense_rows", spy)
+    cp.pp.deconvolve(adata, chunk_size=64, key_added="chunked", shared_spots=300)
+    one, chunked = adata.obsm["one"].to_numpy(), adata.obsm["chunked"].to_numpy()
+    np.testing.assert_allclose(chunked, one, atol=5e-3)  # both stop once no spot moves by 1e-4 per cycle
+    assert min(np.corrcoef(chunked[:, k], one[:, k])[0, 1] for k in range(one.shape[1])) > 0.999
+    r = [np.corrcoef(chunked[:, k], comps[:, k])[0, 1] for k in range(comps.shape[1])]
+    assert min(r) > 0.95, r
+    assert max(n for n, _ in seen) <= 300  # the shared fit's subsample, then chunks of 64
+    assert sum(n == 64 for n, _ in seen) >= 9
+    info = adata.uns["cpnn"]["deconvolution"]["chunked"]
+    assert info["chunk_size"] == 64 and info["shared_spots"] == 300 and info["converged"]
+    assert all(g == info["n_genes"] for _, g in seen)  # the chosen genes only, never all of them
+
+
+def test_deconvolve_after_an_h5ad_round_trip(tmp_path):
+    """h5ad gives uns lists back as arrays; deconvolve and the predicted-panel reader take both."""
+    adata, profiles, comps = _planted(np.random.default_rng(4), n=200)
+    cp.pp.build_prototypes(adata, profiles)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert not isinstance(back.uns["cpnn"]["prototype_sets"]["cpnn_prototypes"]["cell_types"], list)
+    cp.pp.deconvolve(back, n_genes=300)
+    est = back.obsm["cpnn_deconvolution"].to_numpy()
+    assert np.mean([np.corrcoef(est[:, k], comps[:, k])[0, 1] for k in range(comps.shape[1])]) > 0.9
+
+
+def test_deconvolve_refuses_a_cell_type_without_expression_and_deprecates_lr():
+    adata, profiles, _ = _planted(np.random.default_rng(5), n=100)
+    profiles["t2"] = 0.0
+    cp.pp.build_prototypes(adata, profiles)
+    with pytest.raises(cp.CpnnError, match=r"\['t2'\] are zero on every deconvolution gene"):
+        cp.pp.deconvolve(adata, method="nnls")
+    adata, profiles, _ = _planted(np.random.default_rng(5), n=100)
+    cp.pp.build_prototypes(adata, profiles)
+    with pytest.warns(FutureWarning, match="lr"):
+        cp.pp.deconvolve(adata, lr=0.1, n_genes=300)

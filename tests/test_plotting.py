@@ -149,6 +149,19 @@ def test_plot_errors_list_valid_names(plot_data):
         cp.pl.prototypes(plot_data, genes=["NOTAGENE"])
 
 
+def test_expression_of_a_single_predicted_spot_says_a_correlation_needs_more(plot_data):
+    """29.23: one predicted spot in the region: the error says why (a correlation), not only how many."""
+    table = plot_data["table"]
+    one = np.zeros(table.n_obs, bool)
+    one[np.flatnonzero((table.obs["section"] == "C3").to_numpy())[0]] = True
+    table.obs["smooth_predicted"] = one
+    try:
+        with pytest.raises(CpnnError, match=r"1 predicted spot\(s\); the per-gene Spearman correlation .* at least 3"):
+            cp.pl.expression(plot_data, ["ERBB2"], layer="smooth", region="C3")
+    finally:
+        del table.obs["smooth_predicted"]
+
+
 def test_proportions_without_image_and_to_obs(plot_data):
     table = plot_data["table"].copy()
     fig = cp.pl.proportions(table, cell_types=["CAFs"], region="B4", return_fig=True)

@@ -423,3 +423,59 @@ def test_an_interrupted_checkpoint_write_is_cleaned_up(tmp_path):
     (tmp_path / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half")
     cp.tl.fit(s, train=["S1"], **{**CPNN_FIT, "epochs": 1}, checkpoint_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+# --- Round three (issue 29) ------------------------------------------------------------------------
+
+
+def test_a_model_with_non_finite_weights_is_refused_on_load(sdata, tmp_path):
+    """29.9: NaN written into a model (and the file re-hashed by hand) is caught at load, not as NaN predictions."""
+    from cpnn._core import save_atomic
+    from cpnn.tl._model import _payload_digest
+
+    model = cp.tl.fit(sdata, train=["S1"], **{**FIT, "epochs": 2})
+    path = tmp_path / "m.pt"
+    model.save(path)
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["head"]))
+    payload["head"][name] = torch.full_like(payload["head"][name], float("nan"))
+    payload["sha256"] = _payload_digest(payload)
+    save_atomic(payload, path)
+    with pytest.raises(cp.CpnnError, match=rf"NaN or infinite.*head\.{name}.*retrain"):
+        cp.CPNN.load(path)
+
+
+def test_saving_into_a_folder_that_cannot_be_written_names_the_path(sdata, tmp_path, monkeypatch):
+    """29.20: torch's bare 'Permission denied' becomes an error naming the destination."""
+    import cpnn.tl._model as model_mod
+
+    model = cp.tl.fit(sdata, train=["S1"], **{**FIT, "epochs": 1})
+
+    def denied(obj, path):
+        raise RuntimeError("File .x.tmp cannot be opened: Permission denied")
+
+    monkeypatch.setattr(model_mod, "save_atomic", denied)
+    with pytest.raises(cp.CpnnError, match=r"Cannot write the model to '.*locked/m\.pt'.*Permission denied"):
+        model.save(tmp_path / "locked" / "m.pt")
+
+
+def test_duplicated_gene_names_are_refused_with_the_names(sdata):
+    """29.25: a table whose var_names repeat is refused by fit (and deconvolve) naming them, not by pandas."""
+    dup = sdata["table"].copy()
+    names = list(dup.var_names)
+    names[1] = names[0]
+    dup.var_names = names
+    with pytest.raises(cp.CpnnError, match=rf"var_names have 1 duplicates .*{names[0]}.*var_names_make_unique"):
+        cp.tl.fit(dup, train=["S1"], **{**FIT, "epochs": 1})
+    with pytest.raises(cp.CpnnError, match="var_names_make_unique"):
+        cp.pp.deconvolve(dup)
+
+
+def test_the_same_sample_twice_in_a_collection_is_refused(sdata, tmp_path):
+    """29.7: one store under two names would be trained on twice."""
+    from cpnn.data import Collection
+
+    with pytest.raises(cp.CpnnError, match=r"samples\['A2'\] and samples\['A'\] are the same store"):
+        Collection({"A": tmp_path, "A2": str(tmp_path)})
+    with pytest.raises(cp.CpnnError, match="same SpatialData object"):
+        Collection({"A": sdata, "B": sdata})

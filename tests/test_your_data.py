@@ -371,3 +371,21 @@ def test_visium_breast_builds_from_a_local_folder(tmp_path):
     assert table.n_obs == truth.n_obs
     cp.pp.embed(sdata, encoder="handcrafted", patch_size_um=55, patch_px=32, table_key=next(iter(sdata.tables)))
     assert np.isfinite(table.obsm["cpnn_embedding"]).all()
+
+
+def test_deconvolve_visium_hd_bins_directly_and_as_pseudo_spots():
+    sdata, profiles = _visium_hd(np.random.default_rng(6))
+    key = cp.pp.aggregate_bins(sdata, bin_size_um=32)
+    for table_key in ("square_008um", "square_016um", key):
+        cp.pp.build_prototypes(sdata, profiles, table_key=table_key)
+        cp.pp.deconvolve(sdata, table_key=table_key, chunk_size=50, n_genes=60)
+        est = sdata[table_key].obsm["cpnn_deconvolution"]
+        assert est.shape[0] == sdata[table_key].n_obs
+        ok = est.notna().all(1)
+        np.testing.assert_allclose(est[ok].sum(1), 1.0, atol=1e-5)
+        if table_key == key:  # pseudo-spots: no planted truth of their own
+            assert ok.mean() > 0.9
+            continue
+        truth = sdata[table_key].obsm["truth"]
+        r = [np.corrcoef(est.loc[ok, t], truth.loc[ok, t])[0, 1] for t in truth.columns]
+        assert np.mean(r) > (0.9 if table_key != "square_008um" else 0.75), (table_key, r)

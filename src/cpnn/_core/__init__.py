@@ -53,7 +53,7 @@ from ._stats import (
     nanmean,
     near_constant,
 )
-from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn
+from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
 from ._torch import autocast, state_digest
 from ._validate import (
     check_counts,
@@ -63,6 +63,7 @@ from ._validate import (
     check_number,
     check_obs_mask,
     check_unique_obs,
+    check_unique_var,
     gene_names,
     region_columns,
     selection_positions,
@@ -91,6 +92,7 @@ __all__ = [
     "check_number",
     "check_obs_mask",
     "check_unique_obs",
+    "check_unique_var",
     "columnwise_pearson",
     "columnwise_spearman",
     "dense_rows",
@@ -132,6 +134,7 @@ __all__ = [
     "to_uns",
     "unmarked_types",
     "uns_cpnn",
+    "uns_list",
     "valid_name",
     "write_composition",
     "write_fractions",

@@ -11,8 +11,8 @@ from scipy import sparse
 
 from .._errors import CpnnError
 from ._keys import SELECTED, in_reference_column, predicted_column
-from ._table import uns_cpnn
-from ._validate import check_counts
+from ._table import uns_cpnn, uns_list
+from ._validate import check_counts, check_unique_var
 
 
 def dense_rows(X: Any, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
@@ -23,6 +23,7 @@ def dense_rows(X: Any, rows: np.ndarray, cols: np.ndarray | None = None) -> np.n
 
 def panel_genes(adata: AnnData) -> list[str]:
     """Genes of ``var["cpnn_selected"]``."""
+    check_unique_var(adata)
     if SELECTED not in adata.var:
         raise CpnnError("No gene panel yet: call cp.pp.select_genes(data) first (it sets var['cpnn_selected']).")
     genes = adata.var_names[adata.var[SELECTED].to_numpy(bool)]
@@ -53,7 +54,7 @@ def panel_prototypes(adata: AnnData, genes: list[str], key: str) -> tuple[np.nda
     info = uns_cpnn(adata)
     entry = info.get("prototype_sets", {}).get(key)
     # older objects (or hand-made prototypes) keep the default key's cell types at the top level
-    types = [str(t) for t in (entry["cell_types"] if entry is not None else info.get("cell_types", []))]
+    types = uns_list(entry["cell_types"] if entry is not None else info.get("cell_types"))
     column = in_reference_column(key)
     in_ref = adata.var[column].to_numpy(bool) if column in adata.var else None
     P = np.asarray(adata.varm[key], dtype=np.float32)
@@ -190,8 +191,9 @@ def predicted_genes(adata: AnnData, layer: str, mask: np.ndarray | None, genes: 
 def predicted_panel(adata: AnnData, layer: str) -> list[str] | None:
     """The genes predicted into ``layer`` (as recorded by predict), else the selected panel, else ``None``."""
     info = uns_cpnn(adata).get("predict", {})
-    if info.get("key_added") == layer and info.get("genes"):
-        return list(info["genes"])
+    genes = uns_list(info.get("genes"))
+    if info.get("key_added") == layer and genes:
+        return genes
     if SELECTED in adata.var:
         return list(adata.var_names[adata.var[SELECTED].to_numpy(bool)])
     return None

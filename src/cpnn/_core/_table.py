@@ -5,6 +5,7 @@ from __future__ import annotations
 from copy import deepcopy
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -74,6 +75,13 @@ def to_uns(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [to_uns(v) for v in obj]
     return obj
+
+
+def uns_list(value: Any) -> list[str]:
+    """A list of names stored in ``uns`` as strings: h5ad and zarr give lists back as arrays, absent is empty."""
+    if value is None or isinstance(value, str):
+        return [] if not value else [value]
+    return [str(v) for v in np.asarray(value, dtype=object).ravel()]
 
 
 def get_proportions(adata: AnnData, key: str) -> pd.DataFrame:

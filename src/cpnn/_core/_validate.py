@@ -108,6 +108,16 @@ def check_unique_obs(adata: AnnData) -> None:
         )
 
 
+def check_unique_var(adata: AnnData) -> None:
+    """Raise when genes share a name: panels, prototypes and predictions are keyed by var_names."""
+    if adata.var_names.has_duplicates:
+        dup = adata.var_names[adata.var_names.duplicated()].unique()
+        raise CpnnError(
+            f"The table's var_names have {len(dup)} duplicates (e.g. {list(dup[:3])}); "
+            "call adata.var_names_make_unique() first."
+        )
+
+
 def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarray:
     """Turn a spot selection into a boolean mask over ``adata.obs``.
 

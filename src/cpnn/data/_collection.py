@@ -56,6 +56,16 @@ class Collection:
                 raise CpnnError(f"samples[{name!r}] must be a SpatialData or a zarr path, got {type(value).__name__}.")
             if isinstance(value, str | Path) and not Path(value).exists():
                 raise CpnnError(f"samples[{name!r}] = {str(value)!r} does not exist.")
+        seen: dict[Any, str] = {}
+        for name, value in sources.items():
+            ident = Path(value).resolve() if isinstance(value, str | Path) else id(value)
+            if ident in seen:
+                raise CpnnError(
+                    f"samples[{name!r}] and samples[{seen[ident]!r}] are the same "
+                    f"{'store' if isinstance(value, str | Path) else 'SpatialData object'}: each sample would be "
+                    "trained on twice; pass each sample once."
+                )
+            seen[ident] = name
         self.sources = sources
         self.table_key = table_key
 

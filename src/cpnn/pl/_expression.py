@@ -90,7 +90,10 @@ def expression(
     if predicted is not None:
         mask = mask & predicted
     if mask.sum() < 3:
-        raise CpnnError(f"Region {name!r} has {int(mask.sum())} predicted spots; predict it with cp.tl.predict.")
+        raise CpnnError(
+            f"Region {name!r} has {int(mask.sum())} predicted spot(s); the per-gene Spearman correlation this plot "
+            "reports needs at least 3. Predict more of the region with cp.tl.predict, or pick another region=."
+        )
     panel = predicted_genes(adata, layer, mask, None)
     if not panel:
         raise CpnnError("No predicted panel is recorded in the table; run cp.pp.select_genes and cp.tl.predict.")

@@ -12,7 +12,18 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import MARKER, SELECTED, check_counts, check_genes, check_int, gene_names, get_table, return_copy, uns_cpnn
+from .._core import (
+    MARKER,
+    SELECTED,
+    check_counts,
+    check_genes,
+    check_int,
+    check_unique_var,
+    gene_names,
+    get_table,
+    return_copy,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from ._markers import marker_genes
 
@@ -91,8 +102,7 @@ def select_genes(
         raise CpnnError(f"layer={layer!r} is not a layer of the table; layers are {list(adata.layers)}.")
     X = adata.layers[layer] if layer is not None else adata.X
     check_counts(X, argument=f"layer {layer!r}" if layer else "X", integer=False)
-    if adata.var_names.has_duplicates:
-        raise CpnnError("The table's var_names have duplicates; call adata.var_names_make_unique() first.")
+    check_unique_var(adata)
 
     skipped: list[str] = []
     if genes is not None:

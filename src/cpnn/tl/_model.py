@@ -136,7 +136,14 @@ class CPNN:
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
         }
         payload["sha256"] = _payload_digest(payload)
-        save_atomic(payload, Path(path))
+        path = Path(path)
+        try:
+            save_atomic(payload, path)
+        except (OSError, RuntimeError) as e:  # torch reports an unwritable folder as a RuntimeError
+            detail = getattr(e, "strerror", None) or str(e).splitlines()[0]
+            raise CpnnError(
+                f"Cannot write the model to {str(path)!r} ({detail}); pass a path in a folder you can write to."
+            ) from e
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None, encoder: Any = None) -> CPNN:
@@ -179,6 +186,7 @@ class CPNN:
                 f"{str(path)!r} is corrupt: its contents do not match the SHA-256 written with it. "
                 "Restore the file from a copy, or retrain."
             )
+        _check_finite(payload, path)
         config, history = _read_config(payload, path)
         if encoder is not None:
             _attach_module(encoder, config, bool(payload.get("encoder_saved", True)))
@@ -206,6 +214,21 @@ def _payload_digest(payload: dict) -> str:
         value = payload.get(part)
         h.update(state_digest(value).encode() if isinstance(value, dict) else b"?")
     return h.hexdigest()
+
+
+def _check_finite(payload: dict, path: Path) -> None:
+    """Refuse a file whose weights hold NaN or infinite values (a damaged file, or a run that diverged)."""
+    bad = [
+        f"{part}.{name}"
+        for part in ("head", "encoder")
+        for name, value in (payload.get(part) or {}).items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if bad:
+        raise CpnnError(
+            f"{str(path)!r}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]}); the file is "
+            "damaged or the training diverged. Restore the file from a copy, or retrain."
+        )
 
 
 def _version(value: Any, path: Path) -> int:

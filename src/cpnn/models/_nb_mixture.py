@@ -1,0 +1,235 @@
+"""Negative-binomial mixture of cell-type profiles: the solver behind ``cp.pp.deconvolve(method="nb")``.
+
+``counts[n, g] ~ NB(mean = s[g] * sum_k h[n, k] A[g, k], theta[g])``, with ``A[:, k]`` the k-th
+cell type's gene distribution (its prototype normalised to sum 1), ``h[n] >= 0`` the spot's
+counts attributed to each type (its composition is ``h[n] / sum(h[n])``), ``s`` a per-gene
+technical scaling shared by all spots (geometric mean 1; cell2location's ``m_g``) and ``theta``
+a per-gene inverse dispersion. Maximum likelihood by block updates that each raise it:
+
+- ``h`` and ``s``: the multiplicative minorise-maximise updates of negative-binomial matrix
+  factorisation (Gouvert, Oberlin & Fevotte 2020): Jensen's bound on ``x log mu`` and the
+  tangent of ``-(x + theta) log(theta + mu)``, maximised in closed form;
+- ``theta``: a per-gene Newton step on ``log theta`` (exact score and curvature; the
+  ``lgamma``/``digamma`` terms on the non-zero counts only), halved where it would lower the
+  gene's likelihood.
+
+Two stages: the shared ``s`` and ``theta`` on a subsample of spots (:func:`fit_shared`), then
+every spot's ``h`` with them fixed (:func:`solve_compositions`), chunk by chunk: spots are then
+independent, no autograd graph is kept and two preallocated spots x genes buffers are reused, so
+memory is bounded by the chunk, not the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Smallest mean allowed in a division.
+_TINY = 1e-10
+#: Smallest share of a spot's counts kept per type: a type never dies, so a later update can revive it.
+_FLOOR = 1e-10
+#: Largest SQUAREM step length.
+_MAX_STEP = 64.0
+
+
+@dataclass
+class NBMixtureFit:
+    """Shared per-gene parameters: technical scaling (geometric mean 1) and inverse dispersion."""
+
+    gene_scaling: np.ndarray
+    theta: np.ndarray
+    n_iter: int
+    converged: bool
+    nll_history: list[float]
+
+
+class _Buffers:
+    """Two spots x genes work arrays, reused by every update of a chunk (no allocation per iteration)."""
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, int] | None = None
+
+    def get(self, n: int, g: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.shape is None or self.shape[0] < n or self.shape[1] != g:
+            self.shape = (n, g)
+            self.mu = torch.empty(n, g, device=device)
+            self.work = torch.empty(n, g, device=device)
+        return self.mu[:n], self.work[:n]
+
+
+def _h_step(H: torch.Tensor, X: torch.Tensor, B: torch.Tensor, theta: torch.Tensor, buf: _Buffers) -> torch.Tensor:
+    """One multiplicative update of ``H`` (n x K) for ``mu = H @ B`` (``B``: K x G), in the two buffers."""
+    mu, work = buf.get(X.shape[0], X.shape[1], X.device)
+    torch.mm(H, B, out=mu)
+    mu.clamp_(min=_TINY)
+    torch.div(X, mu, out=work)
+    up = work @ B.T
+    torch.add(X, theta, out=work)
+    mu.add_(theta)
+    work.div_(mu)
+    down = work @ B.T
+    H = H * up / down.clamp_min(_TINY)
+    return torch.maximum(H, _FLOOR * H.sum(1, keepdim=True))
+
+
+def _shares(H: torch.Tensor) -> torch.Tensor:
+    return H / H.sum(1, keepdim=True).clamp_min(_TINY)
+
+
+def _squarem_cycle(
+    H: torch.Tensor, X: torch.Tensor, B: torch.Tensor, theta: torch.Tensor, buf: _Buffers
+) -> torch.Tensor:
+    """Two plain updates, a per-spot extrapolation along them (SQUAREM, Varadhan & Roland 2008), one more update.
+
+    The step length is bounded; a spot whose extrapolation is not finite keeps its second plain update.
+    """
+    H1 = _h_step(H, X, B, theta, buf)
+    H2 = _h_step(H1, X, B, theta, buf)
+    r = H1 - H
+    v = H2 - H1 - r
+    alpha = -(r.norm(dim=1, keepdim=True) / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).clamp(1.0, _MAX_STEP)
+    Hx = torch.maximum(H - 2 * alpha * r + alpha**2 * v, _FLOOR * H2.sum(1, keepdim=True))
+    Hx = torch.where(torch.isfinite(Hx).all(1, keepdim=True), Hx, H2)
+    return _h_step(Hx, X, B, theta, buf)
+
+
+def _solve(
+    H: torch.Tensor, X: torch.Tensor, B: torch.Tensor, theta: torch.Tensor, buf: _Buffers, *, max_iter: int, tol: float
+) -> tuple[torch.Tensor, int]:
+    """Iterate the ``H`` update to convergence, in SQUAREM cycles of three updates.
+
+    A spot is done when its composition moved by at most ``tol`` over a cycle; later cycles
+    work on the spots not done only. Returns ``H`` and the number of updates of the slowest spot.
+    """
+    active = torch.arange(X.shape[0], device=X.device)
+    shares = _shares(H)
+    updates = 0
+    while updates < max_iter and len(active):
+        Ha = _squarem_cycle(H[active], X[active], B, theta, buf)
+        updates += 3
+        new = _shares(Ha)
+        moved = (new - shares[active]).abs().amax(1)
+        H[active] = Ha
+        shares[active] = new
+        active = active[moved > tol]
+    return H, updates
+
+
+def solve_compositions(
+    counts: np.ndarray,
+    A: np.ndarray,
+    fit: NBMixtureFit,
+    *,
+    device: torch.device,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, int]:
+    """Compositions of the spots ``counts`` (n x G dense, every row with a count) with the shared parameters fixed.
+
+    ``A``: G x K, columns sum to 1. Returns the compositions (n x K, rows sum to 1) and the
+    updates of the slowest spot. A spot is done when its composition moves by at most ``tol``
+    over one SQUAREM cycle (three updates), or after ``max_iter`` updates. Spots are
+    independent: any split of the spots into calls gives the same compositions.
+    """
+    B = torch.as_tensor(A.T * fit.gene_scaling[None, :], dtype=torch.float32, device=device).contiguous()
+    theta = torch.as_tensor(fit.theta, dtype=torch.float32, device=device)
+    X = torch.as_tensor(counts, dtype=torch.float32, device=device)
+    K = A.shape[1]
+    H = X.sum(1, keepdim=True) / K * torch.ones(1, K, device=device)
+    H, updates = _solve(H, X, B, theta, _Buffers(), max_iter=max_iter, tol=tol)
+    return _shares(H).cpu().numpy().astype(np.float64), updates
+
+
+def _gene_loglik(X: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, nz: tuple, x_nz: torch.Tensor) -> torch.Tensor:
+    """Per gene, the NB log-likelihood summed over spots, without the ``lgamma(x + 1)`` constant."""
+    log_tm = torch.log(theta + mu)
+    dense = (theta * (torch.log(theta) - log_tm) - X * log_tm).sum(0)
+    th = theta[nz[1]]
+    part = x_nz * torch.log(mu[nz]) + torch.lgamma(x_nz + th) - torch.lgamma(th)
+    return dense.index_add_(0, nz[1], part)
+
+
+def _theta_step(
+    X: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, nz: tuple, x_nz: torch.Tensor, before: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Newton step on ``log theta`` per gene, halved (up to 4 times) where it lowers that gene's likelihood."""
+    theta = torch.exp(log_theta)
+    tm = theta + mu
+    th_nz = theta[nz[1]]
+    d1 = (torch.log(theta) + 1 - torch.log(tm) - (X + theta) / tm).sum(0)
+    d1.index_add_(0, nz[1], torch.digamma(x_nz + th_nz) - torch.digamma(th_nz))
+    d2 = (1 / theta - 2 / tm + (X + theta) / tm**2).sum(0)
+    d2.index_add_(0, nz[1], torch.polygamma(1, x_nz + th_nz) - torch.polygamma(1, th_nz))
+    g1 = theta * d1  # d / d log theta
+    g2 = theta * d1 + theta**2 * d2
+    step = torch.where(g2 < 0, -g1 / g2.clamp_max(-1e-12), torch.sign(g1) * 0.5).clamp(-2.0, 2.0)
+    low, high = float(np.log(1e-2)), float(np.log(1e6))
+    best, best_ll = log_theta, before
+    for _ in range(5):
+        trial = (log_theta + step).clamp(low, high)
+        ll = _gene_loglik(X, mu, torch.exp(trial), nz, x_nz)
+        better = ll > best_ll
+        best = torch.where(better, trial, best)
+        best_ll = torch.where(better, ll, best_ll)
+        step = step / 2
+    return best, best_ll
+
+
+def fit_shared(
+    X: np.ndarray,
+    A: np.ndarray,
+    *,
+    device: torch.device,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    inner: int = 30,
+    inner_tol: float = 1e-3,
+    theta_init: float = float(np.exp(2.0)),
+) -> NBMixtureFit:
+    """Fit the per-gene scaling and dispersion on the spots ``X`` (n x G dense counts), ``A`` (G x K).
+
+    Each round updates every spot's ``h``, then ``s``, then ``theta``; stops when the mean
+    negative log-likelihood per spot changes by less than ``tol`` (relative) between rounds.
+    """
+    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    At = torch.as_tensor(A.T, dtype=torch.float32, device=device).contiguous()  # K x G
+    n, G = Xt.shape
+    K = At.shape[0]
+    nz = torch.nonzero(Xt, as_tuple=True)
+    x_nz = Xt[nz]
+    gene_total = Xt.sum(0)
+    s = torch.ones(G, device=device)
+    log_theta = torch.full((G,), float(np.log(theta_init)), device=device)
+    H = Xt.sum(1, keepdim=True).clamp_min(1.0) / K * torch.ones(1, K, device=device)
+    buf = _Buffers()
+    history: list[float] = []
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007
+        theta = torch.exp(log_theta)
+        H, _ = _solve(H, Xt, At * s, theta, buf, max_iter=inner, tol=inner_tol)
+        # s: the same bound, per gene; mu = s_g q_gn, so sum_n q x / mu = sum_n x / s_g
+        Q = H @ At  # n x G
+        up = gene_total / s
+        down = (Q * (Xt + theta) / (theta + Q * s)).sum(0)
+        s = s * up / down.clamp_min(_TINY)
+        s = s.clamp_min(_TINY)
+        centre = torch.exp(torch.log(s).mean())
+        s, H = s / centre, H * centre  # mu unchanged; geometric mean of s is 1
+        mu = (H @ (At * s)).clamp_min(_TINY)
+        before = _gene_loglik(Xt, mu, theta, nz, x_nz)
+        log_theta, ll = _theta_step(Xt, mu, log_theta, nz, x_nz, before)
+        nll = float(-ll.sum() / n)
+        history.append(nll)
+        if len(history) > 1 and abs(history[-2] - nll) <= tol * max(abs(nll), 1.0):
+            converged = True
+            break
+    return NBMixtureFit(
+        gene_scaling=s.cpu().numpy().astype(np.float64),
+        theta=torch.exp(log_theta).cpu().numpy().astype(np.float64),
+        n_iter=it,
+        converged=converged,
+        nll_history=history,
+    )
