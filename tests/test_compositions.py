@@ -241,3 +241,23 @@ def test_deconvolve_refuses_a_cell_type_without_expression_and_deprecates_lr():
     cp.pp.build_prototypes(adata, profiles)
     with pytest.warns(FutureWarning, match="lr"):
         cp.pp.deconvolve(adata, lr=0.1, n_genes=300)
+
+
+def test_one_deconvolution_key_holds_one_method_and_one_prototype_set():
+    """29.5/29.6: adding spots to a key made with other cell types or another method is refused, not NaN-ed."""
+    adata, profiles, _ = _planted(np.random.default_rng(6), n=200)
+    cp.pp.build_prototypes(adata, profiles)
+    cp.pp.deconvolve(adata, regions=("section", "a"), n_genes=300)
+    cp.pp.deconvolve(adata, regions=("section", "b"), n_genes=300)  # same settings: the key grows
+    info = adata.uns["cpnn"]["deconvolution"]["cpnn_deconvolution"]
+    assert info["n_spots"] == 200 and info["n_spots_this_call"] == 100 and info["calls"] == 2
+    before = adata.obsm["cpnn_deconvolution"].copy()
+    with pytest.raises(cp.CpnnError, match=r"holds 100 spots deconvolved earlier \(method='nb'.*method='nnls'"):
+        cp.pp.deconvolve(adata, regions=("section", "b"), method="nnls")
+    renamed = profiles.rename(columns=lambda c: c.upper())
+    cp.pp.build_prototypes(adata, renamed)
+    with pytest.raises(cp.CpnnError, match="another key_added="):
+        cp.pp.deconvolve(adata, regions=("section", "b"), n_genes=300)
+    pd.testing.assert_frame_equal(adata.obsm["cpnn_deconvolution"], before)  # nothing lost
+    cp.pp.deconvolve(adata, n_genes=300)  # every spot again: a fresh key
+    assert list(adata.obsm["cpnn_deconvolution"].columns) == list(renamed.columns)

@@ -142,3 +142,39 @@ def test_two_processes_train_as_one_and_resume(tmp_path):
     assert c["history"] == b["history"]
     for k in b["head"]:
         torch.testing.assert_close(b["head"][k], c["head"][k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("head", ["ridge", "direct", "cpnn"])
+def test_every_head_fits_in_memory_and_on_a_collection(head, tmp_path, monkeypatch):
+    """Each head on both input kinds (28): ridge used to fail on collections (no .counts on the shard dataset)."""
+    monkeypatch.setattr(cp.settings, "_cachedir", tmp_path)
+    samples, panel = _samples(2)
+    kw = {**KW, "head": head, "epochs": 3}
+    if head == "cpnn":
+        kw["targets"] = "given"
+    on_disk = cp.tl.fit(samples, train=["s0"], validation=["s1"], panel=panel, **kw)
+    whole, profiles = synthetic_sdata(np.random.default_rng(40), n_side=8, sections=("S0", "S1"))
+    cp.pp.select_genes(whole, n_top_genes=40)
+    cp.pp.build_prototypes(whole, profiles)
+    in_memory = cp.tl.fit(whole, train=["S0"], validation=["S1"], **kw)
+    assert on_disk.config.head == in_memory.config.head == head
+    cp.tl.predict(samples, on_disk, regions=["s1"])
+    table = samples["s1"]["table"]
+    layer = table[:, list(on_disk.config.genes)].layers["cpnn"]
+    pred = layer.toarray() if hasattr(layer, "toarray") else np.asarray(layer, dtype=float)
+    assert np.isfinite(pred).all() and pred.std(0).max() > 0
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # run folders removed
+
+
+def test_sample_key_works_on_a_collection_and_failed_runs_leave_no_folder(tmp_path, monkeypatch):
+    """sample_key used to be ignored for collections (28); a failed collection fit left its run folder (29.8)."""
+    monkeypatch.setattr(cp.settings, "_cachedir", tmp_path)
+    samples, panel = _samples(3)
+    model = cp.tl.fit(samples, train=["s0", "s1"], validation=["s2"], panel=panel, sample_key="patient",
+                      epochs=3, targets="given", **KW)  # fmt: skip
+    assert list(model.config.samples) == ["P0"]
+    model = cp.tl.fit(samples, train=["s0", "s2"], panel=panel, sample_key="patient", epochs=3, targets="given", **KW)
+    assert list(model.config.samples) == ["P0", "P1"]
+    with pytest.raises(cp.CpnnError, match=r"sample_key \(sample 's0'\)"):
+        cp.tl.fit(samples, train=["s0"], panel=panel, sample_key="donor", epochs=1, targets="given", **KW)
+    assert not any((tmp_path / "runs").iterdir())

@@ -389,3 +389,19 @@ def test_deconvolve_visium_hd_bins_directly_and_as_pseudo_spots():
         truth = sdata[table_key].obsm["truth"]
         r = [np.corrcoef(est.loc[ok, t], truth.loc[ok, t])[0, 1] for t in truth.columns]
         assert np.mean(r) > (0.9 if table_key != "square_008um" else 0.75), (table_key, r)
+
+
+def test_a_context_learned_on_other_bins_is_reported_at_prediction(cpnn_log):
+    """29.4: a model with spatial context learned on 32 um pseudo-spots, applied to 16 um bins, says so."""
+    sdata, profiles = _visium_hd(np.random.default_rng(7))
+    key = cp.pp.aggregate_bins(sdata, bin_size_um=32)
+    cp.pp.select_genes(sdata[key], n_top_genes=60)
+    cp.pp.build_prototypes(sdata[key], profiles)
+    model = cp.tl.fit(sdata, table_key=key, epochs=2, patch_size_um=16, patch_px=32, encoder="handcrafted",
+                      seed=0, context_um=64, targets="given")  # fmt: skip
+    assert model.config.bin_um == 32
+    cp.tl.predict(sdata, model, table_key=key)
+    assert "context" not in cpnn_log()
+    cp.tl.predict(sdata, model, table_key="square_016um")
+    assert "learned on 32 um bins, but table 'square_016um' holds 16 um bins" in cpnn_log()
+    assert "context_um=0" in cpnn_log()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -60,15 +59,6 @@ def sum_all(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def sum_array(array: np.ndarray) -> np.ndarray:
-    """An array summed over every process (each fills its own rows, the others hold zeros)."""
-    if world() == 1:
-        return array
-    t = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
-    dist.all_reduce(t)
-    return t.numpy()
 
 
 def gather(obj: Any) -> list[Any]:

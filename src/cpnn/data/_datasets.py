@@ -89,9 +89,9 @@ class SpotDataset(Dataset):
             None if self.sample is None else self.sample[idx],
         )
 
-    def features(self) -> torch.Tensor:
-        """Every input, as the head sees them (closed-form heads fit on these)."""
-        return self.x
+    def closed_form_data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every spot's input, counts and library size (what a closed-form head fits on)."""
+        return self.x, self.counts, self.library
 
     def standardisation_inputs(self, per_tile: bool) -> torch.Tensor:
         """What a head's input standardisation is fitted on: the spots' inputs."""
@@ -168,6 +168,10 @@ class BagDataset(Dataset):
     def features(self) -> torch.Tensor:
         """The mean embedding of every tile of each slide (B x D)."""
         return torch.stack([t.mean(0) for t in self.z])
+
+    def closed_form_data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each slide's mean tile embedding, counts and library size (what a closed-form head fits on)."""
+        return self.features(), self.counts, self.library
 
     def standardisation_inputs(self, per_tile: bool) -> torch.Tensor:
         """Every tile (for heads applied per tile), else each slide's mean embedding."""

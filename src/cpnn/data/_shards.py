@@ -17,7 +17,7 @@ class Shard:
     """One sample's training rows: inputs and panel counts (memory maps or arrays), optional targets.
 
     ``rows`` selects the rows of ``x`` (e.g. a sample's spots with counts, out of its embedding cache);
-    ``counts`` and ``composition`` hold those rows only.
+    ``counts``, ``composition`` and ``sample`` (codes of ``sample_key``) hold those rows only.
     """
 
     name: str
@@ -25,6 +25,7 @@ class Shard:
     rows: np.ndarray
     counts: np.ndarray
     composition: np.ndarray | None = None
+    sample: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -51,6 +52,7 @@ class ShardDataset(Dataset):
         self.generator: torch.Generator | None = None
         self.sample = None
         self.has_composition = bool(self.shards) and all(s.composition is not None for s in self.shards)
+        self.has_sample = bool(self.shards) and all(s.sample is not None for s in self.shards)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -65,10 +67,12 @@ class ShardDataset(Dataset):
             order = np.argsort(local, kind="stable")  # sorted reads are sequential on disk
             if field == "x":
                 values = np.asarray(shard.x[shard.rows[local[order]]], dtype=np.float32)
+            elif field == "sample":
+                values = np.asarray(shard.sample[local[order]], dtype=np.int64)
             else:
                 values = np.asarray(getattr(shard, field)[local[order]], dtype=np.float32)
             if out is None:
-                out = np.empty((len(idx), values.shape[1]), np.float32)
+                out = np.empty((len(idx), *values.shape[1:]), values.dtype)
             out[at[order]] = values
         return out
 
@@ -79,19 +83,17 @@ class ShardDataset(Dataset):
         if self.validation:
             library = library.clip(1.0)
         comp = torch.from_numpy(self._gather(idx, "composition")) if self.has_composition else None
+        sample = torch.from_numpy(self._gather(idx, "sample")) if self.has_sample else None
         return Batch(
-            torch.from_numpy(self._gather(idx, "x")), torch.from_numpy(counts), torch.from_numpy(library), comp
+            torch.from_numpy(self._gather(idx, "x")), torch.from_numpy(counts), torch.from_numpy(library), comp, sample
         )
 
-    def features(self) -> torch.Tensor:
-        """Every row's input (closed-form heads fit on these; it reads the whole collection)."""
-        return self[np.arange(len(self))].x
+    def closed_form_data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every row's input, counts and library size (what a closed-form head fits on; reads the whole collection)."""
+        batch = self[np.arange(len(self))]
+        return batch.x, batch.counts, batch.library
 
     def standardisation_inputs(self, per_tile: bool, limit: int = 50_000) -> torch.Tensor:
         """Up to ``limit`` evenly spaced rows: enough for the means and standard deviations of the inputs."""
         idx = np.unique(np.linspace(0, len(self) - 1, min(limit, len(self))).round().astype(np.int64))
         return self[idx].x
-
-    def library(self) -> np.ndarray:
-        """Every row's panel library size (read shard by shard)."""
-        return np.concatenate([np.asarray(s.counts).sum(1) for s in self.shards])

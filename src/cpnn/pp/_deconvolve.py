@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from scanpy import logging as logg
@@ -58,6 +59,33 @@ def _prototypes(adata: AnnData, key: str) -> tuple[np.ndarray, list[str], np.nda
     if not np.isfinite(P[has]).all() or (P[has] < 0).any():
         raise CpnnError(f"varm[{key!r}] holds NaN, infinite or negative values; rebuild the prototypes.")
     return P, types, has
+
+
+def _check_same_key(
+    adata: AnnData, key: str, rows: np.ndarray, method: str, prototypes_key: str, types: list[str]
+) -> int:
+    """Refuse to add spots to ``obsm[key]`` deconvolved earlier with another method or prototype set.
+
+    Returns the number of earlier calls into ``key`` whose spots stay (0 when none do).
+    """
+    old = adata.obsm.get(key)
+    if not isinstance(old, pd.DataFrame):
+        return 0
+    kept = old.notna().all(1).to_numpy()
+    kept[rows] = False  # this call redoes these
+    if not kept.any():
+        return 0
+    record = uns_cpnn(adata).get("deconvolution", {}).get(key)
+    record = record if isinstance(record, dict) else {}
+    earlier = (record.get("method"), record.get("prototypes_key"), uns_list(record.get("cell_types")))
+    if earlier != (method, prototypes_key, types):
+        raise CpnnError(
+            f"obsm[{key!r}] holds {int(kept.sum())} spots deconvolved earlier "
+            f"(method={earlier[0]!r}, prototypes_key={earlier[1]!r}, cell types {earlier[2][:4]}...), but this call "
+            f"uses method={method!r} with the {len(types)} cell types of varm[{prototypes_key!r}]. One key holds one "
+            "method and one prototype set: pass another key_added=, or include those spots in regions= to redo them."
+        )
+    return int(record.get("calls", 1))
 
 
 def gene_statistics(
@@ -239,6 +267,7 @@ def deconvolve(
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         raise CpnnError("regions= selects no spot; pass region names, a mask or a (column, values) tuple that matches.")
+    earlier_calls = _check_same_key(adata, key_added, rows, method, prototypes_key, types)
     argument = f"the counts ({'X' if layer is None else 'layer ' + repr(layer)})"
     candidates = np.flatnonzero(has) if genes is None else idx
     # one pass over the rows (validating the counts), never more than ~2**24 values dense at a time
@@ -325,8 +354,10 @@ def deconvolve(
             "cell_types": types,
             "n_genes": len(idx),
             "genes": list(adata.var_names[idx]),
-            "n_spots": int((~empty).sum()),
+            "n_spots": int(adata.obsm[key_added].notna().all(1).sum()),
+            "n_spots_this_call": int((~empty).sum()),
             "n_spots_without_counts": int(empty.sum()),
+            "calls": earlier_calls + 1,
             "chunk_size": int(chunk),
             "seconds": float(seconds),
             **summary,

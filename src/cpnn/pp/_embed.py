@@ -83,38 +83,6 @@ def embed_regions(
     return out
 
 
-def embed_spots(
-    sdata: Any,
-    adata: AnnData,
-    mask: np.ndarray,
-    encoder: torch.nn.Module,
-    *,
-    patch_size_um: float,
-    patch_px: int,
-    device: str,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    image_key: str | None = None,
-    spot_diameter_um: float | None = None,
-    mpp: float | None = None,
-    desc: str = "embedding",
-) -> np.ndarray:
-    """Embed the spots selected by ``mask``; returns an array aligned to ``np.flatnonzero(mask)``."""
-    regions = region_images(sdata, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um, mpp=mpp)
-    return embed_regions(
-        regions,
-        int(mask.sum()),
-        selection_positions(mask),
-        encoder,
-        patch_size_um=patch_size_um,
-        patch_px=patch_px,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        desc=desc,
-    )
-
-
 def embed(
     data: Any,
     *,

@@ -129,6 +129,7 @@ class FitConfig:
     samples: tuple[str, ...] = ()
     in_dim: int = 0
     median_library: float = 1.0
+    bin_um: float | None = None  # bin size of a Visium HD training table (from its name), else None
 
     # ---- mapping access, as the stored form reads
     def __getitem__(self, key: str) -> Any:

@@ -20,7 +20,18 @@ from anndata import AnnData
 from scanpy import logging as logg
 from torch import nn
 
-from .._core import EMBEDDING, OFF_SHARE, PROTOTYPES, TILES, check_int, dist, get_table, switched_off, uns_cpnn
+from .._core import (
+    EMBEDDING,
+    OFF_SHARE,
+    PROTOTYPES,
+    TILES,
+    bin_size_um,
+    check_int,
+    dist,
+    get_table,
+    switched_off,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import is_collection
@@ -324,49 +335,52 @@ def fit(
         adata = get_table(data, table_key)
         config = composition_targets(adata, config, train, validation, key_added)
         split = read_split(adata, config, train, validation)
-    inputs = build_inputs(
-        data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
-        embed_batch_size=check_int("embed_batch_size", embed_batch_size),
-    )  # fmt: skip
-    fingerprint = _fingerprint(config.with_data(genes=split.genes, in_dim=inputs.in_dim), split)
-    config = config.with_data(
-        encoder_config=inputs.encoder_config, genes=split.genes, cell_types=split.cell_types, groups=split.groups,
-        samples=split.samples, in_dim=inputs.in_dim, median_library=float(np.median(split.library_train)),
-    )  # fmt: skip
-    torch.manual_seed(config.seed)  # after any data loading, which draws from the global generator
-    head_module = build_head(config, inputs.in_dim, split.prototypes)
-    inner = getattr(head_module, "head", head_module)
-    if inputs.standardise and not config.head_class.closed_form:
-        z_train = inputs.train.standardisation_inputs(config.head_class.per_tile)
-        if config.standardise:
-            inner.fit_inputs(z_train)
-        else:
-            _check_raw_scale(z_train)
-    scaling = gene_scaling(adata, config, list(split.genes))
-    if scaling is not None and hasattr(inner, "set_gene_scaling"):
-        inner.set_gene_scaling(scaling)
-    result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
-    model = CPNN(config, enc.cpu().eval(), head_module, result.history)
-    notes = (
-        []
-        if config.head_class.closed_form
-        else training_warnings(
-            result, epochs=config.epochs, validated=bool(split.validation.any()), patience=config.patience
+    try:
+        inputs = build_inputs(
+            data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
+            embed_batch_size=check_int("embed_batch_size", embed_batch_size),
+        )  # fmt: skip
+        fingerprint = _fingerprint(config.with_data(genes=split.genes, in_dim=inputs.in_dim), split)
+        config = config.with_data(
+            encoder_config=inputs.encoder_config, genes=split.genes, cell_types=split.cell_types, groups=split.groups,
+            samples=split.samples, in_dim=inputs.in_dim, median_library=float(np.median(split.library_train)),
+            bin_um=bin_size_um(table_key),
+        )  # fmt: skip
+        torch.manual_seed(config.seed)  # after any data loading, which draws from the global generator
+        head_module = build_head(config, inputs.in_dim, split.prototypes)
+        inner = getattr(head_module, "head", head_module)
+        if inputs.standardise and not config.head_class.closed_form:
+            z_train = inputs.train.standardisation_inputs(config.head_class.per_tile)
+            if config.standardise:
+                inner.fit_inputs(z_train)
+            else:
+                _check_raw_scale(z_train)
+        scaling = gene_scaling(adata, config, list(split.genes))
+        if scaling is not None and hasattr(inner, "set_gene_scaling"):
+            inner.set_gene_scaling(scaling)
+        result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
+        model = CPNN(config, enc.cpu().eval(), head_module, result.history)
+        notes = (
+            []
+            if config.head_class.closed_form
+            else training_warnings(
+                result, epochs=config.epochs, validated=bool(split.validation.any()), patience=config.patience
+            )
         )
-    )
-    off = _switched_off(config, inputs, head_module)
-    if off:
-        notes.append(
-            f"cell type(s) {off} never exceed {OFF_SHARE:.0%} of any training spot's composition: the network switched "
-            "them off. Supervise the composition with deconvolved targets (cp.pp.deconvolve on the training spots, "
-            "then composition_key=), and add their markers to the panel (cp.pp.select_genes(markers=...))"
-        )
-    for note in notes:
-        logg.warning(note)
-    if adata is not None:
-        _record(adata, config, result, split, dev, notes, off, key_added)
-    if getattr(split, "run_dir", None) is not None:  # each process's copy of the training rows
-        shutil.rmtree(split.run_dir, ignore_errors=True)
+        off = _switched_off(config, inputs, head_module)
+        if off:
+            notes.append(
+                f"cell type(s) {off} never exceed {OFF_SHARE:.0%} of any training spot's composition: the network switched "
+                "them off. Supervise the composition with deconvolved targets (cp.pp.deconvolve on the training spots, "
+                "then composition_key=), and add their markers to the panel (cp.pp.select_genes(markers=...))"
+            )
+        for note in notes:
+            logg.warning(note)
+        if adata is not None:
+            _record(adata, config, result, split, dev, notes, off, key_added)
+    finally:  # each process's copy of the training rows goes, whether the fit succeeded or not
+        if getattr(split, "run_dir", None) is not None:
+            shutil.rmtree(split.run_dir, ignore_errors=True)
     logg.info(
         f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
         f"{'slides' if config.level == 'slide' else 'spots'}",

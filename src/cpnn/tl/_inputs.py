@@ -8,6 +8,7 @@ validation datasets of cached embeddings, image patches (fine-tuning) or slide b
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -502,56 +503,68 @@ def read_collection(
     dist.barrier()
     run_dir = settings.cachedir / "runs" / uuid.uuid4().hex
     run_dir.mkdir(parents=True)
-    shards: dict[str, Shard] = {}
-    in_dim = 0
-    for name in used:
-        sdata = coll.open(name)
-        adata = coll.table(sdata)
-        missing = [g for g in genes if g not in adata.var_names]
-        if missing:
-            raise CpnnError(
-                f"Sample {name!r} lacks {len(missing)} panel genes (e.g. {missing[:3]}); every sample needs them."
-            )
-        z = disk_embeddings(sdata, adata, enc, encoder, image_key=config.image_key,
-                            spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
-        rows = np.arange(adata.n_obs)
-        is_train = tr[names.index(name)]
-        counts = _write_counts(run_dir / f"{len(shards)}_counts.npy", adata, genes, rows, config.layer)
-        if is_train:
-            keep = np.asarray(counts.sum(1)) > 0
-            if not keep.all():
-                logg.warning(
-                    f"sample {name!r}: {int((~keep).sum())} spots have no counts in the panel and are left out"
+    try:
+        shards: dict[str, Shard] = {}
+        in_dim = 0
+        for name in used:
+            sdata = coll.open(name)
+            adata = coll.table(sdata)
+            missing = [g for g in genes if g not in adata.var_names]
+            if missing:
+                raise CpnnError(
+                    f"Sample {name!r} lacks {len(missing)} panel genes (e.g. {missing[:3]}); every sample needs them."
                 )
-                rows = rows[keep]
-                counts = _write_counts(run_dir / f"{len(shards)}_kept.npy", adata, genes, rows, config.layer)
-        x = z
-        if config.context_um:
-            xy, label = spot_coordinates_um(sdata, adata, np.ones(adata.n_obs, bool), image_key=config.image_key,
-                                            spot_diameter_um=config.spot_diameter_um)  # fmt: skip
-            x = np.lib.format.open_memmap(run_dir / f"{len(shards)}_x.npy", mode="w+", dtype=np.float16,
-                                          shape=(adata.n_obs, 2 * z.shape[1]))  # fmt: skip
-            x[:] = add_context(np.asarray(z, np.float32), xy, label, float(config.context_um))
-            x.flush()
-            x = np.load(run_dir / f"{len(shards)}_x.npy", mmap_mode="r")
-        comp = None
-        if is_train and config.composition_key and head_cls.composition:
-            mask = np.zeros(adata.n_obs, bool)
-            mask[rows] = True
-            comp = reference_composition(adata, config.composition_key, mask, types)
-        shards[name] = Shard(name, x, rows, counts, comp)
-        in_dim = int(x.shape[1])
-        del sdata
-    split = CollectionSplit(
-        tr,
-        val,
-        names,
-        genes,
-        [shards[n] for n, t in zip(names, tr, strict=True) if t],
-        [shards[n] for n, v in zip(names, val, strict=True) if v],
-        in_dim=in_dim,
-        run_dir=run_dir,
-    )
+            z = disk_embeddings(sdata, adata, enc, encoder, image_key=config.image_key,
+                                spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
+            rows = np.arange(adata.n_obs)
+            is_train = tr[names.index(name)]
+            counts = _write_counts(run_dir / f"{len(shards)}_counts.npy", adata, genes, rows, config.layer)
+            if is_train:
+                keep = np.asarray(counts.sum(1)) > 0
+                if not keep.all():
+                    logg.warning(
+                        f"sample {name!r}: {int((~keep).sum())} spots have no counts in the panel and are left out"
+                    )
+                    rows = rows[keep]
+                    counts = _write_counts(run_dir / f"{len(shards)}_kept.npy", adata, genes, rows, config.layer)
+            x = z
+            if config.context_um:
+                xy, label = spot_coordinates_um(sdata, adata, np.ones(adata.n_obs, bool), image_key=config.image_key,
+                                                spot_diameter_um=config.spot_diameter_um)  # fmt: skip
+                x = np.lib.format.open_memmap(run_dir / f"{len(shards)}_x.npy", mode="w+", dtype=np.float16,
+                                              shape=(adata.n_obs, 2 * z.shape[1]))  # fmt: skip
+                x[:] = add_context(np.asarray(z, np.float32), xy, label, float(config.context_um))
+                x.flush()
+                x = np.load(run_dir / f"{len(shards)}_x.npy", mmap_mode="r")
+            comp = None
+            if is_train and config.composition_key and head_cls.composition:
+                mask = np.zeros(adata.n_obs, bool)
+                mask[rows] = True
+                comp = reference_composition(adata, config.composition_key, mask, types)
+            labels = None
+            if is_train and config.sample_key is not None:
+                check_key(adata, config.sample_key, argument=f"sample_key (sample {name!r})")
+                labels = adata.obs[config.sample_key].astype(str).to_numpy()[rows]
+            shards[name] = Shard(name, x, rows, counts, comp, labels)
+            in_dim = int(x.shape[1])
+            del sdata
+        split = CollectionSplit(
+            tr,
+            val,
+            names,
+            genes,
+            [shards[n] for n, t in zip(names, tr, strict=True) if t],
+            [shards[n] for n, v in zip(names, val, strict=True) if v],
+            in_dim=in_dim,
+            run_dir=run_dir,
+        )
+    except BaseException:  # a failed read leaves no run folder behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if config.sample_key is not None:  # codes over the training samples' sample_key values, as in memory
+        split.samples = sorted({str(v) for s in split.train_shards for v in s.sample})
+        for s in split.train_shards:
+            s.sample = np.searchsorted(split.samples, s.sample).astype(np.int64)
     if head_cls.composition:
         split.prototypes, split.cell_types = protos, types
         split.groups = prototype_groups(reference, config.prototypes_key)

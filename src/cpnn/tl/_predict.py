@@ -16,6 +16,7 @@ from .._core import (
     OFF_SHARE,
     PREDICTION,
     TILES,
+    bin_size_um,
     check_int,
     check_number,
     check_obs_mask,
@@ -308,6 +309,7 @@ def predict(
             "the table must hold the genes the model was trained on."
         )
     mask = check_obs_mask(adata, regions, argument="regions")
+    _check_context(model, table_key)
     dev = settings.resolve_device(device)
     z = model_inputs(
         data,
@@ -457,3 +459,14 @@ def _predict_slides(
         time=start,
         deep=f"added\n    {where}\n    {key!r} (adata.obsm and each tiles table)\n    {col!r} (adata.obs)",
     )
+
+
+def _check_context(model: CPNN, table_key: str) -> None:
+    """Warn when a model's spatial context was learned on bins of another size than the table's."""
+    trained, here = model.config.bin_um, bin_size_um(table_key)
+    if model.config.context_um and trained and here and trained != here:
+        logg.warning(
+            f"the model's spatial context (context_um={model.config.context_um:g}) was learned on {trained:g} um bins, "
+            f"but table {table_key!r} holds {here:g} um bins: each spot's neighbourhood now averages patches of "
+            "another size. Refit with context_um=0 to predict at any bin size."
+        )

@@ -72,6 +72,10 @@ class TrainingDiverged(FloatingPointError):
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
+#: Gradient-norm clip of every optimiser step.
+GRAD_CLIP = 0.5
+#: The learning rate is multiplied by LR_STEP_FACTOR every LR_STEP_EPOCHS epochs.
+LR_STEP_EPOCHS, LR_STEP_FACTOR = 50, 0.9
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -153,9 +157,6 @@ def run_training(
     lr: float,
     weight_decay: float = 1e-2,
     patience: int = 30,
-    grad_clip: float = 0.5,
-    step_size: int = 50,
-    gamma: float = 0.9,
     seed: int = 0,
     device: str = "cpu",
     desc: str = "training",
@@ -193,7 +194,7 @@ def run_training(
             fwd_model = DDP(model, device_ids=ids, find_unused_parameters=True)
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP_EPOCHS, gamma=LR_STEP_FACTOR)
     best, best_epoch, wait = np.inf, 0, 0
     best_state = None
     history: list[dict] = []
@@ -250,7 +251,7 @@ def run_training(
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
                 opt.step()
                 if local is not None:
                     total += float(local.detach()) * len(batch)
@@ -332,6 +333,6 @@ def run_training(
 def fit_closed_form(head: nn.Module, train_data: Any, val_data: Any | None) -> TrainResult:
     """Fit a closed-form head (``head.closed_form``) on the datasets' features in one step."""
     inner = getattr(head, "head", head)  # the per-tile head of a slide-level wrapper
-    train = (train_data.features(), train_data.counts, train_data.library)
-    val = None if val_data is None else (val_data.features(), val_data.counts, val_data.library)
+    train = train_data.closed_form_data()
+    val = None if val_data is None else val_data.closed_form_data()
     return TrainResult(best_epoch=1, history=inner.fit_closed_form(train, val))
