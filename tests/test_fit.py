@@ -115,6 +115,29 @@ def test_region_without_image(synthetic):
         region_images(no_img, table, mask)
 
 
+def test_spots_outside_the_image_are_named(synthetic):
+    """29.24: one spot off the image used to be reported as 'the region has no image'."""
+    import shapely
+    import spatialdata as sd
+
+    from cpnn.data import region_images
+
+    sdata, _ = synthetic
+    table = sdata["table"]
+    key = next(iter(sdata.shapes))
+    shapes = sdata.shapes[key]
+    moved = shapes.copy()
+    moved.geometry = [shapely.Point(1e6, 1e6) if i == 0 else g for i, g in enumerate(shapes.geometry)]
+    other = sd.SpatialData(
+        images=dict(sdata.images), shapes={**dict(sdata.shapes), key: moved}, tables={"table": table}
+    )
+    mask = (table.obs[table.uns["spatialdata_attrs"]["region_key"]].astype(str) == key).to_numpy()
+    first = table.obs_names[mask][table.obs[table.uns["spatialdata_attrs"]["instance_key"]].to_numpy()[mask]
+                                  == shapes.index[0]]  # fmt: skip
+    with pytest.raises(cp.CpnnError, match=rf"1 of {int(mask.sum())} selected spots lie outside image .*{first[0]}"):
+        region_images(other, table, mask)
+
+
 def test_real_her2st_fit_predict_save_load(her2st_all, cid4465, tmp_path):
     sdata = her2st_all
     table = sdata["table"]

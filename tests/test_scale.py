@@ -178,3 +178,32 @@ def test_sample_key_works_on_a_collection_and_failed_runs_leave_no_folder(tmp_pa
     with pytest.raises(cp.CpnnError, match=r"sample_key \(sample 's0'\)"):
         cp.tl.fit(samples, train=["s0"], panel=panel, sample_key="donor", epochs=1, targets="given", **KW)
     assert not any((tmp_path / "runs").iterdir())
+
+
+def test_a_failed_table_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    """29.1: a write that fails half-way (disk full) must not leave the store without its table."""
+    from spatialdata import SpatialData
+
+    samples, panel = _samples(2)
+    paths = []
+    for name, s in samples.items():
+        s.write(tmp_path / f"{name}.zarr")
+        paths.append(tmp_path / f"{name}.zarr")
+    model = cp.tl.fit(paths, train=["s0"], panel=panel, epochs=2, targets="given", **KW)
+    before = sd.read_zarr(paths[1])["table"]
+    real = SpatialData.write_element
+
+    def disk_full(self, name, **kw):
+        real(self, name, **kw)  # the new table is (partly) on disk ...
+        raise OSError(28, "No space left on device")  # ... when the disk fills up
+
+    monkeypatch.setattr(SpatialData, "write_element", disk_full)
+    with pytest.raises(cp.CpnnError, match=r"sample 's1'.*No space left.*still holds its previous table"):
+        cp.tl.predict(paths, model, regions=["s1"])
+    monkeypatch.undo()
+    after = sd.read_zarr(paths[1])["table"]
+    assert "cpnn_proportions" not in after.obsm and list(after.obs.columns) == list(before.obs.columns)
+    np.testing.assert_array_equal(after.X.toarray(), before.X.toarray())
+    assert not [p.name for p in (paths[1] / "tables").iterdir() if p.name.startswith(".")]  # no copy left behind
+    cp.tl.predict(paths, model, regions=["s1"])  # and the next try writes normally
+    assert "cpnn_proportions" in sd.read_zarr(paths[1])["table"].obsm

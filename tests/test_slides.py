@@ -205,3 +205,22 @@ def test_spot_model_predicts_every_tile_of_her2st(her2st_all, cid4465, tmp_path)
         min_share=0,
     )
     assert len(fig.axes) >= 2 and (tmp_path / "tiles.png").stat().st_size > 10_000
+
+
+def test_blank_glass_with_noise_is_not_tissue():
+    """29.2: grey glass (243 +- 2 per channel) used to be called tissue in 255 of 256 tiles."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(243, 2, size=(3, 512, 512)), 0, 255).astype(np.uint8)
+    sdata = sd.SpatialData(images={"glass": Image2DModel.parse(glass, dims=("c", "y", "x"))})
+    with pytest.raises(CpnnError, match="No tissue tile"):
+        cp.pp.tile(sdata, mpp=1.0, tile_size_um=32)
+    # the same glass with a pale stained section on half of it: only that half is tissue
+    pale = glass.copy()
+    pale[:, :, :256] = np.clip(rng.normal([[[225]], [[190]], [[215]]], 3, size=(3, 512, 256)), 0, 255)
+    sdata = sd.SpatialData(images={"half": Image2DModel.parse(pale, dims=("c", "y", "x"))})
+    cp.pp.tile(sdata, mpp=1.0, tile_size_um=32)
+    x = sdata.tables["cpnn_tiles"].obsm["spatial"][:, 0]
+    assert len(x) >= 100 and (x < 256 + 32).all()

@@ -405,3 +405,22 @@ def test_a_context_learned_on_other_bins_is_reported_at_prediction(cpnn_log):
     cp.tl.predict(sdata, model, table_key="square_016um")
     assert "learned on 32 um bins, but table 'square_016um' holds 16 um bins" in cpnn_log()
     assert "context_um=0" in cpnn_log()
+
+
+def test_aggregate_bins_refuses_a_table_mixing_bin_sizes():
+    """29.3: 2 um and 4 um bins in one table came out as pseudo-spots of the wrong size."""
+    import shapely
+    from geopandas import GeoDataFrame
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import get_transformation
+
+    sdata, _ = _visium_hd(np.random.default_rng(8))
+    shapes = sdata.shapes["hd_square_002um"]
+    b = shapes.geometry.bounds.to_numpy()
+    half = np.arange(len(b)) < len(b) // 2
+    side = np.where(half, 2 * (b[:, 2] - b[:, 0]), b[:, 2] - b[:, 0])  # the first half as 4 um bins
+    geo = GeoDataFrame(geometry=shapely.box(b[:, 0], b[:, 1], b[:, 0] + side, b[:, 1] + side), index=shapes.index)
+    sdata.shapes["hd_square_002um"] = ShapesModel.parse(geo, transformations=get_transformation(shapes, get_all=True))
+    with pytest.raises(CpnnError, match=r"mixes square bins of 2 sizes .*its own table"):
+        cp.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_002um")
+    assert not [k for k in sdata.tables if "from" in k]

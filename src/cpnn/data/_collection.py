@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,9 +105,36 @@ class Collection:
         return get_table(sdata, self.table_key)
 
     def save_table(self, name: str, sdata: Any) -> None:
-        """Write an updated table back to the sample's store (in-memory samples are already updated)."""
-        if self.is_stored(name):
-            # spatialdata refuses to overwrite an element in the store it reads from: replace it
-            sdata.delete_element_from_disk(self.table_key)
+        """Write an updated table back to the sample's store (in-memory samples are already updated).
+
+        spatialdata refuses to overwrite an element of the store it reads from, so the old table's
+        folder is first moved aside (one rename); the new table is written, then the old folder
+        deleted. If the write fails (disk full, interrupted), the partial table is removed and the
+        old one moved back: the store reads back exactly as before.
+        """
+        if not self.is_stored(name):
+            return
+        folder = Path(self.sources[name]) / "tables" / self.table_key
+        backup = folder.with_name(f".{self.table_key}.cpnn-previous")
+        if backup.exists():  # a process killed mid-swap: its old table is the good copy
+            if folder.exists():
+                shutil.rmtree(backup)
+            else:
+                os.replace(backup, folder)
+        moved = folder.exists()
+        if moved:
+            os.replace(folder, backup)
+        try:
             with zarr_write_settings():
                 sdata.write_element(self.table_key)
+        except BaseException as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            if moved:
+                os.replace(backup, folder)
+            if not isinstance(err, Exception):
+                raise
+            raise CpnnError(
+                f"Writing the table of sample {name!r} back to {str(self.sources[name])!r} failed ({err}); the store "
+                "still holds its previous table, unchanged. Free space (or fix the cause) and predict again."
+            ) from err
+        shutil.rmtree(backup, ignore_errors=True)

@@ -242,7 +242,7 @@ def region_images(
         units = spot_units(shapes)
         um_unit = float(mpp) if mpp is not None else _um_per_unit(adata, region, units, diameter)
         shape_cs = list(get_transformation(shapes, get_all=True))
-        candidates = []
+        candidates, partial = [], []
         for key in [image_key] if image_key is not None else list(sdata.images):
             img = sdata.images[key]
             common = [cs for cs in get_transformation(img, get_all=True) if cs in shape_cs]
@@ -254,7 +254,10 @@ def region_images(
             pts = (to_px @ np.c_[xy, np.ones(len(xy))].T).T[:, :2]
             arr = image_levels(img)[0]
             h, w = arr.shape[-2], arr.shape[-1]
-            if not ((pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)).all():
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+            if not inside.all():
+                if inside.any():  # the image covers the region but for some spots: name them
+                    partial.append((key, w, h, adata.obs_names[idx[~inside]]))
                 continue
             um_px = um_unit * _scale(a_img) / _scale(a_shape)
             if units is not None:  # circle diameter or bin side: shape units -> coordinate system -> image pixels
@@ -264,6 +267,13 @@ def region_images(
             data = arr.data if hasattr(arr, "data") else arr
             all_px = (to_px @ np.c_[xy_all, np.ones(len(xy_all))].T).T[:, :2]
             candidates.append((um_px, key, data, pts, spot_px, all_px, a_shape, a_img))
+        if not candidates and partial:
+            key, w, h, names = partial[0]
+            raise CpnnError(
+                f"Region {region!r}: {len(names)} of {len(idx)} selected spots lie outside image {key!r} "
+                f"({w} x {h} px), e.g. {list(names[:5])}. Deselect them (regions=/spots= as a mask), or check "
+                "the image's and the shapes' transformations."
+            )
         if not candidates:
             raise CpnnError(
                 f"Region {region!r} has no image: no image element shares a coordinate system with it and "

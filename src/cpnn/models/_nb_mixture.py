@@ -4,7 +4,8 @@
 cell type's gene distribution (its prototype normalised to sum 1), ``h[n] >= 0`` the spot's
 counts attributed to each type (its composition is ``h[n] / sum(h[n])``), ``s`` a per-gene
 technical scaling shared by all spots (geometric mean 1; cell2location's ``m_g``) and ``theta``
-a per-gene inverse dispersion. Maximum likelihood by block updates that each raise it:
+a per-gene inverse dispersion. Maximum likelihood by block updates that each raise it (up to
+float32 rounding), the ``h`` updates accelerated per spot by SQUAREM extrapolation:
 
 - ``h`` and ``s``: the multiplicative minorise-maximise updates of negative-binomial matrix
   factorisation (Gouvert, Oberlin & Fevotte 2020): Jensen's bound on ``x log mu`` and the

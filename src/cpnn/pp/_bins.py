@@ -115,6 +115,14 @@ def aggregate_bins(
         if side is None:
             raise CpnnError(f"Region {region!r} of {table_key!r} is not made of square bins.")
         ids = src.obs[instance_key].to_numpy()[rows]
+        sides = np.sqrt(shapes.loc[ids].geometry.area.to_numpy())
+        if sides.max() > 1.01 * sides.min():
+            sizes = sorted({float(f"{v:.3g}") for v in sides})
+            raise CpnnError(
+                f"Region {region!r} of {table_key!r} mixes square bins of {len(sizes)} sizes ({sizes[:5]} in its "
+                "units): pseudo-spots need one bin size per table. Give each bin size its own table (as "
+                "spatialdata-io's visium_hd reader does: square_002um, square_008um, ...) and aggregate one of them."
+            )
         cent = shapes.loc[ids].geometry.centroid
         xy = np.c_[cent.x.to_numpy(), cent.y.to_numpy()]
         origin = xy.min(0) - side / 2.0

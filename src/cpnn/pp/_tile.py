@@ -70,10 +70,17 @@ def lowres_rgb(element: Any, tile_px: float, *, image_key: str = "image") -> tup
     return np.moveaxis(_block_means(chosen, extra, sample.scale), 0, -1), factor * extra
 
 
+#: Saturation below which a pixel is never tissue, whatever Otsu's threshold: glass, scanner noise
+#: and grey margins lie below ~0.02, the palest stained tissue above ~0.08.
+MIN_TISSUE_SATURATION = 0.05
+
+
 def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> np.ndarray:
     """Tissue pixels of an H&E thumbnail: Otsu threshold on the (median-filtered) saturation.
 
-    Stained tissue is saturated; glass, background and grey scanner margins are not. Near-black
+    Stained tissue is saturated; glass, background and grey scanner margins are not. The
+    threshold is never below :data:`MIN_TISSUE_SATURATION`, so that blank glass with noise, whose
+    saturation Otsu would still split in two, has no tissue. Near-black
     pixels (pen marks, scanner borders) are excluded. Pale tissue inside the section (stroma, fat)
     is kept by a closing over half a tile and hole filling; specks under two tiles are dropped.
     """
@@ -84,7 +91,7 @@ def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> n
     sat = ndimage.median_filter((hi - lo) / np.maximum(hi, 1e-6), size=3)
     if float(sat.max() - sat.min()) < 1e-3:  # a uniform image: no tissue to separate
         return np.zeros(sat.shape, bool)
-    mask = (sat > threshold_otsu(sat)) & (hi > 0.1)
+    mask = (sat > max(float(threshold_otsu(sat)), MIN_TISSUE_SATURATION)) & (hi > 0.1)
     radius = max(1, round(px_per_tile / 2))
     mask = ndimage.binary_closing(np.pad(mask, radius), structure=disk(radius))[radius:-radius, radius:-radius]
     mask = ndimage.binary_fill_holes(mask)
