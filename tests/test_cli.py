@@ -123,3 +123,49 @@ def test_outputs_are_checked_before_any_work(store, tmp_path, capsys):
     _fails(capsys, [*pred, "--out", str(blocker / "p.h5ad")], "which is a file")
     _fails(capsys, [*pred, "--out", str(tmp_path / "p.h5ad")], "--model")
     assert not (tmp_path / "n.pt").exists() and not (tmp_path / "p.h5ad").exists()
+
+
+def test_predict_checks_groupby_and_the_output_suffix_before_predicting(store, tmp_path, capsys, monkeypatch):
+    """29.22: a --groupby typo used to fail after the whole prediction; --out pred.csv got HDF5."""
+    import cpnn as cp
+
+    model_path = tmp_path.parent / "cli_model.pt"
+    fit = ["fit", str(store / "data.zarr"), "--profiles", str(store / "profiles.csv"), "--n-genes", "30", "--head",
+           "direct", "--encoder", "handcrafted", "--patch-size-um", "32", "--patch-px", "32", "--epochs", "1"]  # fmt: skip
+    assert main([*fit, "--out", str(model_path), "--force"]) == 0
+    capsys.readouterr()
+    called = {"n": 0}
+    real = cp.tl.predict
+
+    def counting(*a, **k):
+        called["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(cp.tl, "predict", counting)
+    pred = ["predict", str(store / "data.zarr"), "--model", str(model_path)]
+    _fails(capsys, [*pred, "--groupby", "sectoin", "--out", str(tmp_path / "p.h5ad")], "groupby='sectoin'")
+    _fails(capsys, [*pred, "--out", str(tmp_path / "p.csv")], ".h5ad suffix")
+    assert called["n"] == 0 and not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_fit_is_saved_as_partial_and_exits_non_zero(store, tmp_path, capsys, monkeypatch):
+    """29.21: Ctrl-C used to save the half-trained model under --out and exit 0."""
+    from cpnn.models import DirectHead
+
+    real = DirectHead.loss
+    calls = {"n": 0}
+
+    def loss(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(DirectHead, "loss", loss)
+    out = tmp_path / "m.pt"
+    argv = ["fit", str(store / "data.zarr"), "--profiles", str(store / "profiles.csv"), "--n-genes", "30",
+            "--head", "direct", "--encoder", "handcrafted", "--patch-size-um", "32", "--patch-px", "32",
+            "--epochs", "50", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 130
+    assert not out.exists() and (tmp_path / "m.partial.pt").exists()
+    assert "interrupted" in capsys.readouterr().out

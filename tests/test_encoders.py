@@ -193,6 +193,21 @@ def test_a_custom_module_encoder_fits_predicts_and_reloads(world, tmp_path):
         cp.tl.fit(world, train=["S1"], encoder=mean_colour, finetune=True, patch_px=32, **FIT)
 
 
+def test_a_module_encoder_with_a_wrong_output_is_named(world):
+    """29.19: N-1 rows gave 'shape mismatch', NaN gave TrainingDiverged advising a lower lr."""
+
+    def short(x):
+        return x.mean((2, 3))[1:]
+
+    def broken(x):
+        return x.mean((2, 3)) * float("nan")
+
+    with pytest.raises(cp.CpnnError, match=r"returned \d+ rows for a batch of \d+ patches"):
+        cp.tl.fit(world, train=["S1"], encoder=short, patch_px=32, **FIT)
+    with pytest.raises(cp.CpnnError, match=r"NaN or infinite embeddings for \d+ of \d+ patches"):
+        cp.tl.fit(world, train=["S1"], encoder=broken, patch_px=32, **FIT)
+
+
 def test_an_embedding_made_once_serves_fits_with_any_seed(world):
     """The seed is part of an embedding's identity only for a randomly initialised encoder."""
     cp.pp.embed(world, encoder="handcrafted", patch_size_um=32, patch_px=32, key_added="z")

@@ -207,3 +207,19 @@ def test_a_failed_table_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     assert not [p.name for p in (paths[1] / "tables").iterdir() if p.name.startswith(".")]  # no copy left behind
     cp.tl.predict(paths, model, regions=["s1"])  # and the next try writes normally
     assert "cpnn_proportions" in sd.read_zarr(paths[1])["table"].obsm
+
+
+def test_a_process_whose_peers_never_start_fails_with_the_rendezvous_named(tmp_path):
+    """29.11: WORLD_SIZE=2 with one process used to wait 30 minutes in silence."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}  # fmt: skip
+    code = "from cpnn._core import dist; dist.setup('cpu', timeout_s=3)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"process group at 127.0.0.1:{port} did not assemble within 3 s" in done.stderr
+    assert "WORLD_SIZE=2" in done.stderr

@@ -227,6 +227,24 @@ def test_hest_says_which_file_is_missing_and_how_to_get_it(her2st_all, tmp_path,
         cp.datasets.hest("B4")
 
 
+def test_hest_names_a_truncated_counts_file_and_takes_mpp(her2st_all, tmp_path):
+    """29.13: a truncated st/<id>.h5ad gave h5py's bare OSError; 29.14: the advice 'pass mpp=' had no mpp=."""
+    _hest_folder(tmp_path, her2st_all, ["B4"])
+    path = tmp_path / "st" / "B4.h5ad"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 3])
+    with pytest.raises(CpnnError, match=r"st/B4\.h5ad' cannot be read as an h5ad file .*Delete it"):
+        cp.datasets.hest("B4", root=tmp_path)
+    path.write_bytes(good)
+    meta = json.loads((tmp_path / "metadata" / "B4.json").read_text())
+    truth = meta.pop("pixel_size_um_estimated")
+    (tmp_path / "metadata" / "B4.json").write_text(json.dumps(meta))
+    with pytest.raises(CpnnError, match="pass mpp="):
+        cp.datasets.hest("B4", root=tmp_path)
+    sdata = cp.datasets.hest("B4", root=tmp_path, mpp=truth)
+    assert sdata["table"].uns["cpnn_spatial"]["um_per_px"]["B4_spots"] == pytest.approx(truth)
+
+
 # --- Visium HD ------------------------------------------------------------------------------------
 
 
@@ -424,3 +442,27 @@ def test_aggregate_bins_refuses_a_table_mixing_bin_sizes():
     with pytest.raises(CpnnError, match=r"mixes square bins of 2 sizes .*its own table"):
         cp.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_002um")
     assert not [k for k in sdata.tables if "from" in k]
+
+
+def test_a_truncated_slide_file_is_named_when_opened(tmp_path, rgb):
+    """29.15: a truncated TIFF was accepted by read_wsi, then tiling failed with a codec error naming no file."""
+    path = write_pyramid(tmp_path / "cut.tif", rgb, mpp=0.5, compression="zlib", tile=128)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(CpnnError, match=r"'cut\.tif'.*truncated or damaged"):
+        cp.io.read_wsi(path)
+
+
+def test_a_grey_slide_with_tissue_is_tiled():
+    """29.17: a one-channel slide with tissue gave 'No tissue tile found ... check mpp='."""
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    rng = np.random.default_rng(1)
+    grey = np.clip(rng.normal(240, 2, size=(512, 512)), 0, 255)
+    grey[:, :256] = np.clip(rng.normal(120, 15, size=(512, 256)), 0, 255)  # tissue on the left half
+    img = np.repeat(grey.astype(np.uint8)[None], 3, 0)
+    sdata = sd.SpatialData(images={"grey": Image2DModel.parse(img, dims=("c", "y", "x"))})
+    cp.pp.tile(sdata, mpp=1.0, tile_size_um=32)
+    x = sdata.tables["cpnn_tiles"].obsm["spatial"][:, 0]
+    assert len(x) >= 100 and (x < 256 + 32).all()

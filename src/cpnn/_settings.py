@@ -27,6 +27,9 @@ class CpnnSettings:
         Show progress bars (embedding, training with loss and validation Spearman, prototypes,
         deconvolution, tiling, downloads), whatever the verbosity. On by default;
         ``CPNN_PROGRESS_BAR=0`` turns it off.
+    dist_timeout_s
+        Seconds a process launched with several (``WORLD_SIZE`` > 1) waits for the others to join
+        before failing with a message (default 600; ``CPNN_DIST_TIMEOUT`` sets it).
     """
 
     def __init__(self) -> None:
@@ -36,6 +39,7 @@ class CpnnSettings:
         self.num_workers: int = 0
         self.progress_bar: bool = os.environ.get("CPNN_PROGRESS_BAR", "1") not in ("0", "false", "False")
         self._deterministic = False
+        self.dist_timeout_s: float = float(os.environ.get("CPNN_DIST_TIMEOUT", "600"))
 
     @property
     def datadir(self) -> Path:

@@ -115,9 +115,16 @@ def run_fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         table_key=args.table_key,
     )
+    interrupted = sdata[args.table_key].uns["cpnn"]["fit"].get("stop_reason") == "interrupted"
+    if interrupted:  # Ctrl-C: never under the name of a finished model, and a failing exit status
+        out = out.with_name(f"{out.stem}.partial{out.suffix}")
     if dist.is_main():  # under torchrun every process trained the same model; one writes it
         model.save(out)
         print(f"{model}\nsaved to {out}")
+    if interrupted:
+        again = " (--resume with the same --checkpoint-dir continues it)" if args.checkpoint_dir else ""
+        print(f"training was interrupted: {out} holds the best model so far, not a finished one{again}")
+        return 130
     return 0
 
 
@@ -127,10 +134,18 @@ def run_predict(args: argparse.Namespace) -> int:
 
     cp.settings.verbosity = 2
     store = check_store(args.data)
+    if Path(args.out).suffix != ".h5ad":
+        raise CpnnError(f"--out {args.out!r}: the annotated table is written as h5ad; give the file a .h5ad suffix.")
     out = check_output(args.out, force=args.force)
     metrics_path = check_output(out.with_suffix(".metrics.csv"), force=args.force, argument="--out (metrics)")
     model = cp.CPNN.load(_input_file(args.model, "--model"))
     sdata = _read(store)
+    if args.table_key not in sdata.tables:
+        raise CpnnError(f"--table-key {args.table_key!r} is not a table of the store; tables are {list(sdata.tables)}.")
+    if args.groupby is not None:  # checked before the prediction runs, not after
+        from .._core import resolve_groupby
+
+        resolve_groupby(sdata[args.table_key], args.groupby)  # what evaluate will read
     cp.tl.predict(sdata, model, regions=args.regions, spot_diameter_um=args.spot_diameter_um, table_key=args.table_key)
     table = sdata[args.table_key]
     if table.X is not None and table.X.sum() > 0:

@@ -8,22 +8,45 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .._errors import CpnnError
+
 
 def launched() -> bool:
     """Whether this process was started by torchrun (or SLURM through it) with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device: str) -> str:
+def setup(device: str, *, timeout_s: float = 600.0) -> str:
     """Join the process group when launched with several processes; returns this process's device.
 
     The backend is NCCL on CUDA and gloo on the CPU; each process takes the GPU of its local rank.
+    Waits at most ``timeout_s`` for every process to join (torch's own default is 30 minutes, in
+    silence), saying how many it waits for and where, and fails with a message naming the
+    rendezvous.
     """
     if not launched():
         return device
     cuda = str(device).startswith("cuda")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        from datetime import timedelta
+
+        from scanpy import logging as logg
+
+        n = os.environ.get("WORLD_SIZE", "?")
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        logg.info(
+            f"joining the process group at {where} as rank {os.environ.get('RANK', '?')}: waiting up to "
+            f"{timeout_s:g} s for all {n} processes (cp.settings.dist_timeout_s)"
+        )
+        try:
+            dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=float(timeout_s)))
+        except Exception as err:  # torch raises DistStoreError, RuntimeError or TimeoutError here
+            raise CpnnError(
+                f"The process group at {where} did not assemble within {timeout_s:g} s: WORLD_SIZE={n} processes "
+                f"were expected ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Start every "
+                "process (e.g. torchrun --nproc-per-node N), raise cp.settings.dist_timeout_s, or unset WORLD_SIZE "
+                "to run in one process."
+            ) from err
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -98,6 +98,7 @@ def hest(
     *,
     root: str | os.PathLike | None = None,
     spot_diameter_um: float | None = None,
+    mpp: float | None = None,
 ):
     """Load HEST-1k samples as one SpatialData: lazy whole-slide H&E, spots and counts.
 
@@ -115,6 +116,8 @@ def hest(
         The HEST folder. Default ``$CPNN_HEST_DIR``, else ``cp.settings.datadir / "hest"``.
     spot_diameter_um
         Spot diameter, for samples whose metadata records none (e.g. Xenium or Visium HD pseudo-spots).
+    mpp
+        Micrometres per level-0 pixel, for samples whose metadata and image record none.
 
     Returns
     -------
@@ -139,7 +142,14 @@ def hest(
     parts = []
     for i in ids:
         meta = _metadata(base / HEST_LAYOUT["metadata"].format(id=i), i)
-        counts = ad.read_h5ad(base / HEST_LAYOUT["st"].format(id=i))
+        path = base / HEST_LAYOUT["st"].format(id=i)
+        try:
+            counts = ad.read_h5ad(path)
+        except Exception as err:  # h5py's OSError for a truncated file, KeyError for a foreign one
+            raise CpnnError(
+                f"{str(path)!r} cannot be read as an h5ad file ({type(err).__name__}: {err}); it is truncated or "
+                "corrupt. Delete it and load again to download it afresh."
+            ) from err
         if "spatial" in counts.obsm:
             xy = np.asarray(counts.obsm["spatial"], dtype=float)[:, :2]
         elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(counts.obs.columns):
@@ -149,7 +159,7 @@ def hest(
                 f"st/{i}.h5ad has neither obsm['spatial'] nor obs pxl_col_in_fullres/pxl_row_in_fullres; "
                 "download it again."
             )
-        mpp = _number(meta, "pixel_size_um_estimated") or _number(meta, "pixel_size_um_embedded")
+        sample_mpp = _number(meta, "pixel_size_um_estimated") or _number(meta, "pixel_size_um_embedded") or mpp
         diameter = spot_diameter_um or _number(meta, "spot_diameter")
         if diameter is None:
             raise CpnnError(
@@ -164,7 +174,7 @@ def hest(
                 counts,
                 name=i,
                 spot_diameter_um=diameter,
-                mpp=mpp,
+                mpp=sample_mpp,
                 uns=keep,
             )
         )

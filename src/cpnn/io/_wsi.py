@@ -58,6 +58,17 @@ class LevelReader:
         self._pid = os.getpid()
 
     def __getitem__(self, key: tuple) -> np.ndarray:
+        try:
+            return self._read(key)
+        except CpnnError:
+            raise
+        except Exception as err:  # imagecodecs, tifffile and OpenSlide raise their own types, naming no file
+            raise CpnnError(
+                f"Decoding {Path(self.path).name!r} (level {self.level}, pixels {key[1:]}) failed "
+                f"({type(err).__name__}: {err}); the file is truncated or damaged. Copy it again from its source."
+            ) from err
+
+    def _read(self, key: tuple) -> np.ndarray:
         self._open()
         cs, ys, xs = (key + (slice(None),) * 3)[:3]
         y0, y1, _ = ys.indices(self.shape[1])
@@ -203,6 +214,9 @@ def read_wsi(
     nodes = {}
     for level, ((w, h), ds) in enumerate(zip(dims, downs, strict=True)):
         reader = LevelReader(str(p.resolve()), level, (h, w), ds, which)
+        # one pixel of the first and of the last tile of every level: a truncated file fails here, named
+        reader[(slice(None), slice(0, 1), slice(0, 1))]
+        reader[(slice(None), slice(h - 1, h), slice(w - 1, w))]
         c = _chunk(tile)
         arr = da.from_array(
             reader, chunks=(3, c, c), asarray=True, lock=False, fancy=False, name=f"wsi-{ident}-{level}"

@@ -209,7 +209,7 @@ def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: in
         patch_px=None if options["patch_px"] is None else check_int("patch_px", options["patch_px"]),
         kwargs=options["encoder_kwargs"],
     )
-    dev = dist.setup(settings.resolve_device(device))
+    dev = dist.setup(settings.resolve_device(device), timeout_s=settings.dist_timeout_s)
     encoder = build_encoder(config)
     start = logg.info(f"embedding {len(coll)} samples with {config['encoder']}")
     for i, name in enumerate(tqdm(coll.names, desc="samples", disable=not settings.progress_bar or len(coll) < 2)):

@@ -78,7 +78,8 @@ MIN_TISSUE_SATURATION = 0.05
 def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> np.ndarray:
     """Tissue pixels of an H&E thumbnail: Otsu threshold on the (median-filtered) saturation.
 
-    Stained tissue is saturated; glass, background and grey scanner margins are not. The
+    Stained tissue is saturated; glass, background and grey scanner margins are not. On a grey
+    (single-channel) slide, darkness (1 - brightness) stands in for saturation. The
     threshold is never below :data:`MIN_TISSUE_SATURATION`, so that blank glass with noise, whose
     saturation Otsu would still split in two, has no tissue. Near-black
     pixels (pen marks, scanner borders) are excluded. Pale tissue inside the section (stroma, fat)
@@ -88,7 +89,10 @@ def tissue_mask(rgb: np.ndarray, *, px_per_tile: float = _MASK_PX_PER_TILE) -> n
     from skimage.morphology import disk, remove_small_objects
 
     hi, lo = rgb.max(-1), rgb.min(-1)
-    sat = ndimage.median_filter((hi - lo) / np.maximum(hi, 1e-6), size=3)
+    if float(np.percentile(hi - lo, 99)) < 0.02:  # a grey slide: tissue is what is darker than the glass
+        sat = ndimage.median_filter(1.0 - hi, size=3)
+    else:
+        sat = ndimage.median_filter((hi - lo) / np.maximum(hi, 1e-6), size=3)
     if float(sat.max() - sat.min()) < 1e-3:  # a uniform image: no tissue to separate
         return np.zeros(sat.shape, bool)
     mask = (sat > max(float(threshold_otsu(sat)), MIN_TISSUE_SATURATION)) & (hi > 0.1)

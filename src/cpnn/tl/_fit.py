@@ -321,7 +321,7 @@ def fit(
     start = logg.info(
         f"fitting cpnn (head={head!r}, encoder={config.encoder_config['encoder']!r}, level={config.level!r})"
     )
-    dev = dist.setup(settings.resolve_device(device))  # joins the process group under torchrun
+    dev = dist.setup(settings.resolve_device(device), timeout_s=settings.dist_timeout_s)  # joins under torchrun
     enc = build_encoder(config.encoder_config)
     workers = settings.num_workers if num_workers is None else num_workers
     if is_collection(data):

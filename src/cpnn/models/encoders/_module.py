@@ -99,4 +99,16 @@ class ModuleEncoder(Encoder):
             raise CpnnError(
                 f"The encoder module must return (N, D) embeddings, got {getattr(out, 'shape', type(out).__name__)}."
             )
+        if out.shape[0] != x.shape[0]:
+            raise CpnnError(
+                f"The encoder module returned {out.shape[0]} rows for a batch of {x.shape[0]} patches; it must return "
+                "one embedding per patch, (N, D)."
+            )
+        if not self.training and not torch.isfinite(out).all():  # (while training, a NaN is a divergence)
+            bad = int((~torch.isfinite(out)).any(1).sum())
+            raise CpnnError(
+                f"The encoder module returned NaN or infinite embeddings for {bad} of {x.shape[0]} patches. cpnn feeds "
+                "it float RGB in [0, 1] normalised with mean=/std= (encoder_kwargs); check the module's weights and "
+                "the input it expects."
+            )
         return out
