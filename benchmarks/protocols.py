@@ -48,11 +48,15 @@ METHODS = {
 ENCODERS = {"handcrafted": {}, "nuclei": {}, "resnet18 (random, frozen)": {"encoder": "resnet18"}}
 
 
-def _embed(sdata, name: str) -> str:
-    key = "z_" + name.split()[0]
+def _embed(sdata, name: str, seed: int = 0) -> str:
+    """Embed every spot with encoder ``name``; a randomly initialised encoder is drawn with ``seed``."""
+    random = "random" in name
+    key = "z_" + name.split()[0] + (f"_{seed}" if random else "")
+    if key in sdata["table"].obsm:
+        return key
     enc = ENCODERS[name].get("encoder", name)
     t0 = time.perf_counter()
-    cp.pp.embed(sdata, encoder=enc, key_added=key)
+    cp.pp.embed(sdata, encoder=enc, key_added=key, seed=seed if random else 0)
     n = sdata["table"].n_obs
     print(f"embedded {n} spots with {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return key
@@ -107,13 +111,15 @@ def main() -> None:
                         if kw.get("head") != "ridge":
                             kw["composition_key"] = targets
                         enc = ENCODERS[enc_name].get("encoder", enc_name)
+                        # a random encoder's features are drawn anew with each seed (fit's seed seeds it)
+                        key = _embed(sdata, enc_name, seed) if "random" in enc_name else keys[enc_name]
                         t0 = time.perf_counter()
                         model = cp.tl.fit(
-                            adata, train=train, validation=val, encoder=enc, embedding_key=keys[enc_name],
+                            adata, train=train, validation=val, encoder=enc, embedding_key=key,
                             seed=seed, **kw,
                         )  # fmt: skip
                         seconds = time.perf_counter() - t0
-                        cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=keys[enc_name])
+                        cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=key)
                         df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=test, groupby="section")
                         cols = [
                             c
