@@ -98,24 +98,24 @@ def gene_names(adata: AnnData, gene_symbols: str | None) -> pd.Index:
     return pd.Index(col.astype(str).to_numpy())
 
 
+def _check_unique(names: pd.Index, axis: str, consequence: str) -> None:
+    """Raise when ``names`` (the table's ``obs_names`` or ``var_names``) repeat, naming a few."""
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        raise CpnnError(
+            f"The table's {axis}_names have {len(dup)} duplicates (e.g. {list(dup[:3])}){consequence}; "
+            f"call adata.{axis}_names_make_unique() first."
+        )
+
+
 def check_unique_obs(adata: AnnData) -> None:
     """Raise when spots share a name: selections, proportions and predictions are keyed by obs_names."""
-    if adata.obs_names.has_duplicates:
-        dup = adata.obs_names[adata.obs_names.duplicated()].unique()
-        raise CpnnError(
-            f"The table's obs_names have {len(dup)} duplicates (e.g. {list(dup[:3])}), so spots cannot be told "
-            "apart; call adata.obs_names_make_unique() first."
-        )
+    _check_unique(adata.obs_names, "obs", ", so spots cannot be told apart")
 
 
 def check_unique_var(adata: AnnData) -> None:
     """Raise when genes share a name: panels, prototypes and predictions are keyed by var_names."""
-    if adata.var_names.has_duplicates:
-        dup = adata.var_names[adata.var_names.duplicated()].unique()
-        raise CpnnError(
-            f"The table's var_names have {len(dup)} duplicates (e.g. {list(dup[:3])}); "
-            "call adata.var_names_make_unique() first."
-        )
+    _check_unique(adata.var_names, "var", "")
 
 
 def check_obs_mask(adata: AnnData, selection: Any, *, argument: str) -> np.ndarray:

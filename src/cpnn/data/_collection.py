@@ -53,13 +53,12 @@ class Collection:
                 raise CpnnError("The zarr paths of the collection share a name (their stems); pass a dict instead.")
         if not sources:
             raise CpnnError("The collection is empty; pass {sample: SpatialData or zarr path} or a list of paths.")
+        seen: dict[Any, str] = {}
         for name, value in sources.items():
             if not (is_spatialdata(value) or isinstance(value, str | Path)):
                 raise CpnnError(f"samples[{name!r}] must be a SpatialData or a zarr path, got {type(value).__name__}.")
             if isinstance(value, str | Path) and not Path(value).exists():
                 raise CpnnError(f"samples[{name!r}] = {str(value)!r} does not exist.")
-        seen: dict[Any, str] = {}
-        for name, value in sources.items():
             ident = Path(value).resolve() if isinstance(value, str | Path) else id(value)
             if ident in seen:
                 raise CpnnError(

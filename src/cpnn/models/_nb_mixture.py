@@ -105,16 +105,19 @@ def _solve(
     work on the spots not done only. Returns ``H`` and the number of updates of the slowest spot.
     """
     active = torch.arange(X.shape[0], device=X.device)
-    shares = _shares(H)
+    Xa, Ha = X, H  # the spots not done; copied only when some finish
+    shares = _shares(Ha)
     updates = 0
     while updates < max_iter and len(active):
-        Ha = _squarem_cycle(H[active], X[active], B, theta, buf)
+        Ha = _squarem_cycle(Ha, Xa, B, theta, buf)
         updates += 3
         new = _shares(Ha)
-        moved = (new - shares[active]).abs().amax(1)
+        moved = (new - shares).abs().amax(1)
         H[active] = Ha
-        shares[active] = new
-        active = active[moved > tol]
+        shares = new
+        going = moved > tol
+        if not going.all():
+            active, Xa, Ha, shares = active[going], Xa[going], Ha[going], shares[going]
     return H, updates
 
 
@@ -143,31 +146,34 @@ def solve_compositions(
     return _shares(H).cpu().numpy().astype(np.float64), updates
 
 
-def _gene_loglik(X: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _gene_loglik(
+    X: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, nz: tuple[torch.Tensor, ...] | None = None
+) -> torch.Tensor:
     """Per gene (column), the NB log-likelihood summed over spots, without the ``lgamma(x + 1)`` constant.
 
-    The ``lgamma`` terms, which vanish for zero counts, are evaluated on the non-zero counts only.
+    The ``lgamma`` terms, which vanish for zero counts, are evaluated on the non-zero counts only
+    (``nz``: ``X``'s non-zero positions, found here when not given).
     """
     log_tm = torch.log(theta + mu)
     dense = (theta * (torch.log(theta) - log_tm) - X * log_tm).sum(0)
-    nz = torch.nonzero(X, as_tuple=True)
+    nz = torch.nonzero(X, as_tuple=True) if nz is None else nz
     x_nz, th = X[nz], theta[nz[1]]
     part = x_nz * torch.log(mu[nz]) + torch.lgamma(x_nz + th) - torch.lgamma(th)
     return dense.index_add_(0, nz[1], part)
 
 
 def _theta_step(
-    X: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, before: torch.Tensor
+    X: torch.Tensor, mu: torch.Tensor, log_theta: torch.Tensor, before: torch.Tensor, nz: tuple[torch.Tensor, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A Newton step on ``log theta`` per gene; where it lowers the gene's likelihood, halved (up to 4 times).
 
     (Lowers beyond float32 rounding, 1e-5 relative: a gene already at its optimum keeps its step.)
 
     Genes are separable given ``mu``, so each halving re-evaluates only the genes still waiting.
+    ``nz``: ``X``'s non-zero positions.
     """
     theta = torch.exp(log_theta)
     tm = theta + mu
-    nz = torch.nonzero(X, as_tuple=True)
     x_nz, th_nz = X[nz], theta[nz[1]]
     d1 = (torch.log(theta) + 1 - torch.log(tm) - (X + theta) / tm).sum(0)
     d1.index_add_(0, nz[1], torch.digamma(x_nz + th_nz) - torch.digamma(th_nz))
@@ -214,6 +220,7 @@ def fit_shared(
     n, G = Xt.shape
     K = At.shape[0]
     gene_total = Xt.sum(0)
+    nz = torch.nonzero(Xt, as_tuple=True)  # the counts never change: found once
     s = torch.ones(G, device=device)
     log_theta = torch.full((G,), float(np.log(theta_init)), device=device)
     H = Xt.sum(1, keepdim=True).clamp_min(1.0) / K * torch.ones(1, K, device=device)
@@ -224,17 +231,16 @@ def fit_shared(
     for it in range(1, max_iter + 1):  # noqa: B007
         theta = torch.exp(log_theta)
         H, _ = _solve(H, Xt, At * s, theta, buf, max_iter=inner, tol=inner_tol)
-        # s: the same bound, per gene; mu = s_g q_gn, so sum_n q x / mu = sum_n x / s_g
+        # s: the same bound, per gene; with mu = s_g q_gn the update s * (sum_n q x / mu) / down is
+        # sum_n x / down
         Q = H @ At  # n x G
-        up = gene_total / s
         down = (Q * (Xt + theta) / (theta + Q * s)).sum(0)
-        s = s * up / down.clamp_min(_TINY)
-        s = s.clamp_min(_TINY)
+        s = (gene_total / down.clamp_min(_TINY)).clamp_min(_TINY)
         centre = torch.exp(torch.log(s).mean())
         s, H = s / centre, H * centre  # mu unchanged; geometric mean of s is 1
         mu = (H @ (At * s)).clamp_min(_TINY)
-        before = _gene_loglik(Xt, mu, theta)
-        log_theta, ll = _theta_step(Xt, mu, log_theta, before)
+        before = _gene_loglik(Xt, mu, theta, nz)
+        log_theta, ll = _theta_step(Xt, mu, log_theta, before, nz)
         nll = float(-ll.sum() / n)
         history.append(nll)
         if len(history) > 1 and abs(history[-2] - nll) <= tol * max(abs(nll), 1.0):
