@@ -60,6 +60,22 @@ def test_nb_deconvolution_absorbs_technical_gene_scaling():
     assert score["nb"] > 0.95 and score["nb"] > score["nnls"] + 0.02, score
 
 
+def test_a_scaling_prior_holds_the_gene_scaling_near_one():
+    """``scaling_prior`` shrinks the fitted per-gene scaling towards 1; without it the planted scaling is found."""
+    adata, profiles, _ = _planted(np.random.default_rng(1), scaling_sd=0.8)
+    cp.pp.build_prototypes(adata, profiles)
+    sd = {}
+    for prior in (0.0, 1e2, 1e6):
+        cp.pp.deconvolve(adata, key_added=f"p{prior:g}", n_genes=300, scaling_prior=prior)
+        info = adata.uns["cpnn"]["deconvolution"][f"p{prior:g}"]
+        assert info["scaling_prior"] == prior and info["converged"]
+        assert np.isclose(np.exp(np.mean(np.log(info["gene_scaling"]))), 1.0, atol=1e-4)  # re-centred either way
+        sd[prior] = info["gene_scaling_sd"]
+    assert 0.6 < sd[0.0] < 1.0 and sd[1e6] < 0.02 and sd[1e6] < sd[1e2] < sd[0.0], sd
+    with pytest.raises(cp.CpnnError, match="scaling_prior"):
+        cp.pp.deconvolve(adata, scaling_prior=-1.0)
+
+
 def test_deconvolve_regions_zero_counts_and_errors(cpnn_log):
     adata, profiles, _ = _planted(np.random.default_rng(2), n=60)
     X = adata.X.toarray()

@@ -121,3 +121,18 @@ def test_fine_prototypes_summed_to_groups(synthetic):
     np.testing.assert_allclose(coarse.loc[held, "AB"], fine.loc[held, ["t0", "t1"]].sum(1), rtol=1e-5)
     with pytest.raises(CpnnError, match="groups"):
         cp.pp.build_prototypes(sdata, profiles, groups={"t0": "AB"}, key_added="bad")
+
+
+def test_each_fit_option_is_written_once_in_the_signature_and_once_in_fitconfig():
+    """#28: an option of fit is a FitConfig field (or says where the data is / how to run, or builds the encoder)."""
+    import inspect
+    from dataclasses import fields
+
+    from cpnn.tl._config import DERIVED, ENCODER_OPTIONS, RUN_OPTIONS, FitConfig
+
+    params = set(inspect.signature(cp.tl.fit).parameters)
+    names = {f.name for f in fields(FitConfig)}
+    others = set(RUN_OPTIONS) | set(ENCODER_OPTIONS) | {"slides"}
+    assert params - names - others == set(), "fit options with no FitConfig field"
+    assert names - set(DERIVED) - params == set(), "FitConfig fields that are no fit option"
+    assert not (set(RUN_OPTIONS) | set(ENCODER_OPTIONS)) & names

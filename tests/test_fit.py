@@ -24,6 +24,19 @@ def test_nb_log_prob_matches_torch():
     torch.testing.assert_close(nb_log_prob(x, mu, theta), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_the_sparse_nb_log_likelihoods_equal_the_dense_one():
+    """#28: the deconvolution's and the prototype regression's sparse sums are the head's NB, term for term."""
+    from cpnn.models._nb_mixture import _gene_loglik
+
+    rng = np.random.default_rng(0)
+    mu = torch.tensor(rng.gamma(1.0, 3.0, size=(200, 30)), dtype=torch.float64)
+    theta = torch.tensor(rng.gamma(2.0, 2.0, size=30), dtype=torch.float64)
+    x = torch.tensor(rng.negative_binomial(theta.numpy(), (theta / (theta + mu)).numpy()), dtype=torch.float64)
+    assert (x == 0).float().mean() > 0.2  # sparse enough for the zero / non-zero split to matter
+    dense = (nb_log_prob(x, mu, theta, eps=0.0) + torch.lgamma(x + 1)).sum(0)
+    torch.testing.assert_close(_gene_loglik(x, mu, theta), dense, rtol=1e-10, atol=1e-8)
+
+
 def test_fit_recovers_planted_compositions(synthetic):
     sdata, profiles = synthetic
     table = sdata["table"]

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.testing.compare import compare_images
 from scipy import sparse
@@ -198,3 +199,26 @@ def test_history_from_model_and_table():
         labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         assert labels[:2] == ["training loss (with regularisers)", "validation criterion (data term)"]
         plt.close(fig)
+
+
+def test_history_records_and_draws_the_parts_of_the_loss():
+    """#28: the composition loss and the prototype regulariser were summed into one number."""
+    sdata, profiles = synthetic_sdata(np.random.default_rng(3), n_side=6, sections=("S1", "S2"))
+    cp.pp.select_genes(sdata, n_top_genes=20)
+    cp.pp.build_prototypes(sdata, profiles)
+    model = cp.tl.fit(
+        sdata, encoder="handcrafted", patch_size_um=32, patch_px=32, epochs=4, train=["S1"], validation=["S2"]
+    )
+    h = pd.DataFrame(model.history)
+    parts = ["train_data", "train_residual", "train_sample_offset", "train_prototypes", "train_composition"]
+    assert set(parts) <= set(h)
+    np.testing.assert_allclose(h[parts].sum(1), h["train_loss"], rtol=1e-4)
+    assert (
+        (h["train_composition"] > 0).all() and (h["train_prototypes"] >= 0).all() and (h["train_residual"] == 0).all()
+    )
+    stored = sdata["table"].uns["cpnn"]["history"]
+    np.testing.assert_allclose(stored["train_composition"], h["train_composition"])
+    fig = cp.pl.history(sdata, return_fig=True)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "  part: composition" in labels and "  part: data" in labels and "  part: residual" not in labels
+    plt.close(fig)

@@ -311,7 +311,7 @@ def test_a_degenerate_image_is_passed_over_or_refused(cpnn_log):
 
 def test_embeddings_that_barely_vary_are_reported(cpnn_log):
     from cpnn.data import region_images
-    from cpnn.pp._embed import embed_regions
+    from cpnn.pp._encode import embed_regions
 
     s = _world()
     t = s["table"]
@@ -479,3 +479,72 @@ def test_the_same_sample_twice_in_a_collection_is_refused(sdata, tmp_path):
         Collection({"A": tmp_path, "A2": str(tmp_path)})
     with pytest.raises(cp.CpnnError, match="same SpatialData object"):
         Collection({"A": sdata, "B": sdata})
+
+
+def _edit_in_place(path, new: bytes) -> None:
+    """Overwrite ``path``'s bytes (same size) and put its modification time back."""
+    import os
+
+    stat = path.stat()
+    assert len(new) == stat.st_size
+    with open(path, "r+b") as f:
+        f.write(new)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_a_file_edited_in_place_is_hashed_again_within_one_process(tmp_path, monkeypatch):
+    """29.10: the hashes of data files, encoder weights and sealed stores were reused while size and
+    modification time matched, so an in-place edit with the time restored went unseen until a new process."""
+    from cpnn._core import check_manifest, write_manifest
+    from cpnn.datasets._fetch import fetch
+    from cpnn.models.encoders import file_digest
+
+    name = "her2st/res/ST-cluster/lbl/C1-cluster-annotation.tsv.gz"  # a small registered file
+    copy = tmp_path / "data" / name
+    copy.parent.mkdir(parents=True)
+    good = (cp.settings.datadir / name).read_bytes()
+    copy.write_bytes(good)
+    monkeypatch.setattr(cp.settings, "datadir", tmp_path / "data")
+    assert fetch(name) == copy
+    _edit_in_place(copy, bytes(b ^ 0xFF for b in good[:64]) + good[64:])
+    with pytest.raises(cp.DataFileError, match="corrupt or truncated"):
+        fetch(name)
+
+    weights = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(4)}, weights)
+    before = file_digest(weights)
+    _edit_in_place(weights, weights.read_bytes()[:-8] + bytes(8))
+    assert file_digest(weights) != before
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "a.bin").write_bytes(bytes(100))
+    write_manifest(store)
+    assert check_manifest(store) == ""
+    _edit_in_place(store / "a.bin", bytes([1]) * 100)
+    assert "changed since it was written" in check_manifest(store)
+
+
+def test_an_image_edited_in_place_gets_a_new_digest_within_one_process(tmp_path):
+    """29.10, images: the digest keying cached embeddings is read from the pixels at every call."""
+    from cpnn.data._content import sample_image
+
+    from ._wsi import write_pyramid
+
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    second = first.copy()
+    second[200:300, 200:300] = 255 - second[200:300, 200:300]  # an edit under the sampled windows
+    path = write_pyramid(tmp_path / "slide.tif", first, mpp=0.5, compression=None, levels=1)
+    other = write_pyramid(tmp_path / "other.tif", second, mpp=0.5, compression=None, levels=1)
+    image = cp.io.read_wsi(path).images["slide"]["scale0"]["image"].data
+    centres = np.array([[250.0, 250.0], [100.0, 400.0]])
+    before = sample_image(image, centres, "slide").digest
+    assert sample_image(image, centres, "slide").digest == before  # the same pixels: the same digest
+    _edit_in_place(path, other.read_bytes())
+    assert sample_image(image, centres, "slide").digest != before
+    array = first.transpose(2, 0, 1).copy()
+    before = sample_image(array, centres, "np").digest
+    array[:, 240:260, 240:260] = 0
+    assert sample_image(array, centres, "np").digest != before

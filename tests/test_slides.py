@@ -224,3 +224,18 @@ def test_blank_glass_with_noise_is_not_tissue():
     cp.pp.tile(sdata, mpp=1.0, tile_size_um=32)
     x = sdata.tables["cpnn_tiles"].obsm["spatial"][:, 0]
     assert len(x) >= 100 and (x < 256 + 32).all()
+
+
+def test_a_slide_file_without_pixel_size_gets_advice_that_works(slides_data, tmp_path):
+    """29.14: fit(slides={name: file}) on a file without pixel size said 'pass mpp=', which fit has not."""
+    from ._wsi import disc_source, write_pyramid
+
+    bulk, slides, _ = slides_data
+    path = write_pyramid(tmp_path / "bare.tif", disc_source(512, 200), (512, 512), levels=2, tile=128)
+    files = {**slides, str(bulk.obs_names[0]): path}
+    with pytest.raises(CpnnError, match=r"records no pixel size.*cp\.io\.read_wsi\(.*mpp=0\.25\); cp\.pp\.tile"):
+        cp.tl.fit(bulk, slides=files, **FIT)
+    sdata = cp.io.read_wsi(path, mpp=1.0)  # the advice, followed
+    cp.pp.tile(sdata, tile_size_um=32, key_added="cpnn_tiles")
+    model = cp.tl.fit(bulk, slides={**slides, str(bulk.obs_names[0]): sdata}, epochs=2, **FIT)
+    assert model.level == "slide"

@@ -227,6 +227,36 @@ def test_hest_says_which_file_is_missing_and_how_to_get_it(her2st_all, tmp_path,
         cp.datasets.hest("B4")
 
 
+def test_hest_tells_an_unreachable_hub_from_a_missing_file(her2st_all, tmp_path, monkeypatch):
+    """29.12: offline, snapshot_download returns the folder as it is, and cpnn said 'the hub has no file'."""
+    import huggingface_hub
+
+    _hest_folder(tmp_path, her2st_all, ["B4"])
+    (tmp_path / "wsis" / "B4.tif").unlink()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: str(kw["local_dir"]))  # what it does offline
+
+    def unreachable(self, repo_id, paths, **kw):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")  # the client's own class varies
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", unreachable)
+    with pytest.raises(CpnnError, match=r"wsis/B4.tif.*hub cannot be reached.*ConnectionError") as e:
+        cp.datasets.hest("B4", root=tmp_path)
+    assert "has no file" not in str(e.value)
+
+    def listing(self, repo_id, paths, **kw):
+        return [SimpleNamespace(path=p) for p in paths if p != "wsis/B4.tif"]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", listing)
+    with pytest.raises(CpnnError, match=r"hub has no file \['wsis/B4.tif'\].*sample ids"):
+        cp.datasets.hest("B4", root=tmp_path)
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", lambda self, r, paths, **kw: [
+        SimpleNamespace(path=p) for p in paths
+    ])  # fmt: skip
+    with pytest.raises(CpnnError, match=r"did not complete although the hub holds them; call again"):
+        cp.datasets.hest("B4", root=tmp_path)
+
+
 def test_hest_names_a_truncated_counts_file_and_takes_mpp(her2st_all, tmp_path):
     """29.13: a truncated st/<id>.h5ad gave h5py's bare OSError; 29.14: the advice 'pass mpp=' had no mpp=."""
     _hest_folder(tmp_path, her2st_all, ["B4"])
@@ -451,6 +481,17 @@ def test_a_truncated_slide_file_is_named_when_opened(tmp_path, rgb):
     path.write_bytes(data[: int(len(data) * 0.6)])
     with pytest.raises(CpnnError, match=r"'cut\.tif'.*truncated or damaged"):
         cp.io.read_wsi(path)
+
+
+def test_a_planar_slide_file_is_named_with_the_conversion(tmp_path, rgb):
+    """29.16: a TIFF with separate colour planes gave tiffslide's bare NotImplementedError."""
+    import tifffile
+
+    path = tmp_path / "planar.tif"
+    planes = np.moveaxis(rgb, -1, 0)  # (3, y, x)
+    tifffile.imwrite(path, planes, photometric="rgb", planarconfig="separate", tile=(128, 128))
+    with pytest.raises(CpnnError, match=r"'planar\.tif' stores its colour channels as separate planes.*vips tiffsave"):
+        cp.io.read_wsi(path, mpp=0.5)
 
 
 def test_a_grey_slide_with_tissue_is_tiled():

@@ -7,6 +7,7 @@ from ._files import (
     remove_stale_temporaries,
     save_atomic,
     sha256_file,
+    stat_key,
     write_manifest,
     zarr_write_settings,
 )
@@ -129,6 +130,7 @@ __all__ = [
     "save_atomic",
     "selection_positions",
     "sha256_file",
+    "stat_key",
     "state_digest",
     "switched_off",
     "to_uns",

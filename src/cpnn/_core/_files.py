@@ -53,6 +53,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def stat_key(path: Path) -> tuple[int, ...]:
+    """What must stay the same for a file's hash, computed earlier in this process, to be reused.
+
+    Size, modification time, inode and status-change time (``st_ctime_ns``): writing into a file
+    moves its ``ctime``, and ``os.utime`` cannot set it back, so a file edited in place with its
+    size and modification time restored is hashed again, as a new process would.
+    """
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -85,7 +96,7 @@ def check_manifest(folder: Path) -> str:
     extra = sorted(set(found) - set(entries))
     if extra:
         return f"{len(extra)} file(s) are not in its manifest, e.g. {extra[0]}"
-    stats = tuple((name, p.stat().st_size, p.stat().st_mtime_ns) for name, p in sorted(found.items()))
+    stats = tuple((name, *stat_key(p)) for name, p in sorted(found.items()))
     if _verified.get(str(folder)) == stats:
         return ""
     for name, p in sorted(found.items()):

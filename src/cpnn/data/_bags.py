@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,51 +23,13 @@ class SlideBag:
     mask: np.ndarray
 
 
-def _read(value: Any, name: str, opened: dict[str, Any], tiles_key: str, tile_size_um: float | None) -> Any:
-    """The SpatialData of ``slides[name]``; a store or file named by several samples is read once (``opened``).
-
-    A whole-slide image file is read lazily (:func:`cpnn.io.read_wsi`) and cut into ``tile_size_um``
-    tissue tiles (:func:`cpnn.pp.tile`) under ``tiles_key``; its level 0 is never loaded whole.
-    """
-    if is_spatialdata(value):
-        return value
-    if isinstance(value, str | Path):
-        path = Path(value)
-        if not path.exists():
-            raise CpnnError(
-                f"slides[{name!r}] = {str(path)!r} does not exist; pass a SpatialData, a .zarr path or a "
-                "whole-slide image file."
-            )
-        key = str(path.resolve())
-        if key not in opened:
-            from ..io._wsi import is_wsi_path
-
-            if is_wsi_path(path):
-                from ..io import read_wsi
-                from ..pp import tile
-
-                sdata = read_wsi(path)
-                tile(sdata, tile_size_um=tile_size_um or 112.0, key_added=tiles_key)
-                opened[key] = sdata
-            else:
-                import spatialdata as sd
-
-                opened[key] = sd.read_zarr(path)
-        return opened[key]
-    raise CpnnError(
-        f"slides[{name!r}] must be a SpatialData, a .zarr path or a whole-slide image file, got {type(value).__name__}."
-    )
-
-
-def slide_bags(
-    bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str, tile_size_um: float | None = None
-) -> list[SlideBag]:
+def slide_bags(bulk: AnnData, slides: Any, *, tiles_key: str, slide_key: str) -> list[SlideBag]:
     """One bag per bulk sample (in ``bulk.obs_names`` order).
 
-    ``slides`` is either a mapping from each sample to its SpatialData (or a path to its zarr store
-    or to its whole-slide image file, tiled into ``tile_size_um`` tiles),
-    or one SpatialData whose tiles table names each tile's sample in ``obs[slide_key]``. With a
-    mapping, a tiles table that has the ``slide_key`` column contributes only the tiles of that sample.
+    ``slides`` is either a mapping from each sample to its SpatialData (files and stores are opened
+    by the caller: :func:`cpnn.tl._slides.open_slides`), or one SpatialData whose tiles table names
+    each tile's sample in ``obs[slide_key]``. With a mapping, a tiles table that has the
+    ``slide_key`` column contributes only the tiles of that sample.
     """
     check_unique_obs(bulk)
     names = [str(n) for n in bulk.obs_names]
@@ -81,8 +42,13 @@ def slide_bags(
                 f"slides has no entry for {len(missing)} bulk samples (e.g. {missing[:3]}); "
                 "map every obs name of the bulk table to its SpatialData."
             )
-        opened: dict[str, Any] = {}
-        sources = {n: _read(slides[n], n, opened, tiles_key, tile_size_um) for n in names}
+        sources = {n: slides[n] for n in names}
+        foreign = [n for n in names if not is_spatialdata(sources[n])]
+        if foreign:
+            raise CpnnError(
+                f"slides[{foreign[0]!r}] is a {type(sources[foreign[0]]).__name__}, not a SpatialData; open stores and "
+                "slide files first (cp.tl.fit and cp.tl.predict do)."
+            )
     else:
         raise CpnnError(
             "slides must be a dict {sample: SpatialData, zarr path or slide file} or one SpatialData whose tiles table has "

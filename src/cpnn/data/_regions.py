@@ -10,6 +10,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._core import SPATIAL, bin_size_um
+from .._core._images import ATTRS_KEY, image_levels
 from .._errors import CpnnError
 from ._content import ImageSample, sample_image
 
@@ -38,18 +39,6 @@ def _affine(element: Any, cs: str) -> np.ndarray:
 
 def _scale(affine: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(affine[:2, :2]))))
-
-
-def image_levels(element: Any) -> list[Any]:
-    """The (c, y, x) arrays of an image element, finest first (one entry for a single-scale image)."""
-    if hasattr(element, "children") and len(getattr(element, "children", {})):
-        levels = []
-        for name in element.children:
-            node = element[name]
-            arr = next(iter(node.data_vars.values())) if hasattr(node, "data_vars") else node
-            levels.append(arr)
-        return sorted(levels, key=lambda a: -int(a.shape[-1]))
-    return [element]
 
 
 def table_regions(adata: AnnData) -> tuple[list[str], str, str]:
@@ -308,10 +297,6 @@ def _choose(region: str, idx: np.ndarray, shapes: Any, candidates: list, *, forc
         return RegionImage(region, key, data, pts, idx, um_px, spot_px, sample.scale, fp)
     fix = "pass another image_key=" if forced else "add a usable H&E image (or pass image_key=)"
     raise CpnnError(f"Region {region!r} has no usable image: {'; '.join(problems)}. Check the image, or {fix}.")
-
-
-#: Key of ``SpatialData.attrs`` where cpnn records each image's pixel size (and source file).
-ATTRS_KEY = "cpnn"
 
 
 def image_mpp(sdata: Any, image_key: str) -> float | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pooch
 from scanpy import logging as logg
 
+from .._core import stat_key
 from .._errors import DataFileError
 from .._settings import settings
 
@@ -43,9 +44,9 @@ def _sha256(path: Path) -> str:
     return _verified[key]
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+def _stat_key(path: Path) -> tuple[int, ...]:
+    """What must not change for a file's hash to be reused in this process: see :func:`cpnn._core.stat_key`."""
+    return stat_key(path)
 
 
 def _check(path: Path, sha: str) -> Path:

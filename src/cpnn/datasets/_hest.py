@@ -71,9 +71,31 @@ def _download(root: Path, ids: Sequence[str], missing: list[str]) -> None:
         ) from e
     still = _missing(root, ids)
     if still:
-        raise CpnnError(
-            f"The hub has no file {still[:6]} (check the sample ids: HEST ids look like 'TENX95', 'NCBI785')."
+        raise CpnnError(_why_missing(still, where))
+
+
+def _why_missing(still: list[str], where: str) -> str:
+    """Why files are missing after a download that returned: the hub lacks them, or it was not reached.
+
+    ``snapshot_download`` returns a non-empty ``local_dir`` as it is when the hub cannot be
+    reached (a logged warning only), so the hub is asked once more, for just these paths.
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        on_hub = {info.path for info in HfApi().get_paths_info(HEST_REPO, still, repo_type="dataset")}
+    except Exception as e:  # connection refused, DNS, timeout, proxy: the hub was not reached
+        return (
+            f"HEST files missing under {where}: {still[:6]}, and the hub cannot be reached to download them "
+            f"({type(e).__name__}: {e}). Connect to the network and call again, or copy the files there."
         )
+    absent = [p for p in still if p not in on_hub]
+    if absent:
+        return f"The hub has no file {absent[:6]} (check the sample ids: HEST ids look like 'TENX95', 'NCBI785')."
+    return (
+        f"The download of {still[:6]} into {where} did not complete although the hub holds them; "
+        "call again to resume it."
+    )
 
 
 def _metadata(path: Path, sample: str) -> dict:

@@ -13,8 +13,8 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._core import SPATIAL
+from .._core._images import ATTRS_KEY, image_levels
 from .._errors import CpnnError
-from ..data._regions import ATTRS_KEY
 from ._wsi import is_wsi_path, read_wsi
 
 
@@ -102,8 +102,6 @@ def sample_parts(
     uns: dict | None = None,
 ) -> Sample:
     """Check and assemble one sample (see :func:`from_arrays`)."""
-    from ..data._regions import image_levels
-
     if not isinstance(counts, AnnData):
         raise CpnnError(f"counts must be an AnnData (spots x genes, raw counts); got {type(counts).__name__}.")
     if counts.n_obs == 0 or counts.n_vars == 0:

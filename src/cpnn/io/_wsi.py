@@ -10,13 +10,17 @@ from typing import Any, Literal
 import numpy as np
 from scanpy import logging as logg
 
+from .._core._images import ATTRS_KEY
 from .._errors import CpnnError
-from ..data._regions import ATTRS_KEY
 
 #: File types read by tiffslide (pure Python, the default) and by OpenSlide (``pip install cpnn[openslide]``).
 TIFFSLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".ome.tif", ".ome.tiff")
 OPENSLIDE_ONLY = (".mrxs", ".vms", ".vmu", ".svslide")
 WSI_SUFFIXES = TIFFSLIDE_SUFFIXES + OPENSLIDE_ONLY
+
+
+class NoPixelSizeError(CpnnError):
+    """A slide file that records no pixel size (callers that read files for the user add their own advice)."""
 
 
 def is_wsi_path(value: Any) -> bool:
@@ -107,6 +111,30 @@ def open_slide(path: str | Path, backend: str) -> Any:
     return openslide.OpenSlide(str(path))
 
 
+def _unsupported_layout(path: Path, err: Exception) -> str:
+    """Why tiffslide cannot read ``path``, with the conversion that makes it readable."""
+    planar = False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            planar = tf.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    except Exception:  # the message below still names the file and the reader's reason
+        pass
+    what = (
+        "stores its colour channels as separate planes (planar configuration)"
+        if planar
+        else f"has a layout tiffslide cannot read ({err})"
+    )
+    return (
+        f"{path.name!r} {what}. Convert it to a tiled, pyramidal RGB TIFF, e.g. "
+        f"`vips tiffsave {path.name} converted.tif --tile --pyramid --compression jpeg`, or for an image that "
+        "fits in memory: img = tifffile.imread(path); tifffile.imwrite('converted.tif', "
+        "np.moveaxis(img, 0, -1), photometric='rgb', tile=(256, 256), resolution=..., "
+        "resolutionunit='CENTIMETER'); then read_wsi('converted.tif', mpp=...)."
+    )
+
+
 def _backend(path: Path, backend: str) -> str:
     if backend not in ("auto", "tiffslide", "openslide"):
         raise CpnnError(f"backend={backend!r} is not one of 'auto', 'tiffslide', 'openslide'.")
@@ -194,10 +222,13 @@ def read_wsi(
     except Exception as e:  # readers raise their own types for unreadable files
         other = "backend='openslide'" if which == "tiffslide" else "backend='tiffslide'"
         raise CpnnError(f"Cannot read {p.name!r} with {which}: {e}. Check the file, or try {other}.") from e
-    props = dict(slide.properties)
+    try:
+        props = dict(slide.properties)
+    except NotImplementedError as e:  # tiffslide parses the layout here; planar files end here
+        raise CpnnError(_unsupported_layout(p, e)) from e
     found = _file_mpp(props, which)
     if mpp is None and found is None:
-        raise CpnnError(
+        raise NoPixelSizeError(
             f"{p.name!r} records no pixel size; pass mpp=<micrometres per pixel> (about 0.25 for a 40x scan, "
             "0.5 for 20x)."
         )

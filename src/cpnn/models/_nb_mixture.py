@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._losses import nb_count_terms, nb_zero_count_terms
+
 #: Smallest mean allowed in a division.
 _TINY = 1e-10
 #: Smallest share of a spot's counts kept per type: a type never dies, so a later update can revive it.
@@ -155,10 +157,9 @@ def _gene_loglik(
     (``nz``: ``X``'s non-zero positions, found here when not given).
     """
     log_tm = torch.log(theta + mu)
-    dense = (theta * (torch.log(theta) - log_tm) - X * log_tm).sum(0)
+    dense = nb_zero_count_terms(theta, torch.log(theta), log_tm).sum(0)
     nz = torch.nonzero(X, as_tuple=True) if nz is None else nz
-    x_nz, th = X[nz], theta[nz[1]]
-    part = x_nz * torch.log(mu[nz]) + torch.lgamma(x_nz + th) - torch.lgamma(th)
+    part = nb_count_terms(X[nz], torch.log(mu[nz]), log_tm[nz], theta[nz[1]])
     return dense.index_add_(0, nz[1], part)
 
 
@@ -209,11 +210,20 @@ def fit_shared(
     inner: int = 30,
     inner_tol: float = 1e-3,
     theta_init: float = float(np.exp(2.0)),
+    scaling_prior: float = 0.0,
 ) -> NBMixtureFit:
     """Fit the per-gene scaling and dispersion on the spots ``X`` (n x G dense counts), ``A`` (G x K).
 
     Each round updates every spot's ``h``, then ``s``, then ``theta``; stops when the mean
-    negative log-likelihood per spot changes by less than ``tol`` (relative) between rounds.
+    negative log-likelihood per spot (with the prior's term) changes by less than ``tol``
+    (relative) between rounds.
+
+    ``scaling_prior``: shape ``a`` of a Gamma(a, a) prior on each ``s_g`` (mean 1, sd of
+    ``log s_g`` about ``1 / sqrt(a)``); the ``s`` update is then the MAP one,
+    ``(sum_n x + a - 1) / (down + a)``. ``0``: maximum likelihood, ``s`` re-centred to geometric
+    mean 1 every round (the likelihood cannot tell ``s`` from the spots' totals). With a prior the
+    fit keeps its own scale; the returned ``s`` is re-centred either way (the compositions do not
+    depend on ``s``'s overall scale).
     """
     Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
     At = torch.as_tensor(A.T, dtype=torch.float32, device=device).contiguous()  # K x G
@@ -235,17 +245,24 @@ def fit_shared(
         # sum_n x / down
         Q = H @ At  # n x G
         down = (Q * (Xt + theta) / (theta + Q * s)).sum(0)
-        s = (gene_total / down.clamp_min(_TINY)).clamp_min(_TINY)
-        centre = torch.exp(torch.log(s).mean())
-        s, H = s / centre, H * centre  # mu unchanged; geometric mean of s is 1
+        if scaling_prior > 0:  # MAP under Gamma(a, a): the bound's maximiser with the prior's terms added
+            s = ((gene_total + scaling_prior - 1).clamp_min(0) / (down + scaling_prior)).clamp_min(_TINY)
+        else:
+            s = (gene_total / down.clamp_min(_TINY)).clamp_min(_TINY)
+            centre = torch.exp(torch.log(s).mean())
+            s, H = s / centre, H * centre  # mu unchanged; geometric mean of s is 1
         mu = (H @ (At * s)).clamp_min(_TINY)
         before = _gene_loglik(Xt, mu, theta, nz)
         log_theta, ll = _theta_step(Xt, mu, log_theta, before, nz)
-        nll = float(-ll.sum() / n)
+        log_prior = (
+            ((scaling_prior - 1) * torch.log(s) - scaling_prior * s).sum() if scaling_prior > 0 else 0.0
+        )  # up to a constant
+        nll = float(-(ll.sum() + log_prior) / n)
         history.append(nll)
         if len(history) > 1 and abs(history[-2] - nll) <= tol * max(abs(nll), 1.0):
             converged = True
             break
+    s = s / torch.exp(torch.log(s).mean())
     return NBMixtureFit(
         gene_scaling=s.cpu().numpy().astype(np.float64),
         theta=torch.exp(log_theta).cpu().numpy().astype(np.float64),

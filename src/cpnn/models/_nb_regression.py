@@ -22,6 +22,8 @@ import torch
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from ._losses import nb_count_terms, nb_zero_count_terms
+
 
 @dataclass
 class NBRegressionResult:
@@ -82,9 +84,8 @@ def _accumulate(chunks, rho, beta, theta, what: str, n_types: int, n_batches: in
             info[0] += hess.double()
         if what == "theta":  # log-likelihood at the current parameters, for the history
             log_tm = torch.log(theta[None, :] + mu)
-            dense = (theta[None, :] * (log_theta[None, :] - log_tm)).sum()
-            lm = torch.log(mu[c.row, c.col])
-            nz = (y_nz * (lm - log_tm[c.row, c.col]) + torch.lgamma(y_nz + th_nz) - torch.lgamma(th_nz)).sum()
+            dense = nb_zero_count_terms(theta[None, :], log_theta[None, :], log_tm).sum()
+            nz = nb_count_terms(y_nz, torch.log(mu[c.row, c.col]), log_tm[c.row, c.col], th_nz).sum()
             loglik += float(dense + nz) - c.lgamma_y1
     return score, info, loglik
 

@@ -155,7 +155,11 @@ def history(
     return_fig: bool = False,
     table_key: str = "table",
 ) -> Figure | Axes | None:
-    """Training and validation loss per epoch, with the epoch whose weights were kept.
+    """Training and validation loss per epoch, the training loss's parts, and the epoch whose weights were kept.
+
+    The parts (the data term and each weighted regulariser, e.g. the composition loss) are drawn
+    dotted when the fit recorded them (cpnn 0.3 on); the y axis turns logarithmic when they differ
+    by more than a factor of 100.
 
     Parameters
     ----------
@@ -191,6 +195,15 @@ def history(
         raise CpnnError("The training history is empty.")
     fig, ax_ = new_figure(ax, figsize)
     ax_.plot(records["epoch"], records["train_loss"], label="training loss (with regularisers)")
+    # its parts (recorded since 0.3), each already weighted; those that were switched off are left out
+    parts = [c for c in records if c.startswith("train_") and c != "train_loss" and records[c].abs().max() > 0]
+    if len(parts) > 1:
+        for c in parts:
+            ax_.plot(records["epoch"], records[c], lw=0.8, ls=":", label=f"  part: {c.removeprefix('train_')}")
+        values = records[[*parts, "train_loss"]].to_numpy(float)
+        positive = values[np.isfinite(values) & (values > 0)]
+        if len(positive) and positive.max() / positive.min() > 100:  # parts on very different scales
+            ax_.set_yscale("log")
     if "val_loss" in records and records["val_loss"].notna().any():
         ax_.plot(records["epoch"], records["val_loss"], label="validation criterion (data term)")
         if best is None:

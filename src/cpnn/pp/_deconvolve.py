@@ -20,6 +20,7 @@ from .._core import (
     PROTOTYPES,
     check_counts,
     check_int,
+    check_number,
     check_obs_mask,
     check_unique_var,
     dense_rows,
@@ -161,6 +162,7 @@ def deconvolve(
     layer: str | None = None,
     n_iter: int = 100,
     shared_spots: int = 1000,
+    scaling_prior: float = 0.0,
     chunk_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
@@ -211,6 +213,10 @@ def deconvolve(
         Spots, drawn at random (``seed``), on which ``method="nb"`` fits the shared per-gene
         parameters; all spots when fewer. On HER2ST 500 to 1,000 give the agreement with
         stereoscope of a fit on all spots (docs/benchmarks.md).
+    scaling_prior
+        Shape ``a`` of a Gamma(a, a) prior (mean 1) on each gene's technical scaling ``s_g`` in
+        ``method="nb"``'s shared fit (sd of ``log s_g`` about ``1 / sqrt(a)``; cell2location
+        puts a prior of this kind on its ``m_g``). ``0``: maximum likelihood.
     chunk_size
         Spots solved at a time; default from the number of genes (~100 MiB of work arrays).
         Results do not depend on it.
@@ -248,6 +254,7 @@ def deconvolve(
     check_int("n_genes", n_genes, minimum=2)
     check_int("n_iter", n_iter)
     check_int("shared_spots", shared_spots, minimum=10)
+    check_number("scaling_prior", scaling_prior, low=0)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size)
     adata = get_table(data, table_key)
@@ -296,7 +303,7 @@ def deconvolve(
         block = block[block.sum(1) > 0]
         if len(block) == 0:
             raise CpnnError("No selected spot has counts in the deconvolution genes; check regions= and the counts.")
-        fit = fit_shared(block, A, device=dev, max_iter=n_iter)
+        fit = fit_shared(block, A, device=dev, max_iter=n_iter, scaling_prior=scaling_prior)
         del block
 
     w = np.full((len(rows), len(types)), np.nan, dtype=np.float32)
@@ -332,6 +339,7 @@ def deconvolve(
             "n_iter": fit.n_iter,
             "converged": fit.converged,
             "shared_spots": int(min(shared_spots, len(rows))),
+            "scaling_prior": float(scaling_prior),
             "slowest_spot_updates": int(slowest),
             "gene_scaling_sd": float(np.log(fit.gene_scaling).std()),
             "gene_scaling": fit.gene_scaling,

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from .._core import (
     EMBEDDING,
-    autocast,
     check_int,
     check_number,
     check_obs_mask,
@@ -27,60 +26,14 @@ from .._errors import CpnnError
 from .._settings import settings
 from ..data import (
     Collection,
-    PatchDataset,
-    RegionImage,
     is_collection,
-    model_input,
-    patch_loader,
     region_images,
     table_regions,
 )
-from ..data._content import embeddings_barely_vary
 from ..models import build_encoder, encoder_config
 from ..models.encoders import encoder_class, same_embedding
-
-
-@torch.no_grad()
-def embed_regions(
-    regions: list[RegionImage],
-    n: int,
-    rows: np.ndarray,
-    encoder: torch.nn.Module,
-    *,
-    patch_size_um: float,
-    patch_px: int,
-    device: str,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    desc: str = "embedding",
-    out: Any = None,
-) -> np.ndarray:
-    """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows).
-
-    ``out`` may be a preallocated array (e.g. a float16 memory map on disk) that receives the rows.
-    """
-    ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
-    encoder = encoder.to(device).eval()
-    channels_last = str(device).startswith("cuda")  # faster convolutions on CUDA; a no-op for the rest
-    if channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
-    loader = patch_loader(ds, num_workers=num_workers, pin_memory=device.startswith("cuda"))
-    for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=not settings.progress_bar):
-        x = model_input(patches, patch_px, device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            z = encoder(x).float().cpu().numpy()
-        if out is None:
-            out = np.zeros((n, z.shape[1]), dtype=np.float32)
-        out[rows[idx.numpy()]] = z
-    if out is not None and embeddings_barely_vary(np.asarray(out[: min(len(out), 5000)])):
-        logg.warning(
-            f"the embeddings of {n} spots barely vary (images {sorted({r.image_key for r in regions})}): the encoder "
-            "sees the same input everywhere. Check the image under the spots (cp.pl.proportions draws it) and "
-            "image_key=/spot_diameter_um=."
-        )
-    return out
+from ._encode import embed_regions
+from ._store import disk_embeddings
 
 
 def embed(
@@ -197,8 +150,6 @@ def embed(
 
 def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: int | None, **options: Any) -> None:
     """Every sample of a collection into the disk cache, each process taking its share of the samples."""
-    from ._store import disk_embeddings  # the store builds on this module's embed_regions
-
     coll = Collection(data, table_key=table_key)
     config = encoder_config(
         options["encoder"],
@@ -307,8 +258,6 @@ def spot_embeddings(
     ``spot_diameter_um=`` recomputes). A table without images trusts its cache for the config.
     """
     if cache == "disk" and is_spatialdata(data) and len(data.images):
-        from ._store import disk_embeddings  # the store builds on this module's embed_regions
-
         z = disk_embeddings(
             data, adata, config, encoder, device=device, batch_size=batch_size, num_workers=num_workers,
             image_key=image_key, spot_diameter_um=spot_diameter_um,

@@ -24,7 +24,7 @@ from .._core import check_manifest, write_manifest
 from .._settings import settings
 from ..data import region_images
 from ..models import build_encoder
-from ._embed import embed_regions
+from ._encode import embed_regions
 
 
 def store_key(adata: AnnData, config: dict, sources: dict[str, str]) -> str:

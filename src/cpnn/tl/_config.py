@@ -199,50 +199,38 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(
-    *,
-    head: str,
-    level: str | None,
-    slides: Any,
-    encoder: Any,
-    encoder_kwargs: dict | None,
-    weights: Any,
-    pretrained: bool,
-    finetune: bool,
-    patch_size_um: float,
-    patch_px: int | None,
-    prototypes: str,
-    correction: bool,
-    prototypes_key: str,
-    composition_key: str | None,
-    proto_reg: float,
-    comp_reg: float | None,
-    hidden: tuple[int, ...],
-    dropout: float,
-    preset: str,
-    residual: float | None,
-    context_um: float | None,
-    loss: str | None,
-    sample_key: str | None,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    weight_decay: float,
-    patience: int | None,
-    standardise: bool | None,
-    init: str | None,
-    alpha_init: str | None,
-    targets: str | None,
-    layer: str | None,
-    seed: int,
-    max_patches: int,
-    tiles_key: str,
-    slide_key: str,
-    embedding_key: str,
-    image_key: str | None,
-    spot_diameter_um: float | None,
-) -> FitConfig:
-    """Validate every option of :func:`cpnn.tl.fit` and apply the preset; nothing is read from the data."""
+#: Options of :func:`cpnn.tl.fit` that say where the data is or how to run, not what is fitted.
+RUN_OPTIONS = (
+    "data",
+    "train",
+    "validation",
+    "device",
+    "num_workers",
+    "embed_batch_size",
+    "checkpoint_dir",
+    "resume",
+    "key_added",
+    "panel",
+    "table_key",
+)
+#: Options of :func:`cpnn.tl.fit` that become :attr:`FitConfig.encoder_config` (and ``slides``, which sets the level).
+ENCODER_OPTIONS = ("encoder", "encoder_kwargs", "weights", "pretrained", "patch_size_um", "patch_px")
+#: Fields of :class:`FitConfig` that are facts from the data or derived, not options of :func:`cpnn.tl.fit`.
+DERIVED = ("encoder_config", "genes", "cell_types", "groups", "samples", "in_dim", "median_library", "bin_um")
+
+
+def resolve_config(options: dict[str, Any]) -> FitConfig:
+    """Validate every option of :func:`cpnn.tl.fit` and apply the preset; nothing is read from the data.
+
+    ``options``: ``fit``'s arguments but :data:`RUN_OPTIONS`, by name. Each option is written once
+    in ``fit``'s signature (and docstring) and once as a :class:`FitConfig` field: the options
+    needing no check pass through by name, the others are checked here.
+    """
+    o = dict(options)
+    expected = set(_NAMES) - set(DERIVED) | set(ENCODER_OPTIONS) | {"slides"}
+    if set(o) != expected:
+        raise TypeError(f"resolve_config: unexpected {sorted(set(o) - expected)}, missing {sorted(expected - set(o))}")
+    level, slides, finetune, head = o["level"], o["slides"], o["finetune"], o["head"]
     level = level or ("slide" if slides is not None else "spot")
     if level not in ("spot", "slide"):
         raise CpnnError(f"level={level!r}; use 'spot' or 'slide'.")
@@ -251,39 +239,24 @@ def resolve_config(
             raise CpnnError("level='slide' needs slides=: a dict {sample: SpatialData} or one SpatialData with tiles.")
         if finetune:
             raise CpnnError("finetune=True is spot-level only; slide level trains on cached tile embeddings.")
-        if max_patches < 1:
-            raise CpnnError(f"max_patches={max_patches} must be at least 1.")
-        if sample_key is not None:
+        if o["max_patches"] < 1:
+            raise CpnnError(f"max_patches={o['max_patches']} must be at least 1.")
+        if o["sample_key"] is not None:
             raise CpnnError("sample_key is spot level only; slides are the samples at slide level.")
     elif slides is not None:
         raise CpnnError("slides= is for level='slide'; drop it or pass level='slide'.")
-    if preset not in PRESETS:
-        raise CpnnError(f"preset={preset!r}; use one of {list(PRESETS)}.")
-    chosen = {**PRESETS[preset]}
+    if o["preset"] not in PRESETS:
+        raise CpnnError(f"preset={o['preset']!r}; use one of {list(PRESETS)}.")
+    chosen = {**PRESETS[o["preset"]]}
     if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
         chosen["context_um"] = None
     if level == "slide":  # the paper's 8 bags a step are 8 slides; a spot preset's larger batch is not meant for slides
         chosen["batch_size"] = 8
-    explicit = {
-        "residual": residual,
-        "context_um": context_um,
-        "loss": loss,
-        "comp_reg": comp_reg,
-        "standardise": standardise,
-        "batch_size": batch_size,
-        "lr": lr,
-        "epochs": epochs,
-        "patience": patience,
-        "init": init,
-        "alpha_init": alpha_init,
-        "targets": targets,
-    }
-    chosen.update({k: v for k, v in explicit.items() if v is not None})
+    chosen.update({k: o[k] for k in PRESET_OPTIONS if o[k] is not None})
     for name, allowed in CHOICES.items():
         if chosen[name] not in allowed:
             raise CpnnError(f"{name}={chosen[name]!r}; use one of {list(allowed)}.")
-    residual, context_um, loss, comp_reg = (chosen[k] for k in ("residual", "context_um", "loss", "comp_reg"))
-    residual = check_number("residual", residual, low=0.0)
+    context_um = chosen["context_um"]
     if context_um is not None:
         context_um = check_number("context_um", context_um, low=0.0)
         if context_um > 0 and (finetune or level == "slide"):
@@ -292,16 +265,17 @@ def resolve_config(
                 "pass context_um=0 to switch the spatial context off."
             )
     head_cls = HEADS.get(head)
-    if prototypes not in ("learn", "freeze", "random"):
-        raise CpnnError(f"prototypes={prototypes!r}; use 'learn', 'freeze' or 'random'.")
+    if o["prototypes"] not in ("learn", "freeze", "random"):
+        raise CpnnError(f"prototypes={o['prototypes']!r}; use 'learn', 'freeze' or 'random'.")
+    encoder = o["encoder"]
     enc = encoder_config(
         encoder,
-        weights=weights,
-        pretrained=pretrained,
-        seed=int(seed),
-        patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
-        patch_px=None if patch_px is None else check_int("patch_px", patch_px),
-        kwargs=encoder_kwargs,
+        weights=o["weights"],
+        pretrained=o["pretrained"],
+        seed=int(o["seed"]),
+        patch_size_um=check_number("patch_size_um", o["patch_size_um"], low=0.0, strict=True),
+        patch_px=None if o["patch_px"] is None else check_int("patch_px", o["patch_px"]),
+        kwargs=o["encoder_kwargs"],
     )
     trainable = encoder_class(enc["encoder"]).trainable
     if isinstance(encoder, nn.Module):
@@ -313,45 +287,35 @@ def resolve_config(
         raise CpnnError(f"encoder={name!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
+    hidden = o["hidden"]
     hidden = tuple(check_int("hidden", h) for h in hidden) if not isinstance(hidden, int) else (hidden,)
-    if head_cls.composition:
-        composition = {"residual": residual, "sample_key": sample_key}
-    else:  # composition options mean nothing to a head without cell types
-        composition = {"residual": 0.0, "sample_key": None}
-    return FitConfig(
-        head=head,
+    spot_um = o["spot_diameter_um"]
+    values = {k: o[k] for k in _NAMES if k in o}  # the options that need no check, by name
+    values.update(
         level=level,
         encoder_config=enc,
         finetune=bool(finetune),
-        prototypes=prototypes,
-        correction=bool(correction),
-        prototypes_key=prototypes_key,
-        composition_key=composition_key,
-        proto_reg=check_number("proto_reg", proto_reg, low=0.0),
-        comp_reg=check_number("comp_reg", comp_reg, low=0.0),
+        correction=bool(o["correction"]),
+        proto_reg=check_number("proto_reg", o["proto_reg"], low=0.0),
+        comp_reg=check_number("comp_reg", chosen["comp_reg"], low=0.0),
         hidden=hidden,
-        dropout=check_number("dropout", dropout, low=0.0, high=1.0),
-        preset=preset,
+        dropout=check_number("dropout", o["dropout"], low=0.0, high=1.0),
+        residual=check_number("residual", chosen["residual"], low=0.0),
         context_um=context_um or None,
-        loss=loss,
+        loss=chosen["loss"],
         epochs=check_int("epochs", chosen["epochs"]),
         batch_size=check_int("batch_size", chosen["batch_size"]),
         lr=check_number("lr", chosen["lr"], low=0.0, strict=True),
-        weight_decay=check_number("weight_decay", weight_decay, low=0.0),
+        weight_decay=check_number("weight_decay", o["weight_decay"], low=0.0),
         patience=check_int("patience", chosen["patience"]),
         standardise=bool(chosen["standardise"]),
         init=chosen["init"],
         alpha_init=chosen["alpha_init"],
         targets=chosen["targets"],
-        layer=layer,
-        seed=int(seed),
-        max_patches=int(max_patches) if level == "slide" else 0,
-        tiles_key=tiles_key,
-        slide_key=slide_key,
-        embedding_key=embedding_key,
-        image_key=image_key,
-        spot_diameter_um=None
-        if spot_diameter_um is None
-        else check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True),
-        **composition,
+        seed=int(o["seed"]),
+        max_patches=int(o["max_patches"]) if level == "slide" else 0,
+        spot_diameter_um=None if spot_um is None else check_number("spot_diameter_um", spot_um, low=0.0, strict=True),
     )
+    if not head_cls.composition:  # composition options mean nothing to a head without cell types
+        values.update(residual=0.0, sample_key=None)
+    return FitConfig(**values)

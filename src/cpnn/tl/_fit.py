@@ -37,7 +37,7 @@ from .._settings import settings
 from ..data import is_collection
 from ..models import build_encoder
 from ..models.heads import SlideHead
-from ._config import PRESETS, FitConfig, resolve_config
+from ._config import PRESETS, RUN_OPTIONS, FitConfig, resolve_config
 from ._inputs import Split, build_inputs, read_collection, read_split
 from ._model import CPNN, build_head
 from ._targets import composition_targets, gene_scaling
@@ -302,18 +302,7 @@ def fit(
     embeddings in one process only, combines validation losses across processes for early
     stopping, and writes checkpoints from rank 0 only.
     """
-    config = resolve_config(
-        head=head, level=level, slides=slides, encoder=encoder, encoder_kwargs=encoder_kwargs, weights=weights,
-        pretrained=pretrained,
-        finetune=finetune, patch_size_um=patch_size_um, patch_px=patch_px, prototypes=prototypes,
-        correction=correction, prototypes_key=prototypes_key, composition_key=composition_key,
-        proto_reg=proto_reg, comp_reg=comp_reg, hidden=hidden, dropout=dropout, preset=preset, residual=residual,
-        context_um=context_um, loss=loss, sample_key=sample_key, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, patience=patience, standardise=standardise, init=init, alpha_init=alpha_init,
-        targets=targets, layer=layer, seed=seed, max_patches=max_patches,
-        tiles_key=tiles_key, slide_key=slide_key, embedding_key=embedding_key, image_key=image_key,
-        spot_diameter_um=spot_diameter_um,
-    )  # fmt: skip
+    config = resolve_config({k: v for k, v in locals().items() if k not in RUN_OPTIONS})  # first: only the arguments
     if config.level == "slide" and not isinstance(data, AnnData):
         raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
     if resume and checkpoint_dir is None:

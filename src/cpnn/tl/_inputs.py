@@ -52,6 +52,7 @@ from ..models import Uint8Input
 from ..pp._embed import spot_embeddings
 from ..pp._store import disk_embeddings
 from ._config import FitConfig
+from ._slides import open_slides
 
 
 @dataclass
@@ -314,13 +315,10 @@ def _slide_inputs(
     data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
 ) -> Inputs:
     """Slide level: each bulk sample's bag of tile embeddings (cached in its tiles table)."""
-    bags = slide_bags(
-        adata,
-        sources,
-        tiles_key=config.tiles_key,
-        slide_key=config.slide_key,
-        tile_size_um=config.encoder_config["patch_size_um"],
-    )
+    names = [str(n) for n in adata.obs_names]
+    tile_um = config.encoder_config["patch_size_um"]
+    sources = open_slides(sources, names, tiles_key=config.tiles_key, tile_size_um=tile_um)
+    bags = slide_bags(adata, sources, tiles_key=config.tiles_key, slide_key=config.slide_key)
     used = split.train | split.validation
     z_bags = bag_embeddings(
         [b for b, u in zip(bags, used, strict=True) if u],

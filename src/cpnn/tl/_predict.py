@@ -38,6 +38,7 @@ from .._settings import settings
 from ..data import Collection, is_collection, slide_bags
 from ._inputs import bag_embeddings, model_inputs, sample_selection
 from ._model import CPNN, model_summary
+from ._slides import open_slides
 
 
 @torch.no_grad()
@@ -421,7 +422,8 @@ def _predict_slides(
         )
     mask = check_obs_mask(bulk, regions, argument="regions")
     tile_um = float(model.config.encoder_config["patch_size_um"])
-    every = slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key, tile_size_um=tile_um)
+    slides = open_slides(slides, [str(n) for n in bulk.obs_names], tiles_key=tiles_key, tile_size_um=tile_um)
+    every = slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key)
     bags = [b for b, m in zip(every, mask, strict=True) if m]
     dev = settings.resolve_device(device)
     zs = bag_embeddings(

@@ -25,6 +25,7 @@ from .._core import (
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import Batch, PermutationSampler, RankBatchSampler, batch_loader
+from ..models.heads._base import sum_parts
 
 
 @dataclass
@@ -107,11 +108,16 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _loss(model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_head: nn.Module | None = None):
-    """The batch's loss; ``model``/``head`` may be DDP wrappers (the forward syncs gradients), ``loss_head`` the raw head."""
+def _loss(
+    model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_head: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """The batch's loss in its named parts (:meth:`Head.loss_terms`).
+
+    ``model``/``head`` may be DDP wrappers (the forward syncs gradients), ``loss_head`` the raw head.
+    """
     with autocast(device):
         out = head(model(batch.x))
-    return (loss_head or head).loss(out, batch.counts, batch.library, batch.composition, batch.sample)
+    return (loss_head or head).loss_terms(out, batch.counts, batch.library, batch.composition, batch.sample)
 
 
 @torch.no_grad()
@@ -226,11 +232,13 @@ def run_training(
             model.train()
             head.train()
             total, seen = 0.0, 0
+            parts = dict.fromkeys(head.loss_parts, 0.0)  # each part's sum over the epoch's rows
             loader = batch_loader(train_data, batch_size=batch_size, sampler=sampler, batch_sampler=batches)
             for step, batch in enumerate(loader):
                 batch = batch.to(device)
                 batch.x = augment(batch.x, gen)
-                local = _loss(fwd_model, fwd_head, batch, device, head) if len(batch) else None
+                terms = _loss(fwd_model, fwd_head, batch, device, head) if len(batch) else None
+                local = sum_parts(terms, head.loss_parts) if terms is not None else None
                 loss = local
                 if world > 1:  # weight each process's mean by its share of the global batch
                     n_global = min(batch_size, len(train_data) - step * batch_size)
@@ -255,13 +263,17 @@ def run_training(
                 opt.step()
                 if local is not None:
                     total += float(local.detach()) * len(batch)
+                    for name, value in terms.items():
+                        parts[name] += float(value.detach()) * len(batch)
                 seen += len(batch)
             sched.step()
-            total, seen = dist.sum_all([total, seen])
+            total, seen, *sums = dist.sum_all([total, seen, *parts.values()])
             # one copy per epoch serves as the last good weights and, when better, as the best ones
             # (the copies are never modified, so sharing them is safe)
             last_good = _snapshot(model, head)
             record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+            if len(parts) > 1:  # the loss's parts, so that the history can say which one moved
+                record.update({f"train_{name}": v / max(seen, 1) for name, v in zip(parts, sums, strict=True)})
             if val_data is not None:
                 val, rho = evaluate_loss(
                     model,
@@ -278,7 +290,9 @@ def run_training(
                 else:
                     wait += 1
             history.append(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_spearman")}
+            )
             if val_data is not None and wait >= patience:
                 stop_reason = "early stopping"
             if ckpt is not None and main:

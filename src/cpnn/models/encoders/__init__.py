@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..._core import sha256_file
+from ..._core import sha256_file, stat_key
 from ..._errors import CpnnError
 from .._registry import Registry
 from ._base import Encoder, Uint8Input
@@ -164,8 +164,7 @@ _digests: dict[tuple, str] = {}
 def file_digest(path: Path) -> str:
     """SHA-256 of a weights file, computed once per process for an unchanged file."""
     path = weights_file(Path(path))
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), *stat_key(path))
     if key not in _digests:
         _digests[key] = sha256_file(path)
     return _digests[key]

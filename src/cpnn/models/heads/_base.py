@@ -45,6 +45,14 @@ class Standardise(nn.Module):
         return (z - self.mean) / self.std
 
 
+def sum_parts(terms: dict[str, torch.Tensor], order: tuple[str, ...]) -> torch.Tensor:
+    """The loss: its parts added in ``order`` (always the same order, so the same float rounding)."""
+    total = terms[order[0]]
+    for name in order[1:]:
+        total = total + terms[name]
+    return total
+
+
 class Head(nn.Module):
     """The protocol of a head: register a subclass with :func:`cpnn.models.register_head`.
 
@@ -61,12 +69,16 @@ class Head(nn.Module):
         (:meth:`pool_outputs`), rather than to the mean of the tile embeddings.
     closed_form
         Whether the head is fitted in one step (:meth:`fit_closed_form`) instead of the gradient loop.
+    loss_parts
+        Names of the parts of the training loss that :meth:`loss_terms` returns (their sum is
+        :meth:`loss`); the training history records each per epoch (``train_<part>``).
     """
 
     name: ClassVar[str] = ""
     composition: ClassVar[bool] = False
     per_tile: ClassVar[bool] = False
     closed_form: ClassVar[bool] = False
+    loss_parts: ClassVar[tuple[str, ...]] = ("data",)
 
     standardise: Standardise
 
@@ -85,6 +97,21 @@ class Head(nn.Module):
     ) -> torch.Tensor:
         """Training loss of a batch: outputs, raw panel counts, library sizes, optional targets."""
         raise NotImplementedError
+
+    def loss_terms(
+        self,
+        out: dict[str, torch.Tensor],
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        composition: torch.Tensor | None = None,
+        sample: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The training loss in its named parts (:attr:`loss_parts`, each already weighted; their sum is :meth:`loss`).
+
+        Default: one part, ``"data"``, the head's :meth:`loss`; a head with regularisers overrides
+        this and sets :attr:`loss_parts`.
+        """
+        return {"data": self.loss(out, counts, library, composition, sample)}
 
     def criterion(self, out: dict[str, torch.Tensor], counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
         """Validation criterion for early stopping (default: the training loss without reference composition)."""
@@ -137,9 +164,18 @@ class SlideHead(nn.Module):
         """``x = (z, valid)``: padded embeddings (B, M, D) and the (B, M) mask of real tiles."""
         return self.head.pool(*x)
 
+    @property
+    def loss_parts(self) -> tuple[str, ...]:
+        """The wrapped head's :attr:`Head.loss_parts`."""
+        return self.head.loss_parts
+
     def loss(self, *args: Any) -> torch.Tensor:
         """The wrapped head's loss on slide-level outputs."""
         return self.head.loss(*args)
+
+    def loss_terms(self, *args: Any) -> dict[str, torch.Tensor]:
+        """The wrapped head's loss parts on slide-level outputs."""
+        return self.head.loss_terms(*args)
 
     def criterion(self, *args: Any) -> torch.Tensor:
         """The wrapped head's validation criterion on slide-level outputs."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..._core import lognorm_torch
 from .._losses import gene_softmax_mse, nb_log_prob
-from ._base import Head, Standardise, mlp, xavier_init
+from ._base import Head, Standardise, mlp, sum_parts, xavier_init
 
 
 class CPNNHead(Head):
@@ -62,6 +62,7 @@ class CPNNHead(Head):
 
     composition = True
     per_tile = True
+    loss_parts = ("data", "residual", "sample_offset", "prototypes", "composition")  # summed in this order
 
     def __init__(
         self,
@@ -192,6 +193,32 @@ class CPNNHead(Head):
             return -nb_log_prob(counts, mu, torch.exp(self.log_theta)).sum(-1).mean()
         return ((torch.log1p(props * 1e4) - lognorm_torch(counts, library)) ** 2).sum(-1).mean()
 
+    def loss_terms(
+        self,
+        out: dict[str, torch.Tensor],
+        counts: torch.Tensor,
+        library: torch.Tensor,
+        composition: torch.Tensor | None = None,
+        sample: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The data term and each weighted regulariser (a part that is switched off is 0).
+
+        The data term is the mean NB negative log-likelihood per spot (or squared error of log1p CP10k).
+        """
+        data = self._data_term(out, counts, library, sample)
+        zero = data.new_zeros(())
+        return {
+            "data": data,
+            "composition": self.comp_reg * torch.mean((out["weights"] - composition) ** 2)
+            if composition is not None and self.comp_reg
+            else zero,
+            "prototypes": self.proto_reg * gene_softmax_mse(self.log_prototypes, self.log_p0)
+            if self.proto_reg
+            else zero,
+            "residual": (out["residual"] ** 2).sum(-1).mean() / self.residual if self.residual > 0 else zero,
+            "sample_offset": (self.sample_offset**2).sum(-1).mean() if self.n_samples else zero,
+        }
+
     def loss(
         self,
         out: dict[str, torch.Tensor],
@@ -201,16 +228,7 @@ class CPNNHead(Head):
         sample: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean NB negative log-likelihood per spot (or squared error of log1p CP10k), plus the regularisers."""
-        nll = self._data_term(out, counts, library, sample)
-        if self.residual > 0:
-            nll = nll + (out["residual"] ** 2).sum(-1).mean() / self.residual
-        if self.n_samples:
-            nll = nll + (self.sample_offset**2).sum(-1).mean()
-        if self.proto_reg:
-            nll = nll + self.proto_reg * gene_softmax_mse(self.log_prototypes, self.log_p0)
-        if composition is not None and self.comp_reg:
-            nll = nll + self.comp_reg * torch.mean((out["weights"] - composition) ** 2)
-        return nll
+        return sum_parts(self.loss_terms(out, counts, library, composition, sample), self.loss_parts)
 
     def criterion(self, out: dict[str, torch.Tensor], counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
         """Validation criterion: the data term alone; for the NB loss the counts rescaled to 10,000 at library 10,000.
