@@ -176,7 +176,11 @@ def summary(runs: pd.DataFrame) -> list[str]:
                 if "agreement" in g
                 else g.groupby("fold")[["spearman"]].mean()
             )
-            per_seed = g.groupby("seed")[["spearman"]].mean()
+            # the sd over seeds of the fold means, on the folds that every seed has reached (a partial
+            # seed-major run would otherwise compare seeds over different folds)
+            seeds_of = g.groupby("fold")["seed"].nunique()
+            complete = seeds_of[seeds_of == g["seed"].nunique()].index
+            per_seed = g[g["fold"].isin(complete)].groupby("seed")[["spearman"]].mean()
             r = {
                 "encoder": enc,
                 "method": method,

@@ -1,7 +1,9 @@
 """Pseudo-bulk slide-level benchmark on real HER2ST: CPNN (mean over tiles) vs direct mean pooling.
 
-Run (about 15 minutes on 2 CPU cores; 3 training seeds per method, each preset's own recipe):
+Run (hours on 2 CPU cores: each preset's own recipe, 3 training seeds per method; the faithful
+recipe's slide-level fit ran past 250 epochs at about 2 s each on a busy machine):
     CPNN_DATA_DIR=../shared/data python benchmarks/pseudobulk.py --out results/pseudobulk
+    CPNN_DATA_DIR=../shared/data python benchmarks/pseudobulk.py --seeds 1 --epochs 150   # a quick look: a 150-epoch cap
 
 Each imaged section is cut into ``--regions`` tissue regions (k-means on the spot coordinates);
 each region is a "slide" whose bulk expression is the sum of its spots' counts and whose image is

@@ -204,6 +204,7 @@ def history(
         positive = values[np.isfinite(values) & (values > 0)]
         if len(positive) and positive.max() / positive.min() > 100:  # parts on very different scales
             ax_.set_yscale("log")
+            ax_.set_ylim(bottom=max(float(positive.min()), float(positive.max()) * 1e-5))  # 5 decades at most
     if "val_loss" in records and records["val_loss"].notna().any():
         ax_.plot(records["epoch"], records["val_loss"], label="validation criterion (data term)")
         if best is None:
