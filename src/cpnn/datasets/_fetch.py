@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import cache
 from importlib import resources
@@ -11,7 +10,7 @@ from pathlib import Path
 import pooch
 from scanpy import logging as logg
 
-from .._core import stat_key
+from .._core import sha256_file, stat_key
 from .._errors import DataFileError
 from .._settings import settings
 
@@ -33,20 +32,11 @@ def registry() -> dict[str, tuple[str, str]]:
 
 
 def _sha256(path: Path) -> str:
-    key = (str(path), *_stat_key(path))
-    if key in _verified:
-        return _verified[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    _verified[key] = h.hexdigest()
+    """SHA-256 of a data file, computed once per process while :func:`cpnn._core.stat_key` is unchanged."""
+    key = (str(path), *stat_key(path))
+    if key not in _verified:
+        _verified[key] = sha256_file(path)
     return _verified[key]
-
-
-def _stat_key(path: Path) -> tuple[int, ...]:
-    """What must not change for a file's hash to be reused in this process: see :func:`cpnn._core.stat_key`."""
-    return stat_key(path)
 
 
 def _check(path: Path, sha: str) -> Path:
