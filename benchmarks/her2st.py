@@ -145,7 +145,7 @@ def main() -> None:
     enc_label = f"{args.encoder} ({'weights ' + Path(args.weights).name if args.weights else 'random init'})"
     encoders = {"hand-crafted": {"encoder": "handcrafted"}}
     if not args.quick:
-        encoders[f"{enc_label}, frozen"] = {"encoder": args.encoder, "weights": args.weights}
+        encoders[f"{enc_label}, frozen"] = {"encoder": args.encoder, "encoder_weights": args.weights}
     embed_cost = []
     for label, kw in encoders.items():
         with Peak() as p:
@@ -231,7 +231,7 @@ def main() -> None:
                             train=train,
                             validation=val,
                             encoder=args.encoder,
-                            weights=args.weights,
+                            encoder_weights=args.weights,
                             finetune=True,
                             patch_px=args.finetune_px,
                             prototypes_key=PROTO_KEYS.get(pset, "cpnn_prototypes"),

@@ -128,7 +128,7 @@ def main() -> None:
     ref = cp.datasets.wu2021_cid4465()
     cp.pp.build_prototypes(bulk, ref, cell_type_key="celltype_major", method="nb")
     has_proto = bulk.var["cpnn_in_reference"].to_numpy(bool)
-    enc = {"encoder": args.encoder, "weights": args.weights}
+    enc = {"encoder": args.encoder, "encoder_weights": args.weights}
 
     folds = {
         "C -> B4": (bulk.obs["patient"] == "C").to_numpy(),

@@ -134,7 +134,7 @@ def main() -> None:
         with Peak() as p_fit:
             model = cp.tl.fit(paths, train=train[:-1], validation=train[-1:], panel=panel, **KW)
         with Peak() as p_pred:
-            cp.tl.predict(paths, model, regions=test)
+            cp.tl.predict(paths, model, samples=test)
         rows.append({"samples": n, "spots": n * 1024, "embed s": p_embed.seconds, "embed peak MiB": p_embed.added,
                      "fit s": p_fit.seconds, "fit peak MiB": p_fit.added, "predict s": p_pred.seconds,
                      "predict peak MiB": p_pred.added})  # fmt: skip
@@ -199,7 +199,7 @@ def ddp_worker(config_path: str, key: str) -> None:
     from cpnn._core import dist
 
     if dist.is_main():
-        cp.tl.predict(cfg["paths"], model, regions=cfg["test"], key_added=key)
+        cp.tl.predict(cfg["paths"], model, samples=cfg["test"], key_added=key)
     dist.barrier()
 
 

@@ -100,6 +100,41 @@ def test_toy_head_and_encoder_fit_predict_save_load(synthetic, toys, tmp_path):
         cp.tl.fit(sdata, head="toy_linear", encoder="toy_mean_colour", finetune=True, **KW)
 
 
+def test_a_toy_input_kind_plugs_in_from_outside(synthetic, tmp_path):
+    """28: a new input kind is one Level and one builder, registered from outside the package.
+
+    The toy reads each spot's embedding from a memory-mapped ``.npy`` file (embeddings computed
+    by another pipeline) instead of ``obsm``; the fit must equal the built-in spot level's.
+    """
+    from cpnn.tl import _inputs, _levels
+
+    sdata, _ = synthetic
+    table = sdata["table"]
+    cp.pp.embed(sdata, encoder="handcrafted", **KW)
+    np.save(tmp_path / "z.npy", np.asarray(table.obsm["cpnn_embedding"], dtype=np.float32))
+    calls = []
+
+    def memmap_inputs(data, adata, config, split, encoder, **_):
+        calls.append(config.level)
+        z = np.load(tmp_path / "z.npy", mmap_mode="r")
+        x_va = torch.as_tensor(np.array(z[split.validation])) if split.validation.any() else None
+        train, val = _inputs._spot_datasets(split, torch.as_tensor(np.array(z[split.train])), x_va)
+        return _inputs.Inputs(train, val, z.shape[1], nn.Identity(), config.encoder_config)
+
+    _levels.LEVELS["toy_memmap"] = _levels.Level("toy_memmap", "spots", bags=False, builder="toy_memmap")
+    _inputs.BUILDERS["toy_memmap"] = memmap_inputs
+    try:
+        kw = {"encoder": "handcrafted", "train": ["S1"], "validation": ["S2"], "epochs": 5, **NO_CONTEXT, **KW}
+        toy = cp.tl.fit(sdata, level="toy_memmap", key_added="toy_in", **kw)
+        built_in = cp.tl.fit(sdata, key_added="built_in", **kw)
+    finally:
+        del _levels.LEVELS["toy_memmap"], _inputs.BUILDERS["toy_memmap"]
+    assert calls == ["toy_memmap"] and toy.level == "toy_memmap"
+    assert toy.history == built_in.history  # the same rows, the same numbers, through the new kind
+    with pytest.raises(cp.CpnnError, match=r"level='toy_memmap'; use one of \['spot', 'slide'\]"):
+        cp.tl.fit(sdata, level="toy_memmap", **kw)  # unregistered again
+
+
 def test_unknown_names_list_the_registry(synthetic):
     sdata, _ = synthetic
     with pytest.raises(cp.CpnnError, match=r"head='mlp' is not a registered head; choose one of \['cpnn', 'direct'"):

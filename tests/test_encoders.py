@@ -72,7 +72,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "vit.bin"
     torch.save(_vit().state_dict(), path)
     with pytest.raises(cp.CpnnError, match=r"does not fit encoder='resnet18'.*not in the file.*not in the model"):
-        make_encoder("resnet18", weights=path)
+        make_encoder("resnet18", encoder_weights=path)
 
 
 @pytest.mark.parametrize(("kw", "names"), [({"init_values": 1e-5}, "ls1.gamma"), ({"reg_tokens": 4}, "reg_token")])
@@ -144,7 +144,9 @@ FIT = {"patch_size_um": 32, "epochs": 3, "seed": 0, "hidden": (16,), "context_um
 def test_a_frozen_pretrained_encoder_is_saved_as_its_identity(world, tmp_path):
     weights = tmp_path / "vit.bin"
     torch.save(_vit().state_dict(), weights)
-    model = cp.tl.fit(world, train=["S1"], encoder="vit_tiny_patch16_224", encoder_kwargs=TINY, weights=weights, **FIT)
+    model = cp.tl.fit(
+        world, train=["S1"], encoder="vit_tiny_patch16_224", encoder_kwargs=TINY, encoder_weights=weights, **FIT
+    )
     assert model.config["encoder_config"]["patch_px"] == 32  # the encoder's own input size
     cp.tl.predict(world, model, regions=["S2"], key_added="vit")
     path = tmp_path / "m.pt"
@@ -157,12 +159,16 @@ def test_a_frozen_pretrained_encoder_is_saved_as_its_identity(world, tmp_path):
     other = tmp_path / "other.bin"
     torch.save(_vit(init_values=None).state_dict() | {"cls_token": torch.zeros(1, 1, 192)}, other)
     with pytest.raises(cp.CpnnError, match="is not the file this model was trained with"):
-        cp.CPNN.load(path, weights=other)
+        cp.CPNN.load(path, encoder_weights=other)
     moved = tmp_path / "moved.bin"
     weights.rename(moved)
-    with pytest.raises(cp.CpnnError, match=r"saved without its encoder's weights.*weights="):
+    with pytest.raises(cp.CpnnError, match=r"saved without its encoder's weights.*encoder_weights="):
         cp.CPNN.load(path)
-    again = cp.CPNN.load(path, weights=moved)
+    # the 0.2 name still works for one release
+    with pytest.warns(FutureWarning, match=r"CPNN.load\(weights=\) is now encoder_weights="):
+        again = cp.CPNN.load(path, weights=moved)
+    with pytest.raises(cp.CpnnError, match="pass encoder_weights= only"):
+        cp.CPNN.load(path, weights=moved, encoder_weights=moved)
     cp.tl.predict(world, again, regions=["S2"], key_added="vit2")
     np.testing.assert_allclose(
         world["table"].layers["vit2"].toarray(), world["table"].layers["vit"].toarray(), rtol=1e-5

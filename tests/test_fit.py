@@ -234,7 +234,7 @@ def test_timm_encoder_embed(her2st_all):
 
 
 def test_encoder_from_local_weights(tmp_path):
-    """weights= loads a local checkpoint into the timm architecture (no hub access)."""
+    """encoder_weights= loads a local checkpoint into the timm architecture (no hub access)."""
     import timm
 
     from cpnn.models import make_encoder
@@ -243,8 +243,11 @@ def test_encoder_from_local_weights(tmp_path):
     src = timm.create_model("resnet18", num_classes=0)
     path = tmp_path / "resnet18.pth"
     torch.save(src.state_dict(), path)
-    enc = make_encoder("resnet18", weights=path)
+    enc = make_encoder("resnet18", encoder_weights=path)
     for k, v in src.state_dict().items():
         torch.testing.assert_close(enc.backbone.state_dict()[k], v)
     with pytest.raises(cp.CpnnError, match="not a file"):
-        make_encoder("resnet18", weights=tmp_path / "missing.pth")
+        make_encoder("resnet18", encoder_weights=tmp_path / "missing.pth")
+    with pytest.warns(FutureWarning, match=r"make_encoder\(weights=\) is now encoder_weights="):
+        old = make_encoder("resnet18", weights=path)  # the 0.2 name still works for one release
+    torch.testing.assert_close(old.backbone.state_dict()["conv1.weight"], src.state_dict()["conv1.weight"])

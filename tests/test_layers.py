@@ -64,3 +64,16 @@ def test_no_module_imports_itself_through_others():
     for module in sorted(graph):
         if module not in ("", "__init__", "__main__"):  # the package root imports every layer by design
             visit(module, [])
+
+
+def test_the_level_is_asked_not_spelled_out():
+    """28: the spot/slide split lives in tl/_levels.py; the rest of tl asks ``config.unit`` (it used to test the name 11 times)."""
+    found = []
+    for path in sorted((SRC / "tl").glob("*.py")):
+        if path.name == "_levels.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [c.value for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+                found += [f"{path.name}:{node.lineno}" for n in names if n in ("spot", "slide")]
+    assert not found, f"level names compared outside tl/_levels.py: {found}"

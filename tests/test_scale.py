@@ -49,7 +49,7 @@ def test_a_collection_fits_and_predicts_in_memory_and_from_stores(tmp_path):
     assert folds[0].to_dict() == {"s0": "test", "s1": "test", "s2": "train", "s3": "validation"}
     fold = folds[1]
     model = cp.tl.fit(samples, train=fold == "train", validation=fold == "validation", panel=panel, epochs=60, **KW)
-    cp.tl.predict(samples, model, regions=["s2", "s3"])
+    cp.tl.predict(samples, model, samples=["s2", "s3"])
     assert _r(samples["s3"]["table"]) > 0.95
     assert "cpnn_proportions" not in samples["s0"]["table"].obsm  # each sample keeps its own results
     # the same collection as zarr stores: the same training, results written back into each store
@@ -59,7 +59,7 @@ def test_a_collection_fits_and_predicts_in_memory_and_from_stores(tmp_path):
         paths.append(tmp_path / f"{name}.zarr")
     again = cp.tl.fit(paths, train=["s0"], validation=["s1"], panel=panel, epochs=60, **KW)
     assert again.history == model.history
-    cp.tl.predict(paths, again, regions=["s3"], key_added="stored")
+    cp.tl.predict(paths, again, samples=["s3"], key_added="stored")
     stored = sd.read_zarr(tmp_path / "s3.zarr")["table"]
     np.testing.assert_allclose(
         stored.obsm["stored_proportions"].to_numpy(),
@@ -158,7 +158,8 @@ def test_every_head_fits_in_memory_and_on_a_collection(head, tmp_path, monkeypat
     cp.pp.build_prototypes(whole, profiles)
     in_memory = cp.tl.fit(whole, train=["S0"], validation=["S1"], **kw)
     assert on_disk.config.head == in_memory.config.head == head
-    cp.tl.predict(samples, on_disk, regions=["s1"])
+    with pytest.warns(FutureWarning, match=r"regions= on a collection names its samples\) is now samples="):
+        cp.tl.predict(samples, on_disk, regions=["s1"])  # the 0.2 spelling, one release more
     table = samples["s1"]["table"]
     layer = table[:, list(on_disk.config.genes)].layers["cpnn"]
     pred = layer.toarray() if hasattr(layer, "toarray") else np.asarray(layer, dtype=float)
@@ -199,13 +200,13 @@ def test_a_failed_table_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SpatialData, "write_element", disk_full)
     with pytest.raises(cp.CpnnError, match=r"sample 's1'.*No space left.*still holds its previous table"):
-        cp.tl.predict(paths, model, regions=["s1"])
+        cp.tl.predict(paths, model, samples=["s1"])
     monkeypatch.undo()
     after = sd.read_zarr(paths[1])["table"]
     assert "cpnn_proportions" not in after.obsm and list(after.obs.columns) == list(before.obs.columns)
     np.testing.assert_array_equal(after.X.toarray(), before.X.toarray())
     assert not [p.name for p in (paths[1] / "tables").iterdir() if p.name.startswith(".")]  # no copy left behind
-    cp.tl.predict(paths, model, regions=["s1"])  # and the next try writes normally
+    cp.tl.predict(paths, model, samples=["s1"])  # and the next try writes normally
     assert "cpnn_proportions" in sd.read_zarr(paths[1])["table"].obsm
 
 

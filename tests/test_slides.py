@@ -184,11 +184,14 @@ def test_spot_model_predicts_every_tile_of_her2st(her2st_all, cid4465, tmp_path)
     cp.pp.tile(sdata)
     tiles = sdata.tables["cpnn_tiles"]
     assert 700 < tiles.n_obs < 1000  # about 3 tiles per 200 um spot pitch cell, on tissue only
-    cp.tl.predict(sdata, model, regions="cpnn_tiles")
+    cp.tl.predict(sdata, model, table_key="cpnn_tiles")
     props = tiles.obsm["cpnn_proportions"]
     expr = tiles.obsm["cpnn_expression"]
     assert props.notna().all().all() and list(expr.columns) == model.genes
     np.testing.assert_allclose(props.sum(1), 1.0, rtol=1e-5)
+    with pytest.warns(FutureWarning, match=r"regions='cpnn_tiles' \(a tiles table\)\) is now table_key='cpnn_tiles'"):
+        cp.tl.predict(sdata, model, regions="cpnn_tiles", key_added="old")  # the 0.2 spelling, one release more
+    np.testing.assert_allclose(tiles.obsm["old_proportions"].to_numpy(), props.to_numpy())
     # the tile holding a spot's centre predicts about what the spot predicts
     spot_xy = np.asarray(b4.obsm["spatial"])
     d = np.hypot(*(tiles.obsm["spatial"][None, :, :] - spot_xy[:, None, :]).transpose(2, 0, 1))

@@ -105,7 +105,7 @@ def run_fit(args: argparse.Namespace) -> int:
         head=args.head,
         preset=args.preset,
         encoder=args.encoder,
-        weights=args.weights,
+        encoder_weights=args.encoder_weights,
         patch_size_um=args.patch_size_um,
         patch_px=args.patch_px,
         epochs=args.epochs,
@@ -173,7 +173,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--head", default="cpnn", help="a registered head: cpnn, direct, ridge")
     fit.add_argument("--preset", default="cpnn", choices=["cpnn", "paper"], help="'paper': the published model")
     fit.add_argument("--encoder", default="resnet18", help="'handcrafted' or a timm architecture")
-    fit.add_argument("--weights", help="local encoder checkpoint")
+    fit.add_argument("--encoder-weights", "--weights", dest="encoder_weights", help="local encoder checkpoint")
     fit.add_argument("--patch-size-um", type=float, default=112.0)
     fit.add_argument("--patch-px", type=int, default=224)
     fit.add_argument("--epochs", type=int, default=None, help="epoch cap (default: the preset's)")

@@ -1,6 +1,7 @@
 """The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
 from . import _dist as dist
+from ._deprecate import renamed_arguments
 from ._files import (
     MANIFEST,
     check_manifest,
@@ -125,6 +126,7 @@ __all__ = [
     "reference_composition",
     "region_columns",
     "remove_stale_temporaries",
+    "renamed_arguments",
     "resolve_groupby",
     "return_copy",
     "save_atomic",

@@ -19,6 +19,7 @@ from .._core import (
     dist,
     get_table,
     is_spatialdata,
+    renamed_arguments,
     selection_positions,
     uns_cpnn,
 )
@@ -36,12 +37,13 @@ from ._encode import embed_regions
 from ._store import disk_embeddings
 
 
+@renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
 def embed(
     data: Any,
     *,
     encoder: Any = "resnet18",
     encoder_kwargs: dict[str, Any] | None = None,
-    weights: str | Path | None = None,
+    encoder_weights: str | Path | None = None,
     pretrained: bool = False,
     patch_size_um: float = 112.0,
     patch_px: int | None = None,
@@ -72,8 +74,8 @@ def embed(
     encoder_kwargs
         Constructor settings of the encoder (and cpnn's own ``mean``/``std``/``token``), as in
         :func:`cpnn.tl.fit`.
-    weights
-        A local checkpoint of the encoder (file or hub folder, loaded strictly).
+    encoder_weights
+        A local checkpoint of the encoder (file or hub folder, loaded strictly; ``weights=`` before 0.3).
     pretrained
         Use the hub's pretrained weights (networked machines).
     patch_size_um
@@ -108,7 +110,7 @@ def embed(
     """
     if is_collection(data):
         return _embed_collection(
-            data, encoder=encoder, encoder_kwargs=encoder_kwargs, weights=weights, pretrained=pretrained,
+            data, encoder=encoder, encoder_kwargs=encoder_kwargs, encoder_weights=encoder_weights, pretrained=pretrained,
             patch_size_um=patch_size_um, patch_px=patch_px, batch_size=batch_size, device=device, seed=seed,
             num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um, table_key=table_key,
         )  # fmt: skip
@@ -118,7 +120,7 @@ def embed(
     mask = check_obs_mask(adata, spots, argument="spots")
     config = encoder_config(
         encoder,
-        weights=weights,
+        weights=encoder_weights,
         pretrained=pretrained,
         seed=check_int("seed", seed, minimum=0),
         patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
@@ -153,7 +155,7 @@ def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: in
     coll = Collection(data, table_key=table_key)
     config = encoder_config(
         options["encoder"],
-        weights=options["weights"],
+        weights=options["encoder_weights"],
         pretrained=options["pretrained"],
         seed=check_int("seed", options["seed"], minimum=0),
         patch_size_um=check_number("patch_size_um", options["patch_size_um"], low=0.0, strict=True),

@@ -16,6 +16,7 @@ from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, to_un
 from .._errors import CpnnError
 from ..models import HEADS, encoder_class, encoder_config
 from ..models.heads import Head
+from ._levels import LEVELS, Level, get_level
 
 #: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the authors'
 #: model *and* training recipe, as their code runs it (docs/concepts.md, "How the network is trained").
@@ -154,9 +155,14 @@ class FitConfig:
         return HEADS.get(self.head)
 
     @property
+    def unit(self) -> Level:
+        """The :class:`~cpnn.tl._levels.Level` of :attr:`level`: what one training sample is."""
+        return LEVELS[self.level]
+
+    @property
     def inputs(self) -> str:
         """Which inputs the head trains on: ``"slide"`` bags, ``"patches"`` (fine-tuning) or ``"embeddings"``."""
-        return "slide" if self.level == "slide" else "patches" if self.finetune else "embeddings"
+        return self.unit.inputs(finetune=self.finetune)
 
     def with_data(self, **facts: Any) -> FitConfig:
         """A copy with the facts from the data (genes, cell types, input width, ...)."""
@@ -214,7 +220,7 @@ RUN_OPTIONS = (
     "table_key",
 )
 #: Options of :func:`cpnn.tl.fit` that become :attr:`FitConfig.encoder_config` (and ``slides``, which sets the level).
-ENCODER_OPTIONS = ("encoder", "encoder_kwargs", "weights", "pretrained", "patch_size_um", "patch_px")
+ENCODER_OPTIONS = ("encoder", "encoder_kwargs", "encoder_weights", "pretrained", "patch_size_um", "patch_px")
 #: Fields of :class:`FitConfig` that are facts from the data or derived, not options of :func:`cpnn.tl.fit`.
 DERIVED = ("encoder_config", "genes", "cell_types", "groups", "samples", "in_dim", "median_library", "bin_um")
 
@@ -230,28 +236,14 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
     expected = set(_NAMES) - set(DERIVED) | set(ENCODER_OPTIONS) | {"slides"}
     if set(o) != expected:
         raise TypeError(f"resolve_config: unexpected {sorted(set(o) - expected)}, missing {sorted(expected - set(o))}")
-    level, slides, finetune, head = o["level"], o["slides"], o["finetune"], o["head"]
-    level = level or ("slide" if slides is not None else "spot")
-    if level not in ("spot", "slide"):
-        raise CpnnError(f"level={level!r}; use 'spot' or 'slide'.")
-    if level == "slide":
-        if slides is None:
-            raise CpnnError("level='slide' needs slides=: a dict {sample: SpatialData} or one SpatialData with tiles.")
-        if finetune:
-            raise CpnnError("finetune=True is spot-level only; slide level trains on cached tile embeddings.")
-        if o["max_patches"] < 1:
-            raise CpnnError(f"max_patches={o['max_patches']} must be at least 1.")
-        if o["sample_key"] is not None:
-            raise CpnnError("sample_key is spot level only; slides are the samples at slide level.")
-    elif slides is not None:
-        raise CpnnError("slides= is for level='slide'; drop it or pass level='slide'.")
+    finetune, head = o["finetune"], o["head"]
+    unit = get_level(o["level"], slides=o["slides"])
+    unit.check(o)
     if o["preset"] not in PRESETS:
         raise CpnnError(f"preset={o['preset']!r}; use one of {list(PRESETS)}.")
-    chosen = {**PRESETS[o["preset"]]}
-    if finetune or level == "slide":  # a preset's spatial context needs cached spot embeddings
+    chosen = {**PRESETS[o["preset"]], **unit.preset_overrides}
+    if finetune:  # a preset's spatial context needs cached spot embeddings
         chosen["context_um"] = None
-    if level == "slide":  # the paper's 8 bags a step are 8 slides; a spot preset's larger batch is not meant for slides
-        chosen["batch_size"] = 8
     chosen.update({k: o[k] for k in PRESET_OPTIONS if o[k] is not None})
     for name, allowed in CHOICES.items():
         if chosen[name] not in allowed:
@@ -259,7 +251,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
     context_um = chosen["context_um"]
     if context_um is not None:
         context_um = check_number("context_um", context_um, low=0.0)
-        if context_um > 0 and (finetune or level == "slide"):
+        if context_um > 0 and (finetune or unit.bags):
             raise CpnnError(
                 f"context_um={context_um} needs a frozen encoder and spot level; "
                 "pass context_um=0 to switch the spatial context off."
@@ -270,7 +262,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
     encoder = o["encoder"]
     enc = encoder_config(
         encoder,
-        weights=o["weights"],
+        weights=o["encoder_weights"],
         pretrained=o["pretrained"],
         seed=int(o["seed"]),
         patch_size_um=check_number("patch_size_um", o["patch_size_um"], low=0.0, strict=True),
@@ -292,7 +284,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
     spot_um = o["spot_diameter_um"]
     values = {k: o[k] for k in _NAMES if k in o}  # the options that need no check, by name
     values.update(
-        level=level,
+        level=unit.name,
         encoder_config=enc,
         finetune=bool(finetune),
         correction=bool(o["correction"]),
@@ -313,7 +305,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
         alpha_init=chosen["alpha_init"],
         targets=chosen["targets"],
         seed=int(o["seed"]),
-        max_patches=int(o["max_patches"]) if level == "slide" else 0,
+        max_patches=int(o["max_patches"]) if unit.bags else 0,
         spot_diameter_um=None if spot_um is None else check_number("spot_diameter_um", spot_um, low=0.0, strict=True),
     )
     if not head_cls.composition:  # composition options mean nothing to a head without cell types

@@ -29,6 +29,7 @@ from .._core import (
     check_int,
     dist,
     get_table,
+    renamed_arguments,
     switched_off,
     uns_cpnn,
 )
@@ -55,6 +56,7 @@ def _fingerprint(config: FitConfig, split: Split) -> str:
     return h.hexdigest()
 
 
+@renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
 def fit(
     data: AnnData | Any,
     *,
@@ -63,7 +65,7 @@ def fit(
     head: str = "cpnn",
     encoder: str | nn.Module | Callable = "resnet18",
     encoder_kwargs: dict[str, Any] | None = None,
-    weights: str | Path | None = None,
+    encoder_weights: str | Path | None = None,
     pretrained: bool = False,
     finetune: bool = False,
     patch_size_um: float = 112.0,
@@ -145,8 +147,8 @@ def fit(
         Constructor settings of the encoder (timm: ``init_values``, ``reg_tokens``, ``mlp_layer``,
         ``dynamic_img_size``...), plus cpnn's own ``mean``/``std`` (input normalisation) and
         ``token`` (``"cls"``, ``"mean"``, ``"cls+mean"``) overriding the preset's or the model's.
-    weights
-        Local checkpoint of the encoder: a file (safetensors, ``pytorch_model.bin``, a state dict)
+    encoder_weights
+        Local checkpoint of the encoder (``weights=`` before 0.3): a file (safetensors, ``pytorch_model.bin``, a state dict)
         or a downloaded hub folder with ``config.json``; loaded strictly (every tensor must fit).
     pretrained
         Use the hub's pretrained weights (timm's, or the preset's; networked machines only). Naming
@@ -303,7 +305,7 @@ def fit(
     stopping, and writes checkpoints from rank 0 only.
     """
     config = resolve_config({k: v for k, v in locals().items() if k not in RUN_OPTIONS})  # first: only the arguments
-    if config.level == "slide" and not isinstance(data, AnnData):
+    if config.unit.bags and not isinstance(data, AnnData):
         raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
     if resume and checkpoint_dir is None:
         raise CpnnError("resume=True needs checkpoint_dir= (the folder of the interrupted run's checkpoint).")
@@ -372,7 +374,7 @@ def fit(
             shutil.rmtree(split.run_dir, ignore_errors=True)
     logg.info(
         f"    trained {len(result.history)} epochs (best {result.best_epoch}) on {int(split.train.sum())} "
-        f"{'slides' if config.level == 'slide' else 'spots'}",
+        f"{config.unit.samples}",
         time=start,
         deep="added\n    'fit', 'history' (adata.uns['cpnn'])",
     )

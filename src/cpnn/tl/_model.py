@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._core import save_atomic, state_digest
+from .._core import renamed_arguments, save_atomic, state_digest
 from .._errors import CpnnError
 from ..models import build_encoder, file_digest
 from ..models.encoders._module import module_key, register_module
@@ -28,7 +28,7 @@ READABLE = (1, 2)
 def build_head(config: FitConfig, in_dim: int, prototypes: np.ndarray | None) -> nn.Module:
     """Create the head described by ``config`` (wrapped for slide level)."""
     head = HEADS.get(config.head).from_config(config, in_dim, prototypes)
-    return SlideHead(head) if config.level == "slide" else head
+    return config.unit.wrap(head)
 
 
 class CPNN:
@@ -97,7 +97,7 @@ class CPNN:
     def __repr__(self) -> str:
         c = self.config
         k = f", {len(c.cell_types)} cell types" if self.has_composition else ""
-        k += ", slide level" if self.level == "slide" else ""
+        k += f", {self.level} level" if self.config.unit.bags else ""
         return (
             f"CPNN(head={c.head!r}, encoder={c.encoder_config['encoder']!r}, "
             f"{len(c.genes)} genes{k}, finetune={c.finetune}, epochs trained={len(self.history)})"
@@ -146,16 +146,19 @@ class CPNN:
             ) from e
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, weights: str | os.PathLike | None = None, encoder: Any = None) -> CPNN:
+    @renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
+    def load(
+        cls, path: str | os.PathLike, *, encoder_weights: str | os.PathLike | None = None, encoder: Any = None
+    ) -> CPNN:
         """Load a model written by :meth:`save`; no code from the file is executed.
 
         Parameters
         ----------
         path
             The model file.
-        weights
+        encoder_weights
             For a model saved without its encoder's weights: the local weights file it was trained
-            with (checked by SHA-256). Default: the file at the recorded path, or the hub for
+            with (checked by SHA-256; ``weights=`` before 0.3). Default: the file at the recorded path, or the hub for
             pretrained timm weights.
         encoder
             For a model trained with a user ``nn.Module``/callable encoder: that module again (a
@@ -190,7 +193,7 @@ class CPNN:
         config, history = _read_config(payload, path)
         if encoder is not None:
             _attach_module(encoder, config, bool(payload.get("encoder_saved", True)))
-        encoder = _load_encoder(payload, config, path, weights)
+        encoder = _load_encoder(payload, config, path, encoder_weights)
         head = build_head(config, config.in_dim, None)
         try:
             head.load_state_dict(payload["head"])
@@ -285,10 +288,10 @@ def _load_encoder(payload: dict, config: FitConfig, path: Path, weights: Any) ->
     if weights is not None:
         given = Path(weights)
         if not given.is_file():
-            raise CpnnError(f"weights={str(weights)!r} is not a file.")
+            raise CpnnError(f"encoder_weights={str(weights)!r} is not a file.")
         if recorded and file_digest(given.resolve()) != recorded:
             raise CpnnError(
-                f"weights={str(weights)!r} is not the file this model was trained with (SHA-256 "
+                f"encoder_weights={str(weights)!r} is not the file this model was trained with (SHA-256 "
                 f"{file_digest(given.resolve())[:12]}..., expected {recorded[:12]}...); pass that file."
             )
         enc["weights"] = str(given.resolve())
@@ -298,14 +301,14 @@ def _load_encoder(payload: dict, config: FitConfig, path: Path, weights: Any) ->
             raise CpnnError(
                 f"{str(path)!r} was saved without its encoder's weights; it was trained with {stored.name} "
                 f"(SHA-256 {recorded[:12]}...), which is not at {str(stored)!r} any more (or changed). "
-                "Pass CPNN.load(path, weights=<that file>)."
+                "Pass CPNN.load(path, encoder_weights=<that file>)."
             )
     encoder = build_encoder(enc)
     if state_digest(encoder.state_dict()) != payload.get("encoder_sha256"):
         raise CpnnError(
             f"{str(path)!r}: the encoder rebuilt from {enc['encoder']!r} differs from the one the model was trained "
-            "with (other weights or library versions). Pass the original weights= file, or save models with "
-            "encoder_weights=True."
+            "with (other weights or library versions). Pass the original file as CPNN.load(path, encoder_weights=...), "
+            "or save models with model.save(path, encoder_weights=True)."
         )
     return encoder
 

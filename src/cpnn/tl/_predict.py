@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,7 @@ def predict(
     model: CPNN,
     *,
     regions: Any = None,
+    samples: Any = None,
     key_added: str = PREDICTION,
     layer: str | None = None,
     device: str = "auto",
@@ -202,7 +204,7 @@ def predict(
     library size, whatever the spot's own sequencing depth (a layer scaled by each spot's measured
     depth would carry that depth into every downstream correlation and map). Spots without
     measured counts (a new section) are predicted the same way. The same call predicts every tissue tile of a section
-    (``regions="cpnn_tiles"`` or ``table_key="cpnn_tiles"`` after :func:`cpnn.pp.tile`), giving
+    (``table_key="cpnn_tiles"`` after :func:`cpnn.pp.tile`), giving
     composition and expression maps that also cover tissue without spots.
 
     Parameters
@@ -215,10 +217,14 @@ def predict(
     model
         A model from :func:`cpnn.tl.fit` or :meth:`cpnn.CPNN.load`.
     regions
-        Spots to predict: region/section names, a boolean mask or a ``(column, values)`` tuple (for
-        a collection: sample names).
-        Default: all spots. The key of a tiles table predicts its tiles. At slide level: the bulk
-        samples to predict.
+        The rows of the table to predict: region/section names, a boolean mask or a
+        ``(column, values)`` tuple. Default: all (every spot; every tile of a tiles table; at
+        slide level, every bulk sample). Before 0.3 it also named a collection's samples (now
+        ``samples=``) or a tiles table (now ``table_key=``); both still work for one release, with a
+        ``FutureWarning``.
+    samples
+        For a collection: the samples to predict (names, or a mask over the collection's samples).
+        Default: all.
     key_added
         Name of the outputs.
     layer
@@ -266,8 +272,13 @@ def predict(
     if not isinstance(model, CPNN):
         raise CpnnError(f"model must be a cpnn.CPNN (from cp.tl.fit or cp.CPNN.load), got {type(model).__name__}.")
     if is_collection(data):
+        if regions is not None:
+            if samples is not None:
+                raise CpnnError("On a collection pass samples= only; regions= selects rows of one table.")
+            _renamed("regions= on a collection names its samples", "samples=")
+            samples, regions = regions, None
         coll = Collection(data, table_key=table_key)
-        for name in coll.names if regions is None else list(sample_names(coll, regions)):
+        for name in coll.names if samples is None else list(sample_names(coll, samples)):
             sdata = coll.open(name)
             predict(
                 sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
@@ -276,6 +287,8 @@ def predict(
             )  # fmt: skip
             coll.save_table(name, sdata)
         return None
+    if samples is not None:
+        raise CpnnError("samples= selects the samples of a collection; for one table select rows with regions=.")
     check_int("batch_size", batch_size)
     if spot_diameter_um is not None:
         check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
@@ -300,6 +313,7 @@ def predict(
     if isinstance(regions, str) and is_spatialdata(data) and regions in data.tables and regions != table_key:
         if not is_tiles_table(data.tables[regions]):
             raise CpnnError(f"regions={regions!r} names a table that is not a tiles table; pass table_key= instead.")
+        _renamed(f"regions={regions!r} (a tiles table)", f"table_key={regions!r}")
         table_key, regions = regions, None
     adata = get_table(data, table_key)
     genes = model.genes
@@ -358,9 +372,16 @@ def predict(
     )
 
 
+def _renamed(old: str, new: str) -> None:
+    """Warn that a 0.2 use of ``regions=`` is now spelled ``new`` (it works until 0.4)."""
+    warnings.warn(
+        f"predict({old}) is now {new} (cpnn 0.3); the old form stops working in 0.4.", FutureWarning, stacklevel=3
+    )
+
+
 def sample_names(coll: Collection, selection: Any) -> list[str]:
     """The samples a selection names, in collection order."""
-    mask = sample_selection(coll.names, selection, "regions")
+    mask = sample_selection(coll.names, selection, "samples")
     return [n for n, m in zip(coll.names, mask, strict=True) if m]
 
 

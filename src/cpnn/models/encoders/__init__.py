@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..._core import sha256_file, stat_key
+from ..._core import renamed_arguments, sha256_file, stat_key
 from ..._errors import CpnnError
 from .._registry import Registry
 from ._base import Encoder, Uint8Input
@@ -105,7 +105,7 @@ def encoder_config(
     """
     path = None if weights is None else Path(weights).resolve()
     if path is not None and not path.exists():
-        raise CpnnError(f"weights={str(weights)!r} is not a file; pass the path of a local checkpoint.")
+        raise CpnnError(f"encoder_weights={str(weights)!r} is not a file; pass the path of a local checkpoint.")
     kwargs = dict(kwargs or {})
     own = {k: kwargs.pop(k) for k in CPNN_KWARGS if k in kwargs}
     name = encoder if isinstance(encoder, str) else module_key(encoder)
@@ -177,10 +177,11 @@ def build_encoder(config: Mapping[str, Any]) -> Encoder:
         return encoder_class(config["encoder"]).from_config(config)
 
 
-def make_encoder(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> Encoder:
+@renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
+def make_encoder(name: str, *, pretrained: bool = False, encoder_weights: str | Path | None = None) -> Encoder:
     """Build the encoder ``name`` (unseeded): a registered family, a preset or any timm architecture."""
     return encoder_class(name).from_config(
-        {"encoder": name, "pretrained": pretrained, "weights": weights, "patch_px": None}
+        {"encoder": name, "pretrained": pretrained, "weights": encoder_weights, "patch_px": None}
     )
 
 

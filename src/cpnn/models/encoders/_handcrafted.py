@@ -39,7 +39,7 @@ class HandcraftedEncoder(Encoder):
     def from_config(cls, config: Mapping[str, Any]) -> HandcraftedEncoder:
         """The features take no weights; asking for any is an error."""
         if config.get("weights") or config.get("pretrained"):
-            raise CpnnError("encoder='handcrafted' has no weights; drop weights=/pretrained=.")
+            raise CpnnError("encoder='handcrafted' has no weights; drop encoder_weights=/pretrained=.")
         return cls()
 
     @staticmethod

@@ -219,7 +219,7 @@ class NucleiEncoder(Encoder):
     def from_config(cls, config: Mapping[str, Any]) -> NucleiEncoder:
         """The scale follows from the patch geometry (``patch_size_um / patch_px``); there are no weights."""
         if config.get("weights") or config.get("pretrained"):
-            raise CpnnError("encoder='nuclei' has no weights; drop weights=/pretrained=.")
+            raise CpnnError("encoder='nuclei' has no weights; drop encoder_weights=/pretrained=.")
         size, px = config.get("patch_size_um"), config.get("patch_px")
         return cls(um_per_px=float(size) / float(px)) if size and px else cls()
 

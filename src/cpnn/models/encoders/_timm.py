@@ -53,7 +53,7 @@ def hub_error(name: str, hub: str, card: str, err: Exception) -> CpnnError:
     return CpnnError(
         f"encoder={name!r}: the weights {hub} could not be fetched ({type(err).__name__}: {first[:200]}). "
         f"Offline (HF_HUB_OFFLINE=1 or no network), download them once on a networked machine "
-        f"(`hf download {repo}`) and pass weights=<that folder or its weights file>. For a gated model, accept "
+        f"(`hf download {repo}`) and pass encoder_weights=<that folder or its weights file>. For a gated model, accept "
         f"its terms at {card or 'https://huggingface.co/' + repo} and set HF_TOKEN."
     )
 
@@ -113,7 +113,7 @@ class TimmEncoder(Encoder):
             if not arch and name.startswith(("hf-hub:", "hf_hub:")):
                 raise CpnnError(
                     f"encoder={name!r} with a local weights file needs the architecture: pass the downloaded hub "
-                    "folder (with its config.json) as weights=, or a timm architecture name as encoder=."
+                    "folder (with its config.json) as encoder_weights=, or a timm architecture name as encoder=."
                 )
             arch = arch or name
             build = {**(preset.local if preset else {}), **folder.get("model_args", {}), **extra}
@@ -136,9 +136,9 @@ class TimmEncoder(Encoder):
             if name not in _warned_random and not quiet:
                 _warned_random.add(name)
                 logg.warning(
-                    f"encoder={name!r} has random weights (no pretrained=True, no weights=): its embeddings carry "
+                    f"encoder={name!r} has random weights (no pretrained=True, no encoder_weights=): its embeddings carry "
                     "little about tissue. For real use pass a pathology foundation model (encoder='uni', "
-                    "weights=<local checkpoint>), or encoder='handcrafted' for fixed colour/texture features."
+                    "encoder_weights=<local checkpoint>), or encoder='handcrafted' for fixed colour/texture features."
                 )
         timm_cfg = timm.data.resolve_data_config({}, model=self.backbone)
         mean = mean if mean is not None else preset.mean if preset else data_cfg.get("mean", timm_cfg["mean"])

@@ -35,7 +35,7 @@ def folder_config(path: Path) -> dict:
     try:
         return json.loads(cfg.read_text())
     except (OSError, ValueError) as err:
-        raise CpnnError(f"weights={str(path)!r}: its config.json is not valid JSON ({err}).") from err
+        raise CpnnError(f"encoder_weights={str(path)!r}: its config.json is not valid JSON ({err}).") from err
 
 
 def weights_file(path: Path) -> Path:
@@ -50,10 +50,10 @@ def weights_file(path: Path) -> Path:
         if len(found) == 1:
             return path / found[0]
         raise CpnnError(
-            f"weights={str(path)!r} is a folder without one weights file ({', '.join(FOLDER_FILES)} or a single "
+            f"encoder_weights={str(path)!r} is a folder without one weights file ({', '.join(FOLDER_FILES)} or a single "
             f"*.safetensors/*.bin/*.pth); found {found or 'none'}."
         )
-    raise CpnnError(f"weights={str(path)!r} is not a file or folder; pass the path of a local checkpoint.")
+    raise CpnnError(f"encoder_weights={str(path)!r} is not a file or folder; pass the path of a local checkpoint.")
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file gets the same advice
         raise CpnnError(
-            f"weights={str(path)!r} cannot be read as a checkpoint ({str(err).splitlines()[0]}); "
+            f"encoder_weights={str(path)!r} cannot be read as a checkpoint ({str(err).splitlines()[0]}); "
             "pass a safetensors file or a state dict saved with torch.save."
         ) from err
     for _ in range(3):
@@ -77,7 +77,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
                 break
             state = inner
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CpnnError(f"weights={str(path)!r} holds no state dict of tensors.")
+        raise CpnnError(f"encoder_weights={str(path)!r} holds no state dict of tensors.")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -119,7 +119,7 @@ def load_strict(model: nn.Module, path: Path, *, name: str) -> None:
                 f"{tuple(target[k].shape)} in the model)"
             )
         raise CpnnError(
-            f"weights={str(path)!r} does not fit encoder={name!r}: {'; '.join(parts)}. Is it a checkpoint of another "
+            f"encoder_weights={str(path)!r} does not fit encoder={name!r}: {'; '.join(parts)}. Is it a checkpoint of another "
             "architecture? Name the model it belongs to (e.g. encoder='uni'), or pass its constructor settings in "
             "encoder_kwargs= (init_values=, reg_tokens=, mlp_layer=...)."
         )
