@@ -189,85 +189,26 @@ def run_training(
     sampler = PermutationSampler(len(train_data), gen)
     world, main = dist.world(), dist.is_main()
     batches = RankBatchSampler(sampler, batch_size, dist.rank(), world) if world > 1 else None
-    fwd_model, fwd_head = model, head
-    if world > 1:  # gradients averaged across processes; each forward goes through the wrapper
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [torch.device(device).index] if str(device).startswith("cuda") else None
-        # some parameters sit out a loss (the NB dispersion under the squared error): let DDP find them
-        fwd_head = DDP(head, device_ids=ids, find_unused_parameters=True)
-        if any(p.requires_grad for p in model.parameters()):
-            fwd_model = DDP(model, device_ids=ids, find_unused_parameters=True)
-    params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    step = _Step(*_distributed(model, head, device, world), head, device, world, batch_size, len(train_data))
+    step.params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(step.params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP_EPOCHS, gamma=LR_STEP_FACTOR)
-    best, best_epoch, wait = np.inf, 0, 0
-    best_state = None
-    history: list[dict] = []
-    stop_reason = ""
-    start_epoch, resumed_from = 1, 0
+    run = _Progress()
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt is not None and main:
         remove_stale_temporaries(ckpt)  # an interrupted write of an earlier run
     if resume and ckpt is not None and ckpt.exists():
-        state = _load_checkpoint(ckpt, fingerprint)
-        model.load_state_dict(state["model"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        best, best_epoch, wait = float(state["best"]), int(state["best_epoch"]), int(state["wait"])
-        best_state = (state["best_model"], state["best_head"]) if state["best_head"] else None
-        history = [dict(r) for r in state["history"]]
-        start_epoch = int(state["epoch"]) + 1
-        resumed_from = int(state["epoch"])
-        if state["stop_reason"]:
-            stop_reason = str(state["stop_reason"])
-            start_epoch = epochs + 1  # the run had already finished
-    bar = tqdm(range(start_epoch, epochs + 1), desc=desc, disable=not settings.progress_bar or not main)
+        run = _Progress.restore(_load_checkpoint(ckpt, fingerprint), model, head, opt, sched, gen, epochs=epochs)
+    bar = tqdm(range(run.start_epoch, epochs + 1), desc=desc, disable=not settings.progress_bar or not main)
     last_good = _snapshot(model, head)
     try:
         for epoch in bar:
             model.train()
             head.train()
-            total, seen = 0.0, 0
-            parts = dict.fromkeys(head.loss_parts, 0.0)  # each part's sum over the epoch's rows
             loader = batch_loader(train_data, batch_size=batch_size, sampler=sampler, batch_sampler=batches)
-            for step, batch in enumerate(loader):
-                batch = batch.to(device)
-                batch.x = augment(batch.x, gen)
-                terms = _loss(fwd_model, fwd_head, batch, device, head) if len(batch) else None
-                local = sum_parts(terms, head.loss_parts) if terms is not None else None
-                loss = local
-                if world > 1:  # weight each process's mean by its share of the global batch
-                    n_global = min(batch_size, len(train_data) - step * batch_size)
-                    loss = (
-                        local * (len(batch) * world / n_global)
-                        if local is not None
-                        else sum(p.sum() * 0.0 for p in params)  # no rows here: still take part in the sync
-                    )
-                finite = torch.isfinite(loss).all() if local is not None else True
-                if world > 1:
-                    finite = dist.sum_all([0.0 if finite else 1.0])[0] == 0
-                if not finite:
-                    model.load_state_dict(last_good[0])
-                    head.load_state_dict(last_good[1])
-                    raise TrainingDiverged(
-                        f"The training loss became {float(loss.detach())} at epoch {epoch}; the model keeps the weights "
-                        f"of epoch {epoch - 1}. Lower lr= or check the inputs for extreme values."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-                opt.step()
-                if local is not None:
-                    total += float(local.detach()) * len(batch)
-                    for name, value in terms.items():
-                        parts[name] += float(value.detach()) * len(batch)
-                seen += len(batch)
+            seen, total, parts = step.epoch(loader, opt, gen, epoch, last_good)
             sched.step()
-            total, seen, *sums = dist.sum_all([total, seen, *parts.values()])
+            seen, total, *sums = dist.sum_all([seen, total, *parts.values()])
             # one copy per epoch serves as the last good weights and, when better, as the best ones
             # (the copies are never modified, so sharing them is safe)
             last_good = _snapshot(model, head)
@@ -275,73 +216,183 @@ def run_training(
             if len(parts) > 1:  # the loss's parts, so that the history can say which one moved
                 record.update({f"train_{name}": v / max(seen, 1) for name, v in zip(parts, sums, strict=True)})
             if val_data is not None:
-                val, rho = evaluate_loss(
-                    model,
-                    head,
-                    val_data,
-                    batch_size=val_data.eval_batch_size or max(batch_size, 256),
-                    device=device,
+                eval_batch = val_data.eval_batch_size or max(batch_size, 256)
+                record["val_loss"], record["val_spearman"] = evaluate_loss(
+                    model, head, val_data, batch_size=eval_batch, device=device
                 )
-                record["val_loss"] = val
-                record["val_spearman"] = rho
-                if val < best:
-                    best, best_epoch, wait = val, epoch, 0
-                    best_state = last_good
-                else:
-                    wait += 1
-            history.append(record)
+                run.observe(record["val_loss"], epoch, last_good)
+            run.history.append(record)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_spearman")}
             )
-            if val_data is not None and wait >= patience:
-                stop_reason = "early stopping"
+            if val_data is not None and run.wait >= patience:
+                run.stop_reason = "early stopping"
             if ckpt is not None and main:
-                _save_checkpoint(
-                    ckpt,
-                    {
-                        "version": CHECKPOINT_VERSION,
-                        "fingerprint": fingerprint,
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "head": head.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "generator": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "best": float(best),
-                        "best_epoch": int(best_epoch),
-                        "wait": int(wait),
-                        "best_model": best_state[0] if best_state else {},
-                        "best_head": best_state[1] if best_state else {},
-                        "history": history,
-                        "stop_reason": stop_reason,
-                    },
-                )
+                state = run.checkpoint(model, head, opt, sched, gen, epoch=epoch, fingerprint=fingerprint)
+                _save_checkpoint(ckpt, state)
             dist.barrier()  # the checkpoint is written before any process goes on
-            if stop_reason:
+            if run.stop_reason:
                 break
     except KeyboardInterrupt:
-        stop_reason = "interrupted"
+        run.stop_reason = "interrupted"
         model.load_state_dict(last_good[0])
         head.load_state_dict(last_good[1])
-        if not history:
+        if not run.history:
             raise
     finally:
-        if stop_reason == "early stopping":  # the bar ends where training did, not at the unreached cap
-            bar.n = bar.total = len(history) - resumed_from
+        if run.stop_reason == "early stopping":  # the bar ends where training did, not at the unreached cap
+            bar.n = bar.total = len(run.history) - run.resumed_from
             bar.set_description(f"{desc} (early stopping)")
         bar.close()
+    best_state, best_epoch = run.best_state, run.best_epoch
     if best_state is None:
-        best_state, best_epoch = (model.state_dict(), head.state_dict()), history[-1]["epoch"]
+        best_state, best_epoch = (model.state_dict(), head.state_dict()), run.history[-1]["epoch"]
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     return TrainResult(
         best_epoch=best_epoch,
-        history=history,
-        stopped_early=stop_reason == "early stopping",
-        stop_reason=stop_reason,
-        resumed_from=resumed_from,
+        history=run.history,
+        stopped_early=run.stop_reason == "early stopping",
+        stop_reason=run.stop_reason,
+        resumed_from=run.resumed_from,
     )
+
+
+def _distributed(model: nn.Module, head: nn.Module, device: str, world: int) -> tuple[nn.Module, nn.Module]:
+    """The modules each forward goes through: DDP wrappers under several processes (gradients averaged)."""
+    if world <= 1:
+        return model, head
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [torch.device(device).index] if str(device).startswith("cuda") else None
+    # some parameters sit out a loss (the NB dispersion under the squared error): let DDP find them
+    fwd_head = DDP(head, device_ids=ids, find_unused_parameters=True)
+    fwd_model = model
+    if any(p.requires_grad for p in model.parameters()):
+        fwd_model = DDP(model, device_ids=ids, find_unused_parameters=True)
+    return fwd_model, fwd_head
+
+
+@dataclass
+class _Step:
+    """One optimiser step per batch: the forward through the (wrapped) modules, the loss, the update."""
+
+    model: nn.Module
+    head: nn.Module
+    loss_head: nn.Module
+    device: str
+    world: int
+    batch_size: int
+    n_rows: int
+    params: list = field(default_factory=list)
+
+    def epoch(
+        self, loader: Any, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, last_good: tuple[dict, dict]
+    ) -> tuple[float, float, dict[str, float]]:
+        """Every batch of ``loader``: this process's rows, and its sums of the loss and of each part over them."""
+        seen, total = 0.0, 0.0
+        parts = dict.fromkeys(self.loss_head.loss_parts, 0.0)
+        for i, batch in enumerate(loader):
+            batch = batch.to(self.device)
+            batch.x = augment(batch.x, gen)
+            terms = _loss(self.model, self.head, batch, self.device, self.loss_head) if len(batch) else None
+            local = sum_parts(terms, self.loss_head.loss_parts) if terms is not None else None
+            loss = local
+            if self.world > 1:  # weight each process's mean by its share of the global batch
+                n_global = min(self.batch_size, self.n_rows - i * self.batch_size)
+                loss = (
+                    local * (len(batch) * self.world / n_global)
+                    if local is not None
+                    else sum(p.sum() * 0.0 for p in self.params)  # no rows here: still take part in the sync
+                )
+            finite = torch.isfinite(loss).all() if local is not None else True
+            if self.world > 1:
+                finite = dist.sum_all([0.0 if finite else 1.0])[0] == 0
+            if not finite:
+                self.loss_head.load_state_dict(last_good[1])
+                _unwrap(self.model).load_state_dict(last_good[0])
+                raise TrainingDiverged(
+                    f"The training loss became {float(loss.detach())} at epoch {epoch}; the model keeps the weights "
+                    f"of epoch {epoch - 1}. Lower lr= or check the inputs for extreme values."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
+            opt.step()
+            if local is not None:
+                total += float(local.detach()) * len(batch)
+                for name, value in terms.items():
+                    parts[name] += float(value.detach()) * len(batch)
+            seen += len(batch)
+        return seen, total, parts
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: best validation loss and its weights, patience used, history, why it stopped."""
+
+    best: float = np.inf
+    best_epoch: int = 0
+    wait: int = 0
+    best_state: tuple[dict, dict] | None = None
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = ""
+    start_epoch: int = 1
+    resumed_from: int = 0
+
+    def observe(self, val: float, epoch: int, weights: tuple[dict, dict]) -> None:
+        """Keep ``weights`` when ``val`` is the best validation loss so far, else use one epoch of patience."""
+        if val < self.best:
+            self.best, self.best_epoch, self.wait, self.best_state = val, epoch, 0, weights
+        else:
+            self.wait += 1
+
+    def checkpoint(self, model, head, opt, sched, gen, *, epoch: int, fingerprint: str) -> dict:
+        """The whole state after ``epoch``, as :meth:`restore` reads it."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "head": head.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best": float(self.best),
+            "best_epoch": int(self.best_epoch),
+            "wait": int(self.wait),
+            "best_model": self.best_state[0] if self.best_state else {},
+            "best_head": self.best_state[1] if self.best_state else {},
+            "history": self.history,
+            "stop_reason": self.stop_reason,
+        }
+
+    @classmethod
+    def restore(cls, state: dict, model, head, opt, sched, gen, *, epochs: int) -> _Progress:
+        """Load a :meth:`checkpoint` into the modules, optimiser, scheduler and generators; the run's progress."""
+        model.load_state_dict(state["model"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        done = int(state["epoch"])
+        return cls(
+            best=float(state["best"]),
+            best_epoch=int(state["best_epoch"]),
+            wait=int(state["wait"]),
+            best_state=(state["best_model"], state["best_head"]) if state["best_head"] else None,
+            history=[dict(r) for r in state["history"]],
+            stop_reason=str(state["stop_reason"]),
+            start_epoch=epochs + 1 if state["stop_reason"] else done + 1,  # a finished run has nothing left
+            resumed_from=done,
+        )
 
 
 def fit_closed_form(head: nn.Module, train_data: Any, val_data: Any | None) -> TrainResult:
