@@ -189,9 +189,9 @@ def run_training(
     sampler = PermutationSampler(len(train_data), gen)
     world, main = dist.world(), dist.is_main()
     batches = RankBatchSampler(sampler, batch_size, dist.rank(), world) if world > 1 else None
-    step = _Step(*_distributed(model, head, device, world), head, device, world, batch_size, len(train_data))
-    step.params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(step.params, lr=lr, weight_decay=weight_decay)
+    params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
+    step = _Step(*_distributed(model, head, device, world), head, params, device, world, batch_size, len(train_data))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP_EPOCHS, gamma=LR_STEP_FACTOR)
     run = _Progress()
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -280,11 +280,11 @@ class _Step:
     model: nn.Module
     head: nn.Module
     loss_head: nn.Module
+    params: list[nn.Parameter]
     device: str
     world: int
     batch_size: int
     n_rows: int
-    params: list = field(default_factory=list)
 
     def epoch(
         self, loader: Any, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, last_good: tuple[dict, dict]
