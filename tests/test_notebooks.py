@@ -61,3 +61,15 @@ def test_the_check_catches_what_it_should():
     assert PLOTS.search("sc.pl.umap(adata)") and not PLOTS.search("cp.tl.evaluate(sdata)")
     assert ABSOLUTE.search("saved to /tmp/tmpa1b2/model.pt") and ABSOLUTE.search("'/work/main/x.zarr'")
     assert not ABSOLUTE.search("mean +- sd / seeds, 0.5/1.0")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_come_from_this_release(path):
+    """Tutorial 02 showed 0.2's results through the 0.3 cycle: each notebook records the version that executed it."""
+    import cpnn
+
+    stamp = json.loads(path.read_text())["metadata"].get("cpnn", {}).get("version", "none")
+    assert stamp.split(".")[:2] == cpnn.__version__.split(".")[:2], (
+        f"{path.name} was executed with cpnn {stamp}, this is {cpnn.__version__}: re-execute it "
+        f"(python notebooks/execute.py {path.relative_to(path.parents[1])}) so the docs show this release's results."
+    )
