@@ -1,7 +1,7 @@
 """The ground floor every layer reads: table access, result keys, validation, log-CP10k, metrics."""
 
 from . import _dist as dist
-from ._deprecate import renamed_arguments
+from ._deprecate import renamed_arguments, warn_renamed
 from ._files import (
     MANIFEST,
     check_manifest,
@@ -140,6 +140,7 @@ __all__ = [
     "uns_cpnn",
     "uns_list",
     "valid_name",
+    "warn_renamed",
     "write_composition",
     "write_fractions",
     "write_manifest",

@@ -12,6 +12,19 @@ from .._errors import CpnnError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def warn_renamed(old: str, new: str, *, since: str, removed_in: str) -> None:
+    """Tell the caller's caller that ``old`` (a call as the user wrote it) is now spelled ``new``.
+
+    The one wording of every rename, for :func:`renamed_arguments` and for uses of one keyword
+    that moved to another (``predict(regions=<tiles table>)``).
+    """
+    warnings.warn(
+        f"{old} is now {new} (renamed in cpnn {since}); the old form stops working in {removed_in}.",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
 def renamed_arguments(renames: dict[str, str], *, since: str, removed_in: str) -> Callable[[F], F]:
     """Accept each old keyword of ``renames`` (``{old: new}``) as its new name, warning once per call.
 
@@ -30,12 +43,7 @@ def renamed_arguments(renames: dict[str, str], *, since: str, removed_in: str) -
                     raise CpnnError(
                         f"{func.__qualname__}: pass {new}= only ({old}= is its old name, renamed in {since})."
                     )
-                warnings.warn(
-                    f"{func.__qualname__}({old}=) is now {new}= (renamed in cpnn {since}); "
-                    f"{old}= stops working in {removed_in}.",
-                    FutureWarning,
-                    stacklevel=2,
-                )
+                warn_renamed(f"{func.__qualname__}({old}=)", f"{new}=", since=since, removed_in=removed_in)
                 kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)
 

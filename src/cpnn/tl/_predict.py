@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from .._core import (
     switched_off,
     to_uns,
     uns_cpnn,
+    warn_renamed,
     write_composition,
 )
 from .._errors import CpnnError
@@ -275,7 +275,9 @@ def predict(
         if regions is not None:
             if samples is not None:
                 raise CpnnError("On a collection pass samples= only; regions= selects rows of one table.")
-            _renamed("regions= on a collection names its samples", "samples=")
+            warn_renamed(
+                "predict(regions= on a collection names its samples)", "samples=", since="0.3", removed_in="0.4"
+            )
             samples, regions = regions, None
         coll = Collection(data, table_key=table_key)
         for name in coll.names if samples is None else list(sample_names(coll, samples)):
@@ -313,7 +315,9 @@ def predict(
     if isinstance(regions, str) and is_spatialdata(data) and regions in data.tables and regions != table_key:
         if not is_tiles_table(data.tables[regions]):
             raise CpnnError(f"regions={regions!r} names a table that is not a tiles table; pass table_key= instead.")
-        _renamed(f"regions={regions!r} (a tiles table)", f"table_key={regions!r}")
+        warn_renamed(
+            f"predict(regions={regions!r} (a tiles table))", f"table_key={regions!r}", since="0.3", removed_in="0.4"
+        )
         table_key, regions = regions, None
     adata = get_table(data, table_key)
     genes = model.genes
@@ -369,13 +373,6 @@ def predict(
         f"    predicted {len(genes)} genes for {int(mask.sum())} {'tiles' if is_tiles_table(adata) else 'spots'}",
         time=start,
         deep=f"added\n    {where}\n    {proportions_key(key_added)!r} (adata.obsm)\n    {col!r} (adata.obs)",
-    )
-
-
-def _renamed(old: str, new: str) -> None:
-    """Warn that a 0.2 use of ``regions=`` is now spelled ``new`` (it works until 0.4)."""
-    warnings.warn(
-        f"predict({old}) is now {new} (cpnn 0.3); the old form stops working in 0.4.", FutureWarning, stacklevel=3
     )
 
 
