@@ -58,9 +58,17 @@ MORPHOMETRY = (
 _RJ = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
 
 
-def haematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density of an RGB image in [0, 1] (H, W, 3), by Ruifrok-Johnston colour deconvolution."""
-    od = -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Optical density ``-log(rgb)`` of an RGB image in [0, 1] (H, W, 3), white at 0, clipped at 1/255."""
+    return -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
+
+
+def haematoxylin(rgb: np.ndarray, od: np.ndarray | None = None) -> np.ndarray:
+    """Haematoxylin optical density of an RGB image in [0, 1] (H, W, 3), by Ruifrok-Johnston colour deconvolution.
+
+    ``od``: the image's :func:`optical_density`, when already computed.
+    """
+    od = optical_density(rgb) if od is None else od
     basis = _RJ / np.linalg.norm(_RJ, axis=1, keepdims=True)
     return np.clip(od.reshape(-1, 3) @ np.linalg.inv(basis)[:, 0], 0.0, None).reshape(rgb.shape[:2])
 
@@ -72,14 +80,15 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return (top - np.minimum(np.minimum(r, g), b)) / np.clip(top, 1e-6, None)
 
 
-def tissue_mask(rgb: np.ndarray, sat: np.ndarray | None = None) -> np.ndarray:
+def tissue_mask(rgb: np.ndarray, sat: np.ndarray | None = None, od: np.ndarray | None = None) -> np.ndarray:
     """Stained tissue: saturated (eosin, haematoxylin) or dark pixels; glass and empty fat are neither.
 
     Scanned glass is often tinted (lavender or grey), so optical density alone calls it tissue;
-    its colour is unsaturated. ``sat``: the image's :func:`saturation`, when already computed.
+    its colour is unsaturated. ``sat`` and ``od``: the image's :func:`saturation` and
+    :func:`optical_density`, when already computed.
     """
     sat = saturation(rgb) if sat is None else sat
-    od = -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
+    od = optical_density(rgb) if od is None else od
     return (sat > TISSUE_SATURATION) | (od[..., 0] + od[..., 1] + od[..., 2] > 1.0)
 
 
@@ -98,9 +107,10 @@ def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.nd
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    h = ndi.gaussian_filter(haematoxylin(rgb), sigma=max(0.5, 0.5 / um_per_px))
+    od = optical_density(rgb)
+    h = ndi.gaussian_filter(haematoxylin(rgb, od), sigma=max(0.5, 0.5 / um_per_px))
     sat = saturation(rgb)
-    tissue = tissue_mask(rgb, sat)
+    tissue = tissue_mask(rgb, sat, od)
     if tissue.mean() < 0.01:
         return np.zeros(h.shape, np.int32), h, tissue
     values = h[tissue]
