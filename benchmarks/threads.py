@@ -1,0 +1,72 @@
+"""Wall time of a CPU fit on cached embeddings against the number of torch threads.
+
+Run (a few minutes on 2 CPU cores; run it on an otherwise idle machine):
+    CPNN_DATA_DIR=../shared/data python benchmarks/threads.py [--threads 1 2] [--repeats 2]
+
+Both presets, hand-crafted embeddings, top-250 panel, train C2-C5, validate C6, seed 0. The
+training of a head on cached embeddings is many small matrix products (``preset="paper"``: 8
+spots a step). In one process torch's default (one thread per core) is the faster; what costs is
+several such processes side by side each using every core (docs/performance.md). Prints seconds
+per fit and epochs per second for each thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import table
+from her2st import nb_prototypes_and_panels
+
+import cpnn as cp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    cp.settings.verbosity = 0
+    cp.settings.progress_bar = False
+    sdata = cp.datasets.her2st()
+    adata = sdata["table"]
+    cp.pp.select_genes(adata, genes=nb_prototypes_and_panels(adata)["top-250"])
+    cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
+    section = adata.obs["section"].astype(str)
+    train = section.isin(["C2", "C3", "C4", "C5"]).to_numpy()
+    val = (section == "C6").to_numpy()
+    cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=0)
+    rows = []
+    for preset in ("paper", "cpnn"):
+        for n in args.threads:
+            torch.set_num_threads(n)
+            times, epochs = [], []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                model = cp.tl.fit(
+                    adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=0,
+                    preset=preset, composition_key="targets",
+                )  # fmt: skip
+                times.append(time.perf_counter() - t0)
+                epochs.append(len(model.history))
+            best = min(times)
+            rows.append(
+                {
+                    "preset": preset,
+                    "torch threads": n,
+                    "seconds a fit (best of repeats)": f"{best:.1f}",
+                    "epochs": epochs[0],
+                    "epochs/s": f"{epochs[0] / best:.1f}",
+                }
+            )
+            print(rows[-1], flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
