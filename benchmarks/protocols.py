@@ -170,7 +170,9 @@ def summary(runs: pd.DataFrame) -> list[str]:
     lines = []
     for (proto, panel), grp in runs.groupby(["protocol", "panel"], sort=False):
         out = []
-        for (enc, method), g in grp.groupby(["encoder", "method"], sort=False):
+        order = {name: i for i, name in enumerate([*ENCODERS, *METHODS])}
+        pairs = sorted(grp.groupby(["encoder", "method"], sort=False), key=lambda kv: [order.get(k, 99) for k in kv[0]])
+        for (enc, method), g in pairs:
             per_fold = (
                 g.groupby("fold")[["spearman", "agreement"]].mean(numeric_only=True)
                 if "agreement" in g
@@ -193,6 +195,22 @@ def summary(runs: pd.DataFrame) -> list[str]:
             }
             out.append(r)
         lines += [f"### {proto}, {panel}", "", table(out), ""]
+    fat = runs[(runs["fold"] == "patient=B") & runs.get("epithelial on low-tissue spots", pd.Series()).notna()]
+    if not fat.empty:  # B4 held out across patients: its low-tissue spots
+        out = []
+        for (panel, enc, method), g in fat.groupby(["panel", "encoder", "method"]):
+            out.append(
+                {
+                    "panel": panel,
+                    "encoder": enc,
+                    "method": method,
+                    "predicted epithelial (+- sd over seeds)": mean_sd(g["epithelial on low-tissue spots"], 2),
+                    "stereoscope": f"{g['stereoscope epithelial on low-tissue spots'].mean():.2f}",
+                    "spots": int(g["low-tissue spots"].iloc[0]),
+                    "seeds": g["seed"].nunique(),
+                }
+            )
+        lines += ["### B4's low-tissue spots (patient=B fold), epithelial share", "", table(out), ""]
     return lines
 
 

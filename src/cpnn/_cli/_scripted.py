@@ -172,7 +172,7 @@ def add_parsers(sub) -> None:
     fit.add_argument("--validation", nargs="+", help="regions or sections for early stopping")
     fit.add_argument("--head", default="cpnn", help="a registered head: cpnn, direct, ridge")
     fit.add_argument("--preset", default="cpnn", choices=["cpnn", "paper"], help="'paper': the published model")
-    fit.add_argument("--encoder", default="resnet18", help="'handcrafted' or a timm architecture")
+    fit.add_argument("--encoder", default="resnet18", help="'handcrafted', 'nuclei' or a timm architecture")
     fit.add_argument("--encoder-weights", "--weights", dest="encoder_weights", help="local encoder checkpoint")
     fit.add_argument("--patch-size-um", type=float, default=112.0)
     fit.add_argument("--patch-px", type=int, default=224)
