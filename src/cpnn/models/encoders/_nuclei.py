@@ -63,7 +63,7 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
 
 
-def haematoxylin(rgb: np.ndarray, od: np.ndarray | None = None) -> np.ndarray:
+def haematoxylin(rgb: np.ndarray, *, od: np.ndarray | None = None) -> np.ndarray:
     """Haematoxylin optical density of an RGB image in [0, 1] (H, W, 3), by Ruifrok-Johnston colour deconvolution.
 
     ``od``: the image's :func:`optical_density`, when already computed.
@@ -80,7 +80,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return (top - np.minimum(np.minimum(r, g), b)) / np.clip(top, 1e-6, None)
 
 
-def tissue_mask(rgb: np.ndarray, sat: np.ndarray | None = None, od: np.ndarray | None = None) -> np.ndarray:
+def tissue_mask(rgb: np.ndarray, *, sat: np.ndarray | None = None, od: np.ndarray | None = None) -> np.ndarray:
     """Stained tissue: saturated (eosin, haematoxylin) or dark pixels; glass and empty fat are neither.
 
     Scanned glass is often tinted (lavender or grey), so optical density alone calls it tissue;
@@ -108,9 +108,9 @@ def segment_nuclei(rgb: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.nd
     from skimage.segmentation import watershed
 
     od = optical_density(rgb)
-    h = ndi.gaussian_filter(haematoxylin(rgb, od), sigma=max(0.5, 0.5 / um_per_px))
+    h = ndi.gaussian_filter(haematoxylin(rgb, od=od), sigma=max(0.5, 0.5 / um_per_px))
     sat = saturation(rgb)
-    tissue = tissue_mask(rgb, sat, od)
+    tissue = tissue_mask(rgb, sat=sat, od=od)
     if tissue.mean() < 0.01:
         return np.zeros(h.shape, np.int32), h, tissue
     values = h[tissue]
