@@ -36,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import Peak, mean_sd, table
-from her2st import TO_STEREOSCOPE, agreement, panels
+from her2st import agreement, panels, to_stereoscope
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, switched_off
@@ -68,7 +68,7 @@ def deconvolution_part(args) -> tuple[list[dict], list[dict]]:
         for method in ("nb", "nnls"):
             with Peak() as p:
                 cp.pp.deconvolve(t, method=method, prototypes_key=key, key_added="dec", seed=args.seed)
-            mapped = t.obsm["dec"].T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+            mapped = to_stereoscope(t.obsm["dec"])
             ok = mapped.notna().all(1).to_numpy()
             r = {
                 c: float(columnwise_pearson(mapped.loc[ok, [c]].to_numpy(), stereo.loc[ok, [c]].to_numpy())[0])

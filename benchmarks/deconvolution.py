@@ -36,7 +36,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import Peak, table
-from her2st import TO_STEREOSCOPE
+from her2st import to_stereoscope
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson
@@ -45,7 +45,7 @@ from cpnn.datasets._her2st import HER2ST_SECTIONS
 
 def agreement(props: pd.DataFrame, stereo: pd.DataFrame) -> dict[str, float]:
     """Per stereoscope type, Pearson over spots (cpnn types summed to stereoscope's), and the mean."""
-    mapped = props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+    mapped = to_stereoscope(props)
     ok = (mapped.notna().all(1) & stereo.notna().all(1)).to_numpy()
     r = {
         c: float(columnwise_pearson(mapped.loc[ok, [c]].to_numpy(), stereo.loc[ok, [c]].to_numpy())[0])

@@ -100,10 +100,15 @@ def put_layer(adata, layer, genes, mask, values) -> None:
     adata.layers[layer] = full.tocsr()
 
 
+def to_stereoscope(props: pd.DataFrame) -> pd.DataFrame:
+    """Proportions (spots x cpnn cell types) summed into stereoscope's types (:data:`TO_STEREOSCOPE`)."""
+    return props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+
+
 def agreement(adata, props: pd.DataFrame, stereo: pd.DataFrame, test: np.ndarray) -> dict[str, float]:
     """Per stereoscope type: Pearson over held-out spots between cpnn's proportions (mapped) and stereoscope's."""
     names = adata.obs_names[test]
-    mapped = props.loc[names].T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+    mapped = to_stereoscope(props.loc[names])
     out = {}
     for t in stereo.columns:
         if t in mapped:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
-from her2st import TO_STEREOSCOPE, nb_prototypes_and_panels
+from her2st import nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
 from cpnn.models.encoders._nuclei import MORPHOMETRY
@@ -37,7 +37,7 @@ def main() -> None:
     low = np.asarray(adata.obsm["z_nuclei"])[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
     cp.pp.deconvolve(adata, key_added="deconvolution", seed=0)
     props = adata.obsm["deconvolution"]
-    epithelial = props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T["Epithelial"]
+    epithelial = to_stereoscope(props)["Epithelial"]
     section = adata.obs["section"].astype(str).to_numpy()
     known = stereo.notna().all(1).to_numpy()
     rows = []

@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import mean_sd, table
-from her2st import TO_STEREOSCOPE, agreement, nb_prototypes_and_panels
+from her2st import agreement, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
 from cpnn.models.encoders._nuclei import MORPHOMETRY
@@ -147,7 +147,7 @@ def main() -> None:
                             row.update({f"r {k}": v for k, v in a.items()})
                             fat = test & low_tissue & stereo.notna().all(1).to_numpy()
                             if fat.any():
-                                mapped = props.loc[fat].T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+                                mapped = to_stereoscope(props.loc[fat])
                                 row["low-tissue spots"] = int(fat.sum())
                                 row["epithelial on low-tissue spots"] = float(mapped["Epithelial"].mean())
                                 row["stereoscope epithelial on low-tissue spots"] = float(

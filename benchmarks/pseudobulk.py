@@ -224,10 +224,10 @@ def main() -> None:
 
 def region_agreement(spots, props: pd.DataFrame, stereo: pd.DataFrame) -> dict[str, float]:
     """Pearson across held-out regions between CPNN's mapped proportions and the regions' stereoscope means."""
-    from her2st import TO_STEREOSCOPE
+    from her2st import to_stereoscope
 
     mean_stereo = stereo.groupby(spots.obs["pseudo_slide"].to_numpy()).mean().reindex(props.index)
-    mapped = props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+    mapped = to_stereoscope(props)
     out = {}
     for t in mean_stereo.columns:
         if t in mapped:

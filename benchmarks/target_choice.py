@@ -33,7 +33,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import mean_sd, table
 from deconvolution import agreement
-from her2st import TO_STEREOSCOPE, nb_prototypes_and_panels
+from her2st import nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
 
@@ -62,7 +62,7 @@ def prior_part() -> str:
         cp.pp.deconvolve(t, scaling_prior=a, key_added="dec")
         info = t.uns["cpnn"]["deconvolution"].pop("dec")
         props = t.obsm.pop("dec")
-        mapped = props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+        mapped = to_stereoscope(props)
         ok = mapped.notna().all(1) & stereo.notna().all(1)
         rows.append(
             {
@@ -117,7 +117,7 @@ def main() -> None:
                 adata.uns["cpnn"].get("deconvolution", {}).pop(key, None)
                 cp.pp.deconvolve(adata, regions=train, key_added=key, seed=seed, **dec_kw)
                 props = adata.obsm[key][train]
-                mapped = props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T
+                mapped = to_stereoscope(props)
                 ref = stereo[train]
                 l1 = float((mapped[ref.columns].mean() - ref.mean()).abs().sum())
                 t0 = time.perf_counter()
