@@ -1,12 +1,14 @@
-"""Helpers for the benchmark scripts: timing and peak memory of a call."""
+"""Helpers for the benchmark scripts: timing and peak memory of a call, tables, resumable runs."""
 
 from __future__ import annotations
 
 import resource
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import psutil
 
 
@@ -56,3 +58,9 @@ def mean_sd(values, digits: int = 3) -> str:
     """``"mean +- sd"`` (population sd, NaN skipped as pandas does) of ``values``, ``digits`` decimals each."""
     v = np.asarray(values, dtype=float)
     return f"{np.nanmean(v):.{digits}f} +- {np.nanstd(v):.{digits}f}"
+
+
+def previous_runs(csv: Path, *, resume: bool, key: tuple[str, ...]) -> tuple[list[dict], set[tuple]]:
+    """The rows of a resumable benchmark's ``csv`` (none unless ``resume``) and their ``key`` tuples (seed as int)."""
+    rows = pd.read_csv(csv).to_dict("records") if resume and csv.exists() else []
+    return rows, {tuple(int(r[k]) if k == "seed" else r[k] for k in key) for r in rows}

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, mean_sd, table
+from _util import Peak, mean_sd, previous_runs, table
 from her2st import agreement, panels, to_stereoscope
 
 import cpnn as cp
@@ -107,11 +107,8 @@ def fold_part(args) -> pd.DataFrame:
     seeds = [args.seed] if args.quick else [args.seed + k for k in range(3)]
     if args.quick:
         folds = [(p, f) for p, f in folds if p == "LOPO" and f.attrs["test"] == ["B"]]
-    rows, done = [], set()
     csv = Path(args.out) / "folds.csv"
-    if args.resume and csv.exists():
-        rows = pd.read_csv(csv).to_dict("records")
-        done = {(r["protocol"], r["fold"], r["panel"], r["config"], int(r["seed"])) for r in rows}
+    rows, done = previous_runs(csv, resume=args.resume, key=("protocol", "fold", "panel", "config", "seed"))
     for proto, fold in folds:
         todo = [
             (panel, name, seed)

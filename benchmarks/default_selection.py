@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, table
+from _util import mean_sd, previous_runs, table
 from her2st import nb_prototypes_and_panels
 
 import cpnn as cp
@@ -51,8 +51,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cp.settings.progress_bar = False
     csv = out / "runs.csv"
-    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.exists() else []
-    done = {(r["test"], r["config"], int(r["seed"])) for r in rows}
+    rows, done = previous_runs(csv, resume=args.resume, key=("test", "config", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]

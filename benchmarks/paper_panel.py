@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, table
+from _util import mean_sd, previous_runs, table
 from her2st import nb_prototypes_and_panels
 
 import cpnn as cp
@@ -54,8 +54,7 @@ def main() -> None:
     cp.settings.verbosity = 0
     cp.settings.progress_bar = False
     csv = out / "runs.csv"
-    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.exists() else []
-    done = {(r["train"], r["panel"], r["variant"], int(r["seed"])) for r in rows}
+    rows, done = previous_runs(csv, resume=args.resume, key=("train", "panel", "variant", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, table
+from _util import mean_sd, previous_runs, table
 from her2st import agreement, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
@@ -77,8 +77,7 @@ def main() -> None:
     cp.settings.verbosity = 0
     cp.settings.progress_bar = False
     csv = out / "runs.csv"
-    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.exists() else []
-    done = {(r["encoder"], r["fold"], r["panel"], r["method"], int(r["seed"])) for r in rows}
+    rows, done = previous_runs(csv, resume=args.resume, key=("encoder", "fold", "panel", "method", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
@@ -168,9 +167,9 @@ def main() -> None:
 def summary(runs: pd.DataFrame) -> list[str]:
     """Per protocol and panel, one table: encoder x method, Spearman and agreement, folds and seeds counted."""
     lines = []
+    order = {name: i for i, name in enumerate([*ENCODERS, *METHODS])}
     for (proto, panel), grp in runs.groupby(["protocol", "panel"], sort=False):
         out = []
-        order = {name: i for i, name in enumerate([*ENCODERS, *METHODS])}
         pairs = sorted(grp.groupby(["encoder", "method"], sort=False), key=lambda kv: [order.get(k, 99) for k in kv[0]])
         for (enc, method), g in pairs:
             per_fold = (
@@ -195,7 +194,8 @@ def summary(runs: pd.DataFrame) -> list[str]:
             }
             out.append(r)
         lines += [f"### {proto}, {panel}", "", table(out), ""]
-    fat = runs[(runs["fold"] == "patient=B") & runs.get("epithelial on low-tissue spots", pd.Series()).notna()]
+    col = "epithelial on low-tissue spots"
+    fat = runs[(runs["fold"] == "patient=B") & runs[col].notna()] if col in runs else runs.iloc[:0]
     if not fat.empty:  # B4 held out across patients: its low-tissue spots
         out = []
         for (panel, enc, method), g in fat.groupby(["panel", "encoder", "method"]):
@@ -204,7 +204,7 @@ def summary(runs: pd.DataFrame) -> list[str]:
                     "panel": panel,
                     "encoder": enc,
                     "method": method,
-                    "predicted epithelial (+- sd over seeds)": mean_sd(g["epithelial on low-tissue spots"], 2),
+                    "predicted epithelial (+- sd over seeds)": mean_sd(g[col], 2),
                     "stereoscope": f"{g['stereoscope epithelial on low-tissue spots'].mean():.2f}",
                     "spots": int(g["low-tissue spots"].iloc[0]),
                     "seeds": g["seed"].nunique(),

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, table
+from _util import mean_sd, previous_runs, table
 from deconvolution import agreement
 from her2st import nb_prototypes_and_panels, to_stereoscope
 
@@ -95,8 +95,7 @@ def main() -> None:
     if args.part == "prior":
         return
     csv = out / "runs.csv"
-    rows = pd.read_csv(csv).to_dict("records") if args.resume and csv.exists() else []
-    done = {(r["test"], r["config"], int(r["seed"])) for r in rows}
+    rows, done = previous_runs(csv, resume=args.resume, key=("test", "config", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
