@@ -39,8 +39,8 @@ def test_paper_resolves_to_the_reference_recipe(planted):
     assert PRESETS["paper"]["epochs"] == 1000 and c["epochs"] == 3  # explicit options override the preset
     assert torch.all(model.head.standardise.mean == 0) and torch.all(model.head.standardise.std == 1)
     # the training spots were deconvolved for the composition loss, and nothing else
-    assert c["composition_key"] == "cpnn_deconvolution" and c["comp_reg"] == 1e3
-    targets = table.obsm["cpnn_deconvolution"]
+    assert c["composition_key"] == "cpnn_targets" and c["comp_reg"] == 1e3
+    targets = table.obsm["cpnn_targets"]
     train = table.obs["section"].to_numpy() == "S1"
     assert np.isfinite(targets.to_numpy()[train]).all() and np.isnan(targets.to_numpy()[~train]).all()
     # the default preset keeps its own recipe, and explicit options override either
@@ -53,7 +53,7 @@ def test_paper_resolves_to_the_reference_recipe(planted):
         cpnn["lr"],
         "torch",
     )
-    assert d["composition_key"] == "cpnn_deconvolution"  # the default supervises the composition too
+    assert d["composition_key"] == "cpnn_targets"  # the default supervises the composition too
     scaled = cp.tl.fit(planted, train=["S1"], epochs=2, standardise=True, batch_size=32, **KW)
     assert scaled.config["standardise"] is True and scaled.config["batch_size"] == 32
     assert not torch.all(scaled.head.standardise.std == 1)  # fitted on the training spots
@@ -131,17 +131,17 @@ def test_targets_are_reused_for_the_same_training_spots_and_remade_for_others(pl
     real = _targets.deconvolve
     monkeypatch.setattr(_targets, "deconvolve", lambda *a, **k: calls.append(k["regions"].sum()) or real(*a, **k))
     cp.tl.fit(planted, train=["S1"], preset="paper", epochs=1, key_added="r", **KW)
-    first = table.obsm["r_deconvolution"].copy()
+    first = table.obsm["r_targets"].copy()
     cp.tl.fit(planted, train=["S1"], preset="paper", epochs=1, key_added="r", **KW)
     assert len(calls) == 1  # the second fit reused the first one's targets
-    np.testing.assert_array_equal(table.obsm["r_deconvolution"].to_numpy(), first.to_numpy())
+    np.testing.assert_array_equal(table.obsm["r_targets"].to_numpy(), first.to_numpy())
     cp.tl.fit(planted, train=["S2"], preset="paper", epochs=1, key_added="r", **KW)
     s2 = table.obs["section"].to_numpy() == "S2"
-    assert np.isfinite(table.obsm["r_deconvolution"].to_numpy()[s2]).all()
-    assert np.isnan(table.obsm["r_deconvolution"].to_numpy()[~s2]).all()
+    assert np.isfinite(table.obsm["r_targets"].to_numpy()[s2]).all()
+    assert np.isnan(table.obsm["r_targets"].to_numpy()[~s2]).all()
     # no composition loss asked: nothing deconvolved
     model = cp.tl.fit(planted, train=["S1"], preset="paper", epochs=1, comp_reg=0, key_added="none", **KW)
-    assert model.config["composition_key"] is None and "none_deconvolution" not in table.obsm
+    assert model.config["composition_key"] is None and "none_targets" not in table.obsm
 
 
 def test_paper_recipe_learns_planted_compositions(planted):

@@ -192,13 +192,13 @@ def test_a_failed_table_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{name}.zarr")
     model = cp.tl.fit(paths, train=["s0"], panel=panel, epochs=2, targets="given", **KW)
     before = sd.read_zarr(paths[1])["table"]
-    real = SpatialData.write_element
+    real = SpatialData.write
 
-    def disk_full(self, name, **kw):
-        real(self, name, **kw)  # the new table is (partly) on disk ...
+    def disk_full(self, path, **kw):
+        real(self, path, **kw)  # the new table is (partly) on disk ...
         raise OSError(28, "No space left on device")  # ... when the disk fills up
 
-    monkeypatch.setattr(SpatialData, "write_element", disk_full)
+    monkeypatch.setattr(SpatialData, "write", disk_full)
     with pytest.raises(cp.CpnnError, match=r"sample 's1'.*No space left.*still holds its previous table"):
         cp.tl.predict(paths, model, samples=["s1"])
     monkeypatch.undo()
@@ -206,6 +206,7 @@ def test_a_failed_table_write_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     assert "cpnn_proportions" not in after.obsm and list(after.obs.columns) == list(before.obs.columns)
     np.testing.assert_array_equal(after.X.toarray(), before.X.toarray())
     assert not [p.name for p in (paths[1] / "tables").iterdir() if p.name.startswith(".")]  # no copy left behind
+    assert not (paths[1] / ".cpnn-staging").exists()
     cp.tl.predict(paths, model, samples=["s1"])  # and the next try writes normally
     assert "cpnn_proportions" in sd.read_zarr(paths[1])["table"].obsm
 

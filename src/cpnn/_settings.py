@@ -12,6 +12,17 @@ import torch
 from ._errors import CpnnError
 
 
+def _seconds(value: object, name: str) -> float:
+    """A positive, finite number of seconds, or an error naming where the bad value came from."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < float("inf")) or isinstance(value, bool):
+        raise CpnnError(f"{name} = {value!r} is not a number of seconds above 0; give one, e.g. 600.")
+    return seconds
+
+
 class CpnnSettings:
     """Settings of cpnn, reachable as ``cp.settings``.
 
@@ -30,6 +41,9 @@ class CpnnSettings:
     dist_timeout_s
         Seconds a process launched with several (``WORLD_SIZE`` > 1) waits for the others to join
         before failing with a message (default 600; ``CPNN_DIST_TIMEOUT`` sets it).
+    lock_timeout_s
+        Seconds a write-back into a zarr store waits for another process writing the same store
+        before failing with a message naming it (default 600; ``CPNN_LOCK_TIMEOUT`` sets it).
     """
 
     def __init__(self) -> None:
@@ -39,7 +53,30 @@ class CpnnSettings:
         self.num_workers: int = 0
         self.progress_bar: bool = os.environ.get("CPNN_PROGRESS_BAR", "1") not in ("0", "false", "False")
         self._deterministic = False
-        self.dist_timeout_s: float = float(os.environ.get("CPNN_DIST_TIMEOUT", "600"))
+        self._dist_timeout_s: float | None = None
+        self._lock_timeout_s: float | None = None
+
+    @property
+    def dist_timeout_s(self) -> float:
+        """Seconds to wait for the other processes of a launch (``CPNN_DIST_TIMEOUT``; default 600)."""
+        if self._dist_timeout_s is not None:
+            return self._dist_timeout_s
+        return _seconds(os.environ.get("CPNN_DIST_TIMEOUT", "600"), "the environment variable CPNN_DIST_TIMEOUT")
+
+    @dist_timeout_s.setter
+    def dist_timeout_s(self, value: float) -> None:
+        self._dist_timeout_s = _seconds(value, "cp.settings.dist_timeout_s")
+
+    @property
+    def lock_timeout_s(self) -> float:
+        """Seconds a write-back waits for another writer of the same store (``CPNN_LOCK_TIMEOUT``; default 600)."""
+        if self._lock_timeout_s is not None:
+            return self._lock_timeout_s
+        return _seconds(os.environ.get("CPNN_LOCK_TIMEOUT", "600"), "the environment variable CPNN_LOCK_TIMEOUT")
+
+    @lock_timeout_s.setter
+    def lock_timeout_s(self, value: float) -> None:
+        self._lock_timeout_s = _seconds(value, "cp.settings.lock_timeout_s")
 
     @property
     def datadir(self) -> Path:

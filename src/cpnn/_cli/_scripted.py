@@ -21,12 +21,10 @@ def check_store(path: str) -> Path:
 
 
 def _read(path: Path):
-    import spatialdata as sd
+    """The store, read as cpnn reads stores: repaired after a killed write-back, under its shared lock."""
+    from ..data import read_store
 
-    try:
-        return sd.read_zarr(path)
-    except Exception as err:  # any unreadable store gets the same advice
-        raise CpnnError(f"{str(path)!r} cannot be read as a SpatialData zarr store ({err}).") from err
+    return read_store(path)
 
 
 def check_output(path: str | Path, *, force: bool, argument: str = "--out") -> Path:

@@ -55,6 +55,7 @@ from ._stats import (
     nanmean,
     near_constant,
 )
+from ._stores import STAGING, repair_store, store_lock, swap_table
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
 from ._torch import autocast, state_digest
 from ._validate import (
@@ -81,6 +82,7 @@ __all__ = [
     "PROTOTYPES",
     "SELECTED",
     "SPATIAL",
+    "STAGING",
     "TARGET_SUM",
     "TILES",
     "UNS",
@@ -127,6 +129,7 @@ __all__ = [
     "region_columns",
     "remove_stale_temporaries",
     "renamed_arguments",
+    "repair_store",
     "resolve_groupby",
     "return_copy",
     "save_atomic",
@@ -134,6 +137,8 @@ __all__ = [
     "sha256_file",
     "stat_key",
     "state_digest",
+    "store_lock",
+    "swap_table",
     "switched_off",
     "to_uns",
     "unmarked_types",

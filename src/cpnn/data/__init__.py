@@ -1,7 +1,7 @@
 """Data: where spots lie on images, patch reading, spatial context, slide bags, training datasets."""
 
 from ._bags import SlideBag, slide_bags
-from ._collection import Collection, is_collection
+from ._collection import Collection, is_collection, read_store
 from ._context import add_context, spot_coordinates_um
 from ._datasets import BagDataset, Batch, SpotDataset
 from ._patches import PatchDataset, model_input, patch_loader, spot_patches, to_rgb_float
@@ -24,6 +24,7 @@ __all__ = [
     "is_collection",
     "model_input",
     "patch_loader",
+    "read_store",
     "region_images",
     "slide_bags",
     "spot_coordinates_um",

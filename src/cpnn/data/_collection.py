@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from anndata import AnnData
 
-from .._core import get_table, is_spatialdata, zarr_write_settings
+from .._core import get_table, is_spatialdata, repair_store, store_lock, swap_table
 from .._errors import CpnnError
 
 
@@ -86,18 +85,26 @@ class Collection:
         return not is_spatialdata(self.sources[name])
 
     def open(self, name: str) -> Any:
-        """The SpatialData of sample ``name`` (read from its store when given as a path)."""
+        """The SpatialData of sample ``name`` (read from its store when given as a path).
+
+        A store is first repaired if a write-back into it was killed, and read under its shared
+        lock, so a write-back by another process is never seen half-way.
+        """
         if name not in self.sources:
             raise CpnnError(f"{name!r} is not a sample of the collection; samples are {self.names[:10]}.")
         value = self.sources[name]
         if is_spatialdata(value):
             return value
-        import spatialdata as sd
+        return read_store(value, table_key=self.table_key, name=name)
 
-        try:
-            return sd.read_zarr(Path(value))
-        except Exception as err:
-            raise CpnnError(f"Sample {name!r}: {str(value)!r} cannot be read as a SpatialData store ({err}).") from err
+    @contextmanager
+    def writing(self, name: str, what: str) -> Iterator[None]:
+        """Hold sample ``name``'s store for a read-modify-write: other writers wait (nothing for in-memory samples)."""
+        if not self.is_stored(name):
+            yield
+            return
+        with store_lock(self.sources[name], exclusive=True, what=what):
+            yield
 
     def table(self, sdata: Any) -> AnnData:
         """The annotated table of an opened sample."""
@@ -106,34 +113,36 @@ class Collection:
     def save_table(self, name: str, sdata: Any) -> None:
         """Write an updated table back to the sample's store (in-memory samples are already updated).
 
-        spatialdata refuses to overwrite an element of the store it reads from, so the old table's
-        folder is first moved aside (one rename); the new table is written, then the old folder
-        deleted. If the write fails (disk full, interrupted), the partial table is removed and the
-        old one moved back: the store reads back exactly as before.
+        The new table is written whole beside the store's elements and swapped in by one atomic
+        exchange (:func:`cpnn._core.swap_table`), under the store's exclusive lock: readers see
+        the old or the new table at every moment, and a write that fails or is killed before the
+        exchange leaves the old one in place.
         """
         if not self.is_stored(name):
             return
-        folder = Path(self.sources[name]) / "tables" / self.table_key
-        backup = folder.with_name(f".{self.table_key}.cpnn-previous")
-        if backup.exists():  # a process killed mid-swap: its old table is the good copy
-            if folder.exists():
-                shutil.rmtree(backup)
-            else:
-                os.replace(backup, folder)
-        moved = folder.exists()
-        if moved:
-            os.replace(folder, backup)
-        try:
-            with zarr_write_settings():
-                sdata.write_element(self.table_key)
-        except BaseException as err:
-            shutil.rmtree(folder, ignore_errors=True)
-            if moved:
-                os.replace(backup, folder)
-            if not isinstance(err, Exception):
-                raise
-            raise CpnnError(
-                f"Writing the table of sample {name!r} back to {str(self.sources[name])!r} failed ({err}); the store "
-                "still holds its previous table, unchanged. Free space (or fix the cause) and predict again."
-            ) from err
-        shutil.rmtree(backup, ignore_errors=True)
+        store = Path(self.sources[name])
+        with store_lock(store, exclusive=True, what=f"writing the table of sample {name!r}"):
+            repair_store(store, self.table_key)
+            try:
+                swap_table(store, get_table(sdata, self.table_key), self.table_key)
+            except Exception as err:
+                raise CpnnError(
+                    f"Writing the table of sample {name!r} back to {str(store)!r} failed ({err}); the store "
+                    "still holds its previous table, unchanged. Free space (or fix the cause) and predict again."
+                ) from err
+
+
+def read_store(path: str | Path, *, table_key: str = "table", name: str | None = None) -> Any:
+    """Read a SpatialData zarr store as cpnn does: repaired after a killed write-back, under its shared lock."""
+    import spatialdata as sd
+
+    label = f"Sample {name!r}: {str(path)!r}" if name is not None else f"{str(path)!r}"
+    path = Path(path)
+    try:
+        repair_store(path, table_key)
+        with store_lock(path, exclusive=False, what=f"reading {str(path)!r}"):
+            return sd.read_zarr(path)
+    except CpnnError:
+        raise
+    except Exception as err:
+        raise CpnnError(f"{label} cannot be read as a SpatialData store ({err}).") from err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -63,7 +64,14 @@ def _prototypes(adata: AnnData, key: str) -> tuple[np.ndarray, list[str], np.nda
 
 
 def _check_same_key(
-    adata: AnnData, key: str, rows: np.ndarray, method: str, prototypes_key: str, types: list[str]
+    adata: AnnData,
+    key: str,
+    rows: np.ndarray,
+    method: str,
+    prototypes_key: str,
+    types: list[str],
+    scaling_prior: float = 0.0,
+    layer: str | None = None,
 ) -> int:
     """Refuse to add spots to ``obsm[key]`` deconvolved earlier with another method or prototype set.
 
@@ -78,13 +86,21 @@ def _check_same_key(
         return 0
     record = uns_cpnn(adata).get("deconvolution", {}).get(key)
     record = record if isinstance(record, dict) else {}
-    earlier = (record.get("method"), record.get("prototypes_key"), uns_list(record.get("cell_types")))
-    if earlier != (method, prototypes_key, types):
+    earlier = (
+        record.get("method"),
+        record.get("prototypes_key"),
+        uns_list(record.get("cell_types")),
+        float(record.get("scaling_prior", 0.0) or 0.0),
+        str(record.get("layer", "") or ""),
+    )
+    if earlier != (method, prototypes_key, types, float(scaling_prior), str(layer or "")):
         raise CpnnError(
             f"obsm[{key!r}] holds {int(kept.sum())} spots deconvolved earlier "
-            f"(method={earlier[0]!r}, prototypes_key={earlier[1]!r}, cell types {earlier[2][:4]}...), but this call "
-            f"uses method={method!r} with the {len(types)} cell types of varm[{prototypes_key!r}]. One key holds one "
-            "method and one prototype set: pass another key_added=, or include those spots in regions= to redo them."
+            f"(method={earlier[0]!r}, prototypes_key={earlier[1]!r}, cell types {earlier[2][:4]}..., "
+            f"scaling_prior={earlier[3]:g}, layer={earlier[4] or None!r}), but this call uses method={method!r} with the "
+            f"{len(types)} cell types of varm[{prototypes_key!r}], scaling_prior={float(scaling_prior):g}, "
+            f"layer={layer!r}. One key holds one deconvolution's settings: pass another key_added=, or include those "
+            "spots in regions= to redo them."
         )
     return int(record.get("calls", 1))
 
@@ -261,7 +277,13 @@ def deconvolve(
     check_unique_var(adata)
     P_all, types, has = _prototypes(adata, prototypes_key)
     mask = check_obs_mask(adata, regions, argument="regions")
-    X = layer_matrix(adata, layer)
+    if layer is not None:
+        layer_matrix(adata, layer)  # an unknown layer is named before anything is computed
+    if scaling_prior and method != "nb":
+        raise CpnnError(
+            f"scaling_prior={scaling_prior:g} applies to method='nb' only (a prior on its per-gene scaling); "
+            f"method={method!r} has no such scaling. Drop scaling_prior= or use method='nb'."
+        )
     if genes is not None:
         genes = [str(g) for g in genes]
         unknown = [g for g in genes if g not in adata.var_names]
@@ -274,13 +296,101 @@ def deconvolve(
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         raise CpnnError("regions= selects no spot; pass region names, a mask or a (column, values) tuple that matches.")
-    earlier_calls = _check_same_key(adata, key_added, rows, method, prototypes_key, types)
+    earlier_calls = _check_same_key(adata, key_added, rows, method, prototypes_key, types, scaling_prior, layer)
+    result = solve(
+        adata, rows, method=method, prototypes=(P_all, types, has), genes=None if genes is None else idx, n_genes=n_genes,
+        layer=layer, n_iter=n_iter, shared_spots=shared_spots, scaling_prior=scaling_prior, chunk_size=chunk_size,
+        device=device, seed=seed,
+    )  # fmt: skip
+    w, empty, idx = result.weights, result.empty, result.genes
+    data = return_copy(data, copy)
+    adata = get_table(data, table_key)
+    written = write_composition(
+        adata, rows[~empty], w[~empty], types, prototype_groups(adata, prototypes_key), key_added
+    )
+    if empty.any():
+        for key in written:
+            frame = adata.obsm[key]
+            frame.iloc[rows[empty]] = np.nan
+    uns_cpnn(adata).setdefault("deconvolution", {})[key_added] = to_uns(
+        {
+            **result.record(adata, prototypes_key),
+            "layer": layer,
+            "n_spots": int(adata.obsm[key_added].notna().all(1).sum()),
+            "calls": earlier_calls + 1,
+        }
+    )
+    logg.info(
+        f"    {int((~empty).sum())} spots, {len(types)} cell types, {len(idx)} genes",
+        time=start,
+        deep=f"added\n    {', '.join(repr(k) for k in written)} (adata.obsm)\n    'deconvolution' (adata.uns['cpnn'])",
+    )
+    return data if copy else None
+
+
+@dataclass
+class Deconvolution:
+    """What :func:`solve` found for ``rows``: compositions (NaN for rows without counts), genes used, fit summary."""
+
+    weights: np.ndarray
+    empty: np.ndarray
+    genes: np.ndarray
+    types: list[str]
+    method: str
+    summary: dict
+    chunk: int
+    seconds: float
+
+    def record(self, adata: AnnData, prototypes_key: str) -> dict:
+        """The ``uns["cpnn"]["deconvolution"][key]`` entry of this result (without the key's own counts)."""
+        return {
+            "method": self.method,
+            "prototypes_key": prototypes_key,
+            "cell_types": self.types,
+            "n_genes": len(self.genes),
+            "genes": list(adata.var_names[self.genes]),
+            "n_spots_this_call": int((~self.empty).sum()),
+            "n_spots_without_counts": int(self.empty.sum()),
+            "chunk_size": int(self.chunk),
+            "seconds": float(self.seconds),
+            **self.summary,
+        }
+
+
+def solve(
+    adata: AnnData,
+    rows: np.ndarray,
+    *,
+    method: str = "nb",
+    prototypes: tuple[np.ndarray, list[str], np.ndarray],
+    genes: np.ndarray | None = None,
+    n_genes: int = 2000,
+    layer: str | None = None,
+    n_iter: int = 100,
+    shared_spots: int = 1000,
+    scaling_prior: float = 0.0,
+    chunk_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> Deconvolution:
+    """Deconvolve the table's ``rows`` (validated arguments) without writing anything into the table.
+
+    ``prototypes``: what :func:`_prototypes` returns; ``genes``: column positions to use, else chosen.
+    """
+    P_all, types, has = prototypes
+    X = layer_matrix(adata, layer)
+    idx = genes
     argument = f"the counts ({'X' if layer is None else 'layer ' + repr(layer)})"
     candidates = np.flatnonzero(has) if genes is None else idx
     # one pass over the rows (validating the counts), never more than ~2**24 values dense at a time
     detected, mean_expr = gene_statistics(
         X, rows, candidates, argument=argument, integer=method == "nb", chunk=max(1, 2**24 // max(len(candidates), 1))
     )
+    if not detected.any():
+        raise CpnnError(
+            f"{argument} of the {len(rows)} selected spots are zero in every gene with a prototype: there is "
+            "nothing to deconvolve. Check layer= (raw counts) and regions=."
+        )
     if genes is None:
         idx = candidates[informative_genes(detected, mean_expr, P_all[candidates], min(n_genes, len(candidates)))]
     P = P_all[idx]
@@ -345,35 +455,4 @@ def deconvolve(
             "gene_scaling": fit.gene_scaling,
             "theta": fit.theta,
         }
-    seconds = time.perf_counter() - t0
-    data = return_copy(data, copy)
-    adata = get_table(data, table_key)
-    written = write_composition(
-        adata, rows[~empty], w[~empty], types, prototype_groups(adata, prototypes_key), key_added
-    )
-    if empty.any():
-        for key in written:
-            frame = adata.obsm[key]
-            frame.iloc[rows[empty]] = np.nan
-    uns_cpnn(adata).setdefault("deconvolution", {})[key_added] = to_uns(
-        {
-            "method": method,
-            "prototypes_key": prototypes_key,
-            "cell_types": types,
-            "n_genes": len(idx),
-            "genes": list(adata.var_names[idx]),
-            "n_spots": int(adata.obsm[key_added].notna().all(1).sum()),
-            "n_spots_this_call": int((~empty).sum()),
-            "n_spots_without_counts": int(empty.sum()),
-            "calls": earlier_calls + 1,
-            "chunk_size": int(chunk),
-            "seconds": float(seconds),
-            **summary,
-        }
-    )
-    logg.info(
-        f"    {int((~empty).sum())} spots, {len(types)} cell types, {len(idx)} genes",
-        time=start,
-        deep=f"added\n    {', '.join(repr(k) for k in written)} (adata.obsm)\n    'deconvolution' (adata.uns['cpnn'])",
-    )
-    return data if copy else None
+    return Deconvolution(w, empty, idx, types, method, summary, chunk, time.perf_counter() - t0)

@@ -317,15 +317,15 @@ def fit(
     workers = settings.num_workers if num_workers is None else num_workers
     if is_collection(data):
         adata = None
-        config = composition_targets(None, config, train, validation, key_added)
+        config, targets = composition_targets(None, config, train, validation, key_added)
         split = read_collection(
             data, config, train, validation, panel=panel, encoder=enc, device=dev, num_workers=workers,
             embed_batch_size=check_int("embed_batch_size", embed_batch_size), table_key=table_key,
         )  # fmt: skip
     else:
         adata = get_table(data, table_key)
-        config = composition_targets(adata, config, train, validation, key_added)
-        split = read_split(adata, config, train, validation)
+        config, targets = composition_targets(adata, config, train, validation, key_added)
+        split = read_split(adata, config, train, validation, targets=None if targets is None else targets.table)
     try:
         inputs = build_inputs(
             data, adata, config, split, enc, sources=slides, device=dev, num_workers=workers,
@@ -346,7 +346,7 @@ def fit(
                 inner.fit_inputs(z_train)
             else:
                 _check_raw_scale(z_train)
-        scaling = gene_scaling(adata, config, list(split.genes))
+        scaling = gene_scaling(adata, config, list(split.genes), targets)
         if scaling is not None and hasattr(inner, "set_gene_scaling"):
             inner.set_gene_scaling(scaling)
         result = _train(config, inputs, head_module, enc, fingerprint, dev, checkpoint_dir, resume)
@@ -368,6 +368,8 @@ def fit(
         for note in notes:
             logg.warning(note)
         if adata is not None:
+            if targets is not None:  # the targets are written only now that the fit succeeded
+                targets.commit(adata)
             _record(adata, config, result, split, dev, notes, off, key_added)
     finally:  # each process's copy of the training rows goes, whether the fit succeeded or not
         if getattr(split, "run_dir", None) is not None:

@@ -104,8 +104,14 @@ def split_masks(adata: AnnData, train: Any, validation: Any) -> tuple[np.ndarray
     return train_mask, val_mask
 
 
-def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -> Split:
-    """Masks, panel counts, prototypes and reference compositions of both sides, validated."""
+def read_split(
+    adata: AnnData, config: FitConfig, train: Any, validation: Any, *, targets: AnnData | None = None
+) -> Split:
+    """Masks, panel counts, prototypes and reference compositions of both sides, validated.
+
+    ``targets``: a table holding the composition targets under ``config.composition_key`` in place
+    of ``adata`` (a fit's own targets, written into ``adata`` only when the fit succeeds).
+    """
     head_cls = config.head_class
     if config.sample_key is not None:
         check_key(adata, config.sample_key, argument="sample_key")
@@ -141,7 +147,9 @@ def read_split(adata: AnnData, config: FitConfig, train: Any, validation: Any) -
             )
         split.groups = prototype_groups(adata, config.prototypes_key)
         # targets of the training spots only: validation and test spots' targets are never read
-        split.composition_train = reference_composition(adata, config.composition_key, train_mask, types)
+        split.composition_train = reference_composition(
+            adata if targets is None else targets, config.composition_key, train_mask, types
+        )
         if config.sample_key is not None:
             samples_tr = adata.obs[config.sample_key].astype(str).to_numpy()[train_mask]
             split.samples = sorted(set(samples_tr))

@@ -281,13 +281,16 @@ def predict(
             samples, regions = regions, None
         coll = Collection(data, table_key=table_key)
         for name in coll.names if samples is None else list(sample_names(coll, samples)):
-            sdata = coll.open(name)
-            predict(
-                sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
-                num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um,
-                embedding_key=embedding_key, measured_depth=measured_depth, table_key=table_key, _cache="disk",
-            )  # fmt: skip
-            coll.save_table(name, sdata)
+            # the store's table is read, predicted into and written back under its lock: a second writer
+            # waits and then starts from this one's table, so neither result is lost
+            with coll.writing(name, f"cp.tl.predict(key_added={key_added!r}) into sample {name!r}"):
+                sdata = coll.open(name)
+                predict(
+                    sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
+                    num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um,
+                    embedding_key=embedding_key, measured_depth=measured_depth, table_key=table_key, _cache="disk",
+                )  # fmt: skip
+                coll.save_table(name, sdata)
         return None
     if samples is not None:
         raise CpnnError("samples= selects the samples of a collection; for one table select rows with regions=.")

@@ -8,14 +8,26 @@ first for ``targets="deconvolve"``, :func:`gene_scaling` reads the second back.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
+from scipy import sparse
 
-from .._core import panel_counts, panel_genes, panel_prototypes, uns_cpnn
+from .._core import (
+    in_reference_column,
+    layer_matrix,
+    panel_counts,
+    panel_genes,
+    panel_prototypes,
+    to_uns,
+    uns_cpnn,
+)
 from .._errors import CpnnError
 from ..pp import deconvolve
 from ._config import FitConfig
@@ -23,42 +35,95 @@ from ._inputs import split_masks
 
 
 def targets_key(key_added: str) -> str:
-    """``obsm`` key of the targets a fit deconvolves itself."""
-    return f"{key_added}_deconvolution"
+    """``obsm`` key of the targets a fit deconvolves itself (never ``cp.pp.deconvolve``'s default key)."""
+    return f"{key_added}_targets"
 
 
-def _covers_exactly(adata: AnnData, key: str, train: np.ndarray, prototypes_key: str, types: list[str]) -> bool:
-    """Whether ``obsm[key]`` is a deconvolution of exactly the training rows with the same prototype set."""
-    frame = adata.obsm.get(key)
-    record = uns_cpnn(adata).get("deconvolution", {}).get(key)
-    if frame is None or not isinstance(record, dict) or str(record.get("prototypes_key")) != prototypes_key:
-        return False
-    if [str(t) for t in record.get("cell_types", [])] != [str(t) for t in types]:
-        return False  # prototypes rebuilt with other cell types since
-    finite = np.isfinite(np.asarray(frame, dtype=float)).all(1)
-    return bool(np.array_equal(finite, train))
+#: Who wrote a targets key: a fit only reuses or replaces a key that a fit wrote.
+MADE_BY = "cp.tl.fit"
+
+
+@dataclass
+class Targets:
+    """A fit's own composition targets, held in memory until the fit succeeds (then :meth:`commit`)."""
+
+    key: str
+    table: AnnData  # obs names only, with the targets in obsm (``key``, and ``key + "_fine"`` when grouped)
+    record: dict
+    reused: bool
+
+    def commit(self, adata: AnnData) -> None:
+        """Write the targets and their record into ``adata`` (after the fit succeeded)."""
+        for stale in (self.key, f"{self.key}_fine"):
+            adata.obsm.pop(stale, None)
+        for name, frame in self.table.obsm.items():
+            adata.obsm[name] = frame
+        uns_cpnn(adata).setdefault("deconvolution", {})[self.key] = to_uns(self.record)
+
+
+def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototypes_key: str, seed: int) -> str:
+    """SHA-256 of what a fit's targets are computed from: the rows' counts in ``layer``, the prototypes, the seed."""
+    h = hashlib.sha256()
+    X = layer_matrix(adata, layer)
+    for start in range(0, len(rows), 4096):
+        block = X[rows[start : start + 4096]]
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block)
+            block.sort_indices()
+            for part in (block.data, block.indices, block.indptr):
+                h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(np.ascontiguousarray(np.asarray(block, dtype=np.float64)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(adata.varm[prototypes_key], dtype=np.float64)).tobytes())
+    h.update("\x00".join(map(str, adata.var_names)).encode())
+    h.update("\x00".join(map(str, adata.obs_names[rows])).encode())
+    h.update(json.dumps([str(layer), prototypes_key, int(seed)]).encode())
+    return h.hexdigest()
+
+
+def _deconvolve_rows(adata: AnnData, rows: np.ndarray, key: str, config: FitConfig) -> Targets:
+    """Deconvolve ``rows`` (NB, the fit's seed) on a light copy of the table: nothing is written into ``adata``."""
+    pkey = config.prototypes_key
+    light = AnnData(
+        X=layer_matrix(adata, config.layer), obs=pd.DataFrame(index=adata.obs_names), var=adata.var[[]].copy()
+    )
+    light.varm[pkey] = adata.varm[pkey]
+    column = in_reference_column(pkey)
+    if column in adata.var:
+        light.var[column] = adata.var[column].to_numpy()
+    light.uns["cpnn"] = {k: v for k, v in uns_cpnn(adata).items() if k in ("prototype_sets", "cell_types")}
+    mask = np.zeros(adata.n_obs, bool)
+    mask[rows] = True
+    deconvolve(light, regions=mask, key_added=key, prototypes_key=pkey, seed=config.seed)
+    record = dict(uns_cpnn(light)["deconvolution"][key])
+    record.update(layer=config.layer, made_by=MADE_BY)
+    light.obsm = {k: v for k, v in light.obsm.items() if k in (key, f"{key}_fine")}
+    return Targets(key, light, record, reused=False)
 
 
 def composition_targets(
     adata: AnnData | None, config: FitConfig, train: Any, validation: Any, key_added: str
-) -> FitConfig:
+) -> tuple[FitConfig, Targets | None]:
     """The configuration with ``composition_key`` set to a deconvolution of the training spots, when the recipe asks.
 
     Applies when the head has a composition, ``comp_reg > 0``, ``targets="deconvolve"`` and no
-    ``composition_key`` was given. The deconvolution (NB, the fit's seed) of the training rows only
-    is written to ``obsm[f"{key_added}_deconvolution"]`` and reused by a later fit on the same rows.
-    A collection of samples gets no automatic targets (said in a warning).
+    ``composition_key`` was given. The training rows only are deconvolved (NB, the fit's seed), in
+    memory: the returned :class:`Targets` are written to ``obsm[f"{key_added}_targets"]`` only when
+    the fit succeeds. A later fit reuses them when they were computed from the same counts (a digest
+    of the training rows' counts in ``layer``), prototypes (their values) and seed; otherwise they
+    are computed anew. A key holding results that no fit wrote is never touched. A collection of
+    samples gets no automatic targets (said in a warning).
     """
     head = config.head_class
     if not head.composition or config.targets != "deconvolve" or not config.comp_reg or config.composition_key:
-        return config
+        return config, None
     if adata is None:
         logg.warning(
             "targets='deconvolve': a collection of samples is not deconvolved automatically, so this fit has no "
             "composition loss. Run cp.pp.deconvolve on each sample's training spots and pass composition_key=, "
             "or pass comp_reg=0 to silence this."
         )
-        return config
+        return config, None
     # the panel and prototypes are checked first, with the messages read_split gives
     genes = panel_genes(adata)
     _, types = panel_prototypes(adata, genes, config.prototypes_key)
@@ -73,28 +138,36 @@ def composition_targets(
             "(composition_key=), or comp_reg=0 for no composition loss."
         )
     key = targets_key(key_added)
-    if _covers_exactly(adata, key, train_mask, config.prototypes_key, list(types)):
-        logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots)")
+    rows = np.flatnonzero(train_mask)
+    record = uns_cpnn(adata).get("deconvolution", {}).get(key)
+    record = record if isinstance(record, dict) else {}
+    if (key in adata.obsm or record) and record.get("made_by") != MADE_BY:
+        raise CpnnError(
+            f"obsm[{key!r}] holds a composition that cp.tl.fit did not make, and fit(key_added={key_added!r}) keeps its "
+            f"own targets there. Pass composition_key={key!r} to train on it, or another key_added=."
+        )
+    digest = source_digest(adata, rows, config.layer, config.prototypes_key, config.seed)
+    if record.get("source_digest") == digest and key in adata.obsm:
+        logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots' counts)")
+        light = AnnData(obs=pd.DataFrame(index=adata.obs_names))
+        for name in (key, f"{key}_fine"):
+            if name in adata.obsm:
+                light.obsm[name] = adata.obsm[name].copy()
+        targets = Targets(key, light, dict(record), reused=True)
     else:
         logg.info(
-            f"    composition targets: deconvolving the {int(train_mask.sum())} training spots (NB) into obsm[{key!r}]; "
-            "validation and test spots are never deconvolved. Pass composition_key= for your own targets, "
-            "or comp_reg=0 for none."
+            f"    composition targets: deconvolving the {len(rows)} training spots (NB) into obsm[{key!r}] (written "
+            "when the fit succeeds); validation and test spots are never deconvolved. Pass composition_key= for your "
+            "own targets, or comp_reg=0 for none."
         )
-        for stale in (key, f"{key}_fine"):  # this fit's own key: an earlier fit's other spots must not linger
-            adata.obsm.pop(stale, None)
-        deconvolve(
-            adata,
-            regions=train_mask,
-            key_added=key,
-            prototypes_key=config.prototypes_key,
-            layer=config.layer,
-            seed=config.seed,
-        )
-    return replace(config, composition_key=key)
+        targets = _deconvolve_rows(adata, rows, key, config)
+        targets.record["source_digest"] = digest
+    return replace(config, composition_key=key), targets
 
 
-def gene_scaling(adata: AnnData | None, config: FitConfig, genes: list[str]) -> np.ndarray | None:
+def gene_scaling(
+    adata: AnnData | None, config: FitConfig, genes: list[str], targets: Targets | None = None
+) -> np.ndarray | None:
     """Per panel gene, the technical scaling fitted with the composition targets (1 where none), or ``None``.
 
     ``None`` when ``alpha_init`` is not ``"scaling"``, the head has no correction, or the targets
@@ -102,11 +175,12 @@ def gene_scaling(adata: AnnData | None, config: FitConfig, genes: list[str]) -> 
     """
     if config.alpha_init != "scaling" or not config.head_class.composition or not config.correction:
         return None
-    record = (
-        None
-        if adata is None or not config.composition_key
-        else (uns_cpnn(adata).get("deconvolution", {}).get(config.composition_key))
-    )
+    if targets is not None:
+        record = targets.record
+    elif adata is None or not config.composition_key:
+        record = None
+    else:
+        record = uns_cpnn(adata).get("deconvolution", {}).get(config.composition_key)
     values = None if not isinstance(record, dict) else record.get("gene_scaling")
     if values is None or len(values) != len(record.get("genes", ())):
         logg.info(

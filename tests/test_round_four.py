@@ -1,0 +1,120 @@
+"""Reliability, round four (issue 41): keys that never clobber a user's result, targets keyed on their inputs,
+deconvolution right at bulk depth, interrupted demos, half-written predictions, nuclei at coarse pixels,
+and errors that say what is wrong. Each test failed on main f73d856."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+import cpnn as cp
+
+from ._synthetic import synthetic_sdata
+
+KW = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "context_um": 0}
+
+
+@pytest.fixture
+def two():
+    """SpatialData with sections S1, S2: raw counts, panel, prototypes (a fresh copy per test)."""
+    sdata, profiles = synthetic_sdata(np.random.default_rng(7), n_side=8, sections=("S1", "S2"))
+    cp.pp.select_genes(sdata, n_top_genes=40)
+    cp.pp.build_prototypes(sdata, profiles)
+    return sdata, profiles
+
+
+def _deconvolutions(monkeypatch) -> list[int]:
+    """Count the deconvolutions a fit runs (spots each)."""
+    from cpnn.tl import _targets
+
+    calls: list[int] = []
+    real = _targets.deconvolve
+    monkeypatch.setattr(_targets, "deconvolve", lambda *a, **k: calls.append(int(k["regions"].sum())) or real(*a, **k))
+    return calls
+
+
+def test_fit_never_replaces_the_users_deconvolution(two):
+    """41.4: fit's own targets lived under cp.pp.deconvolve's default key and replaced the user's result."""
+    sdata, _ = two
+    table = sdata["table"]
+    cp.pp.deconvolve(sdata)
+    mine = table.obsm["cpnn_deconvolution"].copy()
+    record = dict(table.uns["cpnn"]["deconvolution"]["cpnn_deconvolution"])
+    model = cp.tl.fit(sdata, train=["S1"], validation=["S2"], epochs=2, **KW)
+    pd.testing.assert_frame_equal(table.obsm["cpnn_deconvolution"], mine)  # S2's rows too
+    assert table.uns["cpnn"]["deconvolution"]["cpnn_deconvolution"]["calls"] == record["calls"]
+    assert model.config["composition_key"] == "cpnn_targets"
+    targets = table.obsm["cpnn_targets"].to_numpy()
+    s1 = table.obs["section"].to_numpy() == "S1"
+    assert np.isfinite(targets[s1]).all() and np.isnan(targets[~s1]).all()
+    assert table.uns["cpnn"]["deconvolution"]["cpnn_targets"]["made_by"] == "cp.tl.fit"
+
+
+def test_a_failed_fit_writes_no_targets(two):
+    """41.4: the targets were written before the inputs were checked, so a fit that then failed left them."""
+    sdata, _ = two
+    table = sdata["table"]
+    with pytest.raises(cp.CpnnError, match="typo"):
+        cp.tl.fit(sdata, train=["S1"], validation=["S2"], epochs=2, image_key="typo", **KW)
+    assert "cpnn_targets" not in table.obsm
+    assert "deconvolution" not in table.uns["cpnn"]
+
+
+def test_targets_are_remade_when_what_they_came_from_changes(two, monkeypatch):
+    """41.5: corrected counts, other prototypes with the same names or another layer reused the old targets."""
+    sdata, profiles = two
+    table = sdata["table"]
+    calls = _deconvolutions(monkeypatch)
+    cp.tl.fit(sdata, train=["S1"], epochs=1, **KW)
+    first = table.obsm["cpnn_targets"].to_numpy().copy()
+    cp.tl.fit(sdata, train=["S1"], epochs=1, **KW)
+    assert len(calls) == 1  # same inputs: reused
+    # corrected counts (the same spots and genes)
+    rng = np.random.default_rng(0)
+    X = table.X.toarray()
+    table.X = sparse.csr_matrix(X[rng.permutation(len(X))])
+    cp.tl.fit(sdata, train=["S1"], epochs=1, **KW)
+    assert len(calls) == 2
+    assert np.nanmax(np.abs(table.obsm["cpnn_targets"].to_numpy() - first)) > 0.05
+    # prototypes from another reference with the same cell-type names
+    other = profiles.copy()
+    other.iloc[:, :] = np.random.default_rng(1).gamma(0.5, 1.0, size=other.shape) + 0.01
+    cp.pp.build_prototypes(sdata, other)
+    cp.tl.fit(sdata, train=["S1"], epochs=1, **KW)
+    assert len(calls) == 3
+    # another layer
+    table.layers["raw"] = sparse.csr_matrix(X)
+    cp.tl.fit(sdata, train=["S1"], epochs=1, layer="raw", **KW)
+    assert len(calls) == 4
+    assert table.uns["cpnn"]["deconvolution"]["cpnn_targets"]["layer"] == "raw"
+
+
+def test_fit_does_not_train_on_a_result_it_did_not_make(two):
+    """41.10: the paper preset trained on an NNLS result found under its targets key."""
+    sdata, _ = two
+    cp.pp.deconvolve(sdata, method="nnls", key_added="cpnn_targets")
+    with pytest.raises(cp.CpnnError, match=r"obsm\['cpnn_targets'\] holds a composition that cp.tl.fit did not make"):
+        cp.tl.fit(sdata, train=["S1"], preset="paper", epochs=1, **KW)
+    model = cp.tl.fit(sdata, train=["S1"], preset="paper", epochs=1, composition_key="cpnn_targets", **KW)
+    assert model.config["composition_key"] == "cpnn_targets"
+
+
+def test_one_deconvolution_key_holds_one_set_of_settings(two):
+    """41.10: scaling_prior mixed into a key holding another fit; ignored under nnls."""
+    sdata, _ = two
+    cp.pp.deconvolve(sdata, regions=["S1"], key_added="k")
+    with pytest.raises(cp.CpnnError, match=r"scaling_prior=0.*scaling_prior=50"):
+        cp.pp.deconvolve(sdata, regions=["S2"], key_added="k", scaling_prior=50)
+    with pytest.raises(cp.CpnnError, match=r"scaling_prior=50 applies to method='nb' only"):
+        cp.pp.deconvolve(sdata, method="nnls", key_added="n", scaling_prior=50)
+
+
+def test_all_zero_counts_are_named_as_such(two):
+    """41.11: all-zero counts were reported as zero prototypes."""
+    sdata, _ = two
+    table = sdata["table"]
+    table.layers["zero"] = sparse.csr_matrix(table.shape, dtype=np.float32)
+    with pytest.raises(cp.CpnnError, match=r"layer 'zero'.*are zero in every gene with a prototype"):
+        cp.pp.deconvolve(sdata, layer="zero")
