@@ -100,7 +100,9 @@ def store_lock(
         f = open(path, "a+")
     except OSError as err:
         if exclusive:
-            raise CpnnError(f"{what}: cannot create the lock file {str(path)!r} ({err}); is the store writable?") from err
+            raise CpnnError(
+                f"{what}: cannot create the lock file {str(path)!r} ({err}); is the store writable?"
+            ) from err
         yield  # a read-only store has no writer to wait for
         return
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -128,9 +130,7 @@ def store_lock(
         if exclusive:
             f.seek(0)
             f.truncate()
-            f.write(
-                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": time.time()})
-            )
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": time.time()}))
             f.flush()
         with _guard:
             _held[key] = [f, exclusive, 1]

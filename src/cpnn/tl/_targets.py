@@ -126,7 +126,7 @@ def composition_targets(
         return config, None
     # the panel and prototypes are checked first, with the messages read_split gives
     genes = panel_genes(adata)
-    _, types = panel_prototypes(adata, genes, config.prototypes_key)
+    panel_prototypes(adata, genes, config.prototypes_key)
     train_mask, _ = split_masks(adata, train, validation)
     # the counts are checked with read_split's messages (whole numbers for the NB loss); deconvolving
     # needs whole numbers whatever the loss
