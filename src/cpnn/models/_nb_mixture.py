@@ -35,6 +35,37 @@ _TINY = 1e-10
 _FLOOR = 1e-10
 #: Largest SQUAREM step length.
 _MAX_STEP = 64.0
+#: Largest mean count per gene a spot is solved at: deeper libraries are scaled down to it (see :func:`cap_depth`).
+DEPTH_PER_GENE = 1000.0
+
+
+def cap_depth(X: np.ndarray, per_gene: float = DEPTH_PER_GENE) -> np.ndarray:
+    """The counts a spot's composition is solved from: whole-number units, at most ``per_gene`` a gene on average.
+
+    A row whose counts share a common factor (counts multiplied by a constant) is divided by it:
+    whole-number counts carry their unit, so that factor is no information. A row deeper than
+    ``per_gene`` counts per gene is then scaled down to that depth: at bulk depth (1e7 counts and
+    more) the negative binomial's overdispersion dominates its Poisson noise and the
+    multiplicative updates move by about ``theta / mu`` a step, so a fit stalls far from its
+    optimum, while a row's composition does not depend on its depth. Spatial spots (far
+    shallower, with counts of 1) are left as they are.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    smallest = np.where(X > 0, X, np.inf).min(1)
+    scaled = np.flatnonzero(np.isfinite(smallest) & (smallest > 1))
+    if len(scaled):
+        X = X.copy()
+        for i in scaled:
+            row = X[i]
+            if np.array_equal(row, np.round(row)):
+                factor = np.gcd.reduce(row[row > 0].astype(np.int64))
+                if factor > 1:
+                    X[i] = row / factor
+    cap = per_gene * X.shape[1]
+    totals = X.sum(1, keepdims=True)
+    if not (totals > cap).any():
+        return X
+    return np.where(totals > cap, X * (cap / np.maximum(totals, 1.0)), X)
 
 
 @dataclass
@@ -141,7 +172,7 @@ def solve_compositions(
     """
     B = torch.as_tensor(A.T * fit.gene_scaling[None, :], dtype=torch.float32, device=device).contiguous()
     theta = torch.as_tensor(fit.theta, dtype=torch.float32, device=device)
-    X = torch.as_tensor(counts, dtype=torch.float32, device=device)
+    X = torch.as_tensor(cap_depth(counts), dtype=torch.float32, device=device)
     K = A.shape[1]
     H = X.sum(1, keepdim=True) / K * torch.ones(1, K, device=device)
     H, updates = _solve(H, X, B, theta, _Buffers(), max_iter=max_iter, tol=tol)
@@ -225,7 +256,7 @@ def fit_shared(
     fit keeps its own scale; the returned ``s`` is re-centred either way (the compositions do not
     depend on ``s``'s overall scale).
     """
-    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    Xt = torch.as_tensor(cap_depth(X), dtype=torch.float32, device=device)
     At = torch.as_tensor(A.T, dtype=torch.float32, device=device).contiguous()  # K x G
     n, G = Xt.shape
     K = At.shape[0]
@@ -259,6 +290,8 @@ def fit_shared(
         )  # up to a constant
         nll = float(-(ll.sum() + log_prior) / n)
         history.append(nll)
+        # the likelihood is that of counts capped at DEPTH_PER_GENE a gene (cap_depth), so its relative change
+        # means the same at any sequencing depth
         if len(history) > 1 and abs(history[-2] - nll) <= tol * max(abs(nll), 1.0):
             converged = True
             break
