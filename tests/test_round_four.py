@@ -142,3 +142,42 @@ def test_deconvolution_is_right_at_bulk_depth_and_free_of_the_counts_unit():
         assert r > (0.97 if depth < 1e6 else 0.99), (depth, scale, r)
         assert bulk.uns["cpnn"]["deconvolution"]["cpnn_deconvolution"]["converged"]
     np.testing.assert_allclose(found[2e3, 100_000], found[2e3, 1], atol=1e-6)
+
+
+def test_an_interrupted_demo_says_so_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """41.7: Ctrl-C during a demo seed reported it "converged", trained the next seed, wrote outputs, exit 0."""
+    from cpnn._cli import main
+    from cpnn.models import CPNNHead
+
+    real = CPNNHead.loss_terms
+    calls = {"n": 0}
+
+    def loss_terms(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 40:  # Ctrl-C in the second epoch
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(CPNNHead, "loss_terms", loss_terms)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--seeds", "2", "--epochs", "20", "--n-genes", "50"]) == 130
+    printed = capsys.readouterr().out
+    assert "seed 0: training interrupted" in printed and "seed 1" not in printed and "converged" not in printed
+    assert not list(out.glob("*")) if out.exists() else True
+
+
+def test_the_demo_refuses_a_misspelt_encoder_and_zero_epochs_before_loading(tmp_path, capsys):
+    """41.11: `cpnn demo --encoder nucleii` / `--epochs 0` were refused only after 51-199 s of loading."""
+    import time
+
+    from cpnn._cli import main
+
+    for argv, message in (
+        (["--encoder", "nucleii"], "did you mean 'nuclei'"),
+        (["--epochs", "0"], "--epochs 0: train at least one epoch"),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", "--out", str(tmp_path / "d"), *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+        assert time.perf_counter() - start < 10

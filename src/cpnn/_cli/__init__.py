@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (CpnnError, DataFileError) as err:  # a user's mistake or a bad file: the message, not a traceback
         parser.exit(2, f"cpnn {args.command}: error: {err}\n")
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, predicting, writing): said, and a failing status
+        print(f"cpnn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 __all__ = ["main"]

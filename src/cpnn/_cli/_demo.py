@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import time
 from pathlib import Path
@@ -106,6 +107,22 @@ def _step(message: str, t0: float) -> None:
     print(f"[{time.time() - t0:4.0f} s] {message}", flush=True)
 
 
+def _check_encoder(name: str) -> None:
+    """Refuse an encoder name that is neither registered, a preset, nor a timm architecture."""
+    import timm
+
+    from ..models.encoders import ENCODERS, PRESETS
+
+    if name in ENCODERS or name in PRESETS or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, [*ENCODERS, *PRESETS], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise CpnnError(
+        f"--encoder {name!r} is not an encoder: {hint}pass one of {sorted([*ENCODERS])}, a foundation-model preset "
+        f"({', '.join(sorted(PRESETS)[:4])}, ...) or a timm architecture (timm.list_models())."
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Fit on patient C, predict patient B, evaluate over several seeds, and write the model, tables and figures."""
     import cpnn as cp
@@ -120,6 +137,9 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     if args.seeds < 1:
         raise CpnnError(f"--seeds {args.seeds}: train at least one seed.")
+    if args.epochs is not None and args.epochs < 1:
+        raise CpnnError(f"--epochs {args.epochs}: train at least one epoch (or leave it out for the preset's cap).")
+    _check_encoder(args.encoder)  # before a minute of loading
     check_output(out / "model.pt", force=True)
     cp.settings.verbosity = 1  # cpnn's warnings; the steps are printed below
     t0 = time.time()
@@ -146,10 +166,13 @@ def run_demo(args: argparse.Namespace) -> int:
         model = cp.tl.fit(
             sdata, train=TRAIN, validation=VALIDATION, encoder=args.encoder, epochs=args.epochs, seed=seed
         )
+        fit = table.uns["cpnn"]["fit"]
+        if fit["stop_reason"] == "interrupted":  # Ctrl-C: no score, no later seed, no outputs under the usual names
+            _step(f"seed {seed}: training interrupted after {len(model.history)} epochs; no outputs written", t0)
+            return 130
         cp.tl.predict(sdata, model, regions=[TEST], key_added=key)
         df = cp.tl.evaluate(sdata, layer=key, groupby="section")
         scores.append(float(df[f"spearman_{TEST}"].mean()))
-        fit = table.uns["cpnn"]["fit"]
         state = "still improving at the cap: raise --epochs" if fit["still_improving_at_cap"] else "converged"
         _step(
             f"seed {seed}: {len(model.history)} epochs (best {fit['best_epoch']}, {state}); "
