@@ -181,3 +181,111 @@ def test_the_demo_refuses_a_misspelt_encoder_and_zero_epochs_before_loading(tmp_
             main(["demo", "--out", str(tmp_path / "d"), *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
         assert time.perf_counter() - start < 10
+
+
+def _table(sdata):
+    return sdata["table"]
+
+
+def test_a_prediction_that_fails_writes_nothing_and_stale_depth_layers_are_cleared(two, cpnn_log):
+    """41.8: a bad layer= failed after layers['cpnn'] held the new model's values; an old measured-depth layer
+    stayed beside a new prediction, unmarked."""
+    sdata, _ = two
+    table = _table(sdata)
+    m1 = cp.tl.fit(sdata, train=["S1"], epochs=1, targets="given", **KW)
+    m2 = cp.tl.fit(sdata, train=["S1"], epochs=3, targets="given", **{**KW, "seed": 1})
+    cp.tl.predict(sdata, m1, regions=["S2"], measured_depth=True)
+    before = table.layers["cpnn"].toarray().copy()
+    models = table.obs["cpnn_model"].copy()
+    with pytest.raises(cp.CpnnError, match=r"layer='typo' is not a layer"):
+        cp.tl.predict(sdata, m2, regions=["S2"], measured_depth=True, layer="typo")
+    np.testing.assert_array_equal(table.layers["cpnn"].toarray(), before)
+    pd.testing.assert_series_equal(table.obs["cpnn_model"], models)
+    cp.tl.predict(sdata, m2, regions=["S2"])
+    s2 = table.obs["section"].to_numpy() == "S2"
+    genes = table.var_names.get_indexer(m2.genes)
+    assert np.isnan(table.layers["cpnn_measured_depth"].toarray()[np.ix_(s2, genes)]).all()
+    assert "layers['cpnn_measured_depth'] held an earlier prediction" in cpnn_log()
+
+
+def test_nuclei_columns_follow_their_embedding_and_coarse_images_are_named(two, cpnn_log):
+    """41.9: two embeddings shared obs['cpnn_n_nuclei']; a user's column was overwritten; a 4 um/px image was
+    upsampled 8x in silence."""
+    sdata, _ = two
+    table = _table(sdata)
+    table.obs["cpnn_n_nuclei"] = 7.0  # the user's own column
+    cp.pp.embed(sdata, encoder="nuclei", patch_size_um=32, image_key="S1_full", spots=["S1"])
+    assert (table.obs["cpnn_n_nuclei"] == 7.0).all() and "is not a column cpnn wrote" in cpnn_log()
+    del table.obs["cpnn_n_nuclei"]
+    cp.pp.embed(sdata, encoder="nuclei", patch_size_um=32, image_key="S1_full", spots=["S1"])
+    assert "S1_hires" not in cpnn_log()
+    cp.pp.embed(sdata, encoder="nuclei", patch_size_um=32, image_key="S1_hires", spots=["S1"], key_added="coarse")
+    assert "image 'S1_hires' of region 'S1_spots' has 2 um per pixel" in cpnn_log()
+    assert "upsampled 4.0x" in cpnn_log()
+    assert {"cpnn_n_nuclei", "coarse_n_nuclei"} <= set(table.obs.columns)
+    s1 = table.obs["section"].to_numpy() == "S1"
+    assert not np.allclose(table.obs["cpnn_n_nuclei"][s1], table.obs["coarse_n_nuclei"][s1])
+
+
+def test_obs_columns_of_one_composition_are_not_replaced_by_another(two):
+    """41.10: proportions_to_obs from a second key replaced the first key's columns silently."""
+    sdata, _ = two
+    cp.pp.deconvolve(sdata, key_added="a")
+    cp.pp.deconvolve(sdata, method="nnls", key_added="b")
+    cp.pp.proportions_to_obs(sdata, key="a")
+    with pytest.raises(cp.CpnnError, match=r"hold the composition of obsm\['a'\].*prefix="):
+        cp.pp.proportions_to_obs(sdata, key="b")
+    cp.pp.proportions_to_obs(sdata, key="b", prefix="b_")
+    cp.pp.proportions_to_obs(sdata, key="a")  # the same key again: updated in place
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"seed": -1}, r"seed=-1 must be at least 0"),
+        ({"max_patches": 2.5}, r"max_patches=2.5 must be positive and a whole number"),
+        ({"max_patches": "8"}, r"max_patches='8' must be positive and a whole number"),
+    ],
+)
+def test_options_that_were_accepted_or_failed_bare_are_named(two, option, message):
+    """41.10-11: seed=-1 gave numpy's bare ValueError, max_patches=2.5 was taken as 2, '8' a bare TypeError."""
+    sdata, _ = two
+    with pytest.raises(cp.CpnnError, match=message):
+        cp.tl.fit(sdata, train=["S1"], epochs=1, **{**KW, **option})
+
+
+def test_counts_beyond_float32s_whole_numbers_are_kept_exact():
+    """41.10: counts above 2**24 were stored as float32 (16777217 became 16777216)."""
+    import anndata as ad
+
+    big = 2**24 + 1
+    counts = ad.AnnData(np.array([[big, 3.0], [5.0, big + 2]]), var=pd.DataFrame(index=["a", "b"]))
+    image = np.full((64, 64, 3), 200, np.uint8)
+    sdata = cp.io.from_arrays(image, np.array([[16.0, 16.0], [48.0, 48.0]]), counts, spot_diameter_um=10, mpp=1.0)
+    X = sdata["table"].X
+    assert X.dtype == np.float64 and X.toarray()[0, 0] == big and X.toarray()[1, 1] == big + 2
+    from cpnn._core import panel_counts
+
+    block = panel_counts(sdata["table"], ["a", "b"], np.ones(2, bool), None, argument="training")
+    assert block[0, 0] == big
+
+
+def test_a_bins_table_mixing_bin_sizes_is_refused_when_embedded():
+    """41.10: a bins table mixing 2 and 4 um squares was embedded at one scale."""
+    import shapely
+    from geopandas import GeoDataFrame
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import get_transformation
+
+    from .test_your_data import _visium_hd
+
+    sdata, _ = _visium_hd(np.random.default_rng(8))
+    shapes = sdata.shapes["hd_square_002um"]
+    b = shapes.geometry.bounds.to_numpy()
+    half = np.arange(len(b)) < len(b) // 2
+    side = np.where(half, 2 * (b[:, 2] - b[:, 0]), b[:, 2] - b[:, 0])
+    geo = GeoDataFrame(geometry=shapely.box(b[:, 0], b[:, 1], b[:, 0] + side, b[:, 1] + side), index=shapes.index)
+    sdata.shapes["hd_square_002um"] = ShapesModel.parse(geo, transformations=get_transformation(shapes, get_all=True))
+    with pytest.raises(cp.CpnnError, match=r"mixes square bins of 2 sizes .*patches are read at one bin size"):
+        cp.pp.embed(sdata, encoder="handcrafted", table_key="square_002um")
+    assert "cpnn_embedding" not in sdata["square_002um"].obsm

@@ -225,3 +225,4 @@ def test_a_process_whose_peers_never_start_fails_with_the_rendezvous_named(tmp_p
     assert done.returncode != 0
     assert f"process group at 127.0.0.1:{port} did not assemble within 3 s" in done.stderr
     assert "WORLD_SIZE=2" in done.stderr
+    assert "rank 0 has waited 2 s of 3 s" in done.stderr  # 41.11: said at the default verbosity while it waits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
@@ -38,6 +39,21 @@ def setup(device: str, *, timeout_s: float = 600.0) -> str:
             f"joining the process group at {where} as rank {os.environ.get('RANK', '?')}: waiting up to "
             f"{timeout_s:g} s for all {n} processes (cp.settings.dist_timeout_s)"
         )
+        done = threading.Event()
+
+        def remind() -> None:  # said at the default verbosity, so a rank waiting for a missing peer is not silent
+            waited = 0.0
+            for pause in (min(10.0, timeout_s / 2), *([60.0] * int(timeout_s // 60 + 1))):
+                if done.wait(pause):
+                    return
+                waited += pause
+                logg.warning(
+                    f"rank {os.environ.get('RANK', '?')} has waited {waited:.0f} s of {timeout_s:g} s for the other "
+                    f"processes of WORLD_SIZE={n} at {where}; start them (torchrun --nproc-per-node {n}) or unset "
+                    "WORLD_SIZE to run alone"
+                )
+
+        threading.Thread(target=remind, daemon=True).start()
         try:
             dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=float(timeout_s)))
         except Exception as err:  # torch raises DistStoreError, RuntimeError or TimeoutError here
@@ -47,6 +63,8 @@ def setup(device: str, *, timeout_s: float = 600.0) -> str:
                 "process (e.g. torchrun --nproc-per-node N), raise cp.settings.dist_timeout_s, or unset WORLD_SIZE "
                 "to run in one process."
             ) from err
+        finally:
+            done.set()
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -11,6 +11,7 @@ from scipy import sparse
 
 from .._errors import CpnnError
 from ._keys import SELECTED, in_reference_column, predicted_column
+from ._stats import counts_dtype
 from ._table import uns_cpnn, uns_list
 from ._validate import check_counts, check_unique_var
 
@@ -109,7 +110,7 @@ def panel_counts(
             f"{where} are not whole numbers, but loss='nb' models raw counts: pass the raw counts "
             "(layer= naming them), or loss='mse' for normalised values."
         )
-    return block.astype(np.float32)
+    return block.astype(counts_dtype(block))  # float32 unless a count is beyond its exact whole numbers
 
 
 def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, types: list[str]) -> np.ndarray | None:

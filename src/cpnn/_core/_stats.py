@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,3 +62,14 @@ def nanmean(values: Sequence[float]) -> float:
     """Mean ignoring NaN; NaN (without a warning) when every value is NaN, e.g. a constant predictor."""
     arr = np.asarray(values, dtype=float)
     return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
+
+
+#: Largest whole number float32 holds exactly (2**24): counts above it are kept in float64.
+FLOAT32_EXACT = 2**24
+
+
+def counts_dtype(values: Any) -> type:
+    """``np.float32`` for counts float32 holds exactly (all below 2**24), else ``np.float64``."""
+    data = values.data if hasattr(values, "data") and not isinstance(values, np.ndarray) else np.asarray(values)
+    data = np.asarray(data)
+    return np.float64 if data.size and float(np.nanmax(np.abs(data))) >= FLOAT32_EXACT else np.float32

@@ -141,6 +141,20 @@ def _check_regions(adata: AnnData, obs_mask: np.ndarray, regions: list[str], reg
         )
 
 
+def check_one_bin_size(shapes: Any, ids: Any, where: str, *, what: str) -> None:
+    """Refuse a region of square bins that mixes several bin sizes (circles and other shapes pass)."""
+    if "radius" in shapes or square_side(shapes) is None:
+        return
+    sides = np.sqrt(shapes.loc[ids].geometry.area.to_numpy())
+    if len(sides) and sides.max() > 1.01 * sides.min():
+        sizes = sorted({float(f"{v:.3g}") for v in sides})
+        raise CpnnError(
+            f"{where} mixes square bins of {len(sizes)} sizes ({sizes[:5]} in its "
+            f"units): {what} one bin size per table. Give each bin size its own table (as spatialdata-io's visium_hd "
+            "reader does: square_002um, square_008um, ...)."
+        )
+
+
 def _check_radius(shapes: Any, region: str) -> None:
     if "radius" not in shapes:
         return
@@ -220,6 +234,7 @@ def region_images(
             raise CpnnError(
                 f"Some {instance_key!r} values of region {region!r} are not in its shapes index: {e}"
             ) from e
+        check_one_bin_size(shapes, ids, f"Region {region!r}", what="patches are read at")
         xy = np.c_[geom.centroid.x.to_numpy(), geom.centroid.y.to_numpy()]
         every = shapes.geometry.centroid
         xy_all = np.c_[every.x.to_numpy(), every.y.to_numpy()]

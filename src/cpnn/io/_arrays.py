@@ -12,7 +12,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from .._core import SPATIAL
+from .._core import SPATIAL, counts_dtype
 from .._core._images import ATTRS_KEY, image_levels
 from .._errors import CpnnError
 from ._wsi import is_wsi_path, read_wsi
@@ -155,8 +155,8 @@ def build_sdata(samples: list[Sample], *, table_key: str = "table") -> Any:
         )
         scale[region] = s.um_per_px
         a = s.counts.copy()  # never the user's object
-        if not sparse.issparse(a.X):
-            a.X = sparse.csr_matrix(np.asarray(a.X, dtype=np.float32))
+        if not sparse.issparse(a.X):  # float32 unless a count is beyond its exact whole numbers (2**24)
+            a.X = sparse.csr_matrix(np.asarray(a.X, dtype=counts_dtype(a.X)))
         a.obs = a.obs.copy()
         a.obs["sample"] = s.name
         a.obs["region"] = region

@@ -10,10 +10,10 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._core import SPATIAL, is_spatialdata
+from .._core import SPATIAL, counts_dtype, is_spatialdata
 from .._core import bin_size_um as bin_size_of
 from .._errors import CpnnError
-from ..data._regions import square_side, table_regions
+from ..data._regions import check_one_bin_size, square_side, table_regions
 
 
 def bin_tables(sdata: Any) -> dict[str, float]:
@@ -115,14 +115,7 @@ def aggregate_bins(
         if side is None:
             raise CpnnError(f"Region {region!r} of {table_key!r} is not made of square bins.")
         ids = src.obs[instance_key].to_numpy()[rows]
-        sides = np.sqrt(shapes.loc[ids].geometry.area.to_numpy())
-        if sides.max() > 1.01 * sides.min():
-            sizes = sorted({float(f"{v:.3g}") for v in sides})
-            raise CpnnError(
-                f"Region {region!r} of {table_key!r} mixes square bins of {len(sizes)} sizes ({sizes[:5]} in its "
-                "units): pseudo-spots need one bin size per table. Give each bin size its own table (as "
-                "spatialdata-io's visium_hd reader does: square_002um, square_008um, ...) and aggregate one of them."
-            )
+        check_one_bin_size(shapes, ids, f"Region {region!r} of {table_key!r}", what="pseudo-spots need")
         cent = shapes.loc[ids].geometry.centroid
         xy = np.c_[cent.x.to_numpy(), cent.y.to_numpy()]
         origin = xy.min(0) - side / 2.0
@@ -134,7 +127,8 @@ def aggregate_bins(
         if not keep.any():
             continue
         ind = sparse.csr_matrix((np.ones(len(rows)), (group, np.arange(len(rows)))), shape=(len(codes), len(rows)))
-        summed = (ind[keep] @ X[rows]).astype(np.float32)
+        summed = ind[keep] @ X[rows]
+        summed = summed.astype(counts_dtype(summed))  # float32 unless a sum is beyond its exact whole numbers
         codes, n_bins = codes[keep], n_bins[keep]
         x0 = origin[0] + codes[:, 0] * k * side
         y0 = origin[1] + codes[:, 1] * k * side

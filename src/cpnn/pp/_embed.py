@@ -211,9 +211,24 @@ def store_embedding(
     full[mask] = z
     adata.obsm[key] = full
     embeddings[key] = {"config": config, "dim": int(z.shape[1]), "sources": known}
-    # per-spot measurements an encoder reports (the nuclei encoder: its nucleus count), as obs columns
+    # per-spot measurements an encoder reports (the nuclei encoder: its nucleus count), as obs columns named
+    # after the embedding (the default one: cpnn_<name>); a column cpnn did not write is never replaced
+    written = uns_cpnn(adata).setdefault("obs_columns", {})
     for name, (idx, factor) in encoder_class(config["encoder"]).obs_features.items():
-        adata.obs[f"cpnn_{name}"] = np.round(full[:, idx].astype(np.float64) * factor, 6).astype(np.float32)
+        column = obs_feature_column(key, name)
+        if column in adata.obs and column not in written:
+            logg.warning(
+                f"obs[{column!r}] is not a column cpnn wrote, so it is kept; the {name} of embedding {key!r} are "
+                f"column {idx} of obsm[{key!r}] x {factor:g}. Rename your column to have cpnn write it."
+            )
+            continue
+        adata.obs[column] = np.round(full[:, idx].astype(np.float64) * factor, 6).astype(np.float32)
+        written[column] = [key, name]
+
+
+def obs_feature_column(key: str, name: str) -> str:
+    """``obs`` column of an encoder's per-spot measurement ``name`` for embedding ``key``."""
+    return f"cpnn_{name}" if key == EMBEDDING else f"{key}_{name}"
 
 
 def cached_embedding(

@@ -34,6 +34,16 @@ def embed_regions(
 
     ``out`` may be a preallocated array (e.g. a float16 memory map on disk) that receives the rows.
     """
+    coarsest = getattr(encoder, "coarsest_image_um_per_px", None)
+    coarse = [r for r in regions if coarsest is not None and r.um_per_px > coarsest * 1.05]
+    if coarse:
+        r = max(coarse, key=lambda c: c.um_per_px)
+        logg.warning(
+            f"image {r.image_key!r} of region {r.region!r} has {r.um_per_px:.2g} um per pixel, but "
+            f"{type(encoder).__name__} needs {coarsest:g} um per pixel or finer: its patches are upsampled "
+            f"{r.um_per_px * patch_px / patch_size_um:.1f}x and nuclei there are merged or missed (counts too low). "
+            "Give the full-resolution image (spatialdata_io.visium(..., fullres_image_file=...)), or use another encoder."
+        )
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
     encoder = encoder.to(device).eval()
     channels_last = str(device).startswith("cuda")  # faster convolutions on CUDA; a no-op for the rest

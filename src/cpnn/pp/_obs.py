@@ -62,6 +62,12 @@ def proportions_to_obs(
             f"obs already has column(s) {clash} that proportions_to_obs did not write; pass a prefix "
             f"(e.g. prefix={valid_name(key) + '_'!r}) so that they are kept."
         )
+    other = sorted({str(written[c][0]) for c in cols if c in written and str(written[c][0]) != key})
+    if other:
+        raise CpnnError(
+            f"obs columns {[c for c in cols if c in written][:4]} hold the composition of obsm[{other[0]!r}]; writing "
+            f"obsm[{key!r}] there would replace it. Pass a prefix (e.g. prefix={valid_name(key) + '_'!r}) to keep both."
+        )
     data = return_copy(data, copy)
     adata = get_table(data, table_key)
     mapping = uns_cpnn(adata).setdefault("obs_columns", {})

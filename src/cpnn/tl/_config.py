@@ -264,7 +264,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
         encoder,
         weights=o["encoder_weights"],
         pretrained=o["pretrained"],
-        seed=int(o["seed"]),
+        seed=check_int("seed", o["seed"], minimum=0),
         patch_size_um=check_number("patch_size_um", o["patch_size_um"], low=0.0, strict=True),
         patch_px=None if o["patch_px"] is None else check_int("patch_px", o["patch_px"]),
         kwargs=o["encoder_kwargs"],
@@ -304,8 +304,8 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
         init=chosen["init"],
         alpha_init=chosen["alpha_init"],
         targets=chosen["targets"],
-        seed=int(o["seed"]),
-        max_patches=int(o["max_patches"]) if unit.bags else 0,
+        seed=check_int("seed", o["seed"], minimum=0),
+        max_patches=check_int("max_patches", o["max_patches"]) * bool(unit.bags),
         spot_diameter_um=None if spot_um is None else check_number("spot_diameter_um", spot_um, low=0.0, strict=True),
     )
     if not head_cls.composition:  # composition options mean nothing to a head without cell types

@@ -119,11 +119,17 @@ def _write_expression(
     gidx = adata.var_names.get_indexer(genes)
     depth = float(model.config.median_library)
     _put_layer(adata, key_added, rows, gidx, (props * depth).astype(np.float32))
+    name = measured_depth_key(key_added)
     if not measured_depth:
+        if name in adata.layers:  # an earlier model's depth-scaled values of these spots no longer apply
+            _put_layer(adata, name, rows, gidx, np.full((len(rows), len(gidx)), np.nan, np.float32))
+            logg.warning(
+                f"layers[{name!r}] held an earlier prediction of these {len(rows)} spots scaled to their measured depth; "
+                "their rows are now NaN there. Pass measured_depth=True to scale this prediction too."
+            )
         return f"{key_added!r} (adata.layers)"
     lib = dense_rows(layer_matrix(adata, layer), rows, gidx).sum(axis=1).astype(np.float64)
     lib = np.where(np.isfinite(lib) & (lib > 0), lib, np.nan)  # no measured depth: nothing to scale to
-    name = measured_depth_key(key_added)
     _put_layer(adata, name, rows, gidx, (props * lib[:, None]).astype(np.float32))
     return f"{key_added!r}, {name!r} (adata.layers)"
 
@@ -331,6 +337,8 @@ def predict(
             "the table must hold the genes the model was trained on."
         )
     mask = check_obs_mask(adata, regions, argument="regions")
+    if measured_depth:  # checked before anything is written
+        layer_matrix(adata, layer)
     _check_context(model, table_key)
     dev = settings.resolve_device(device)
     z = model_inputs(
@@ -442,6 +450,8 @@ def _predict_slides(
             "give the bulk AnnData the model's genes as var_names (measured or not)."
         )
     mask = check_obs_mask(bulk, regions, argument="regions")
+    if measured_depth:  # checked before anything is written
+        layer_matrix(bulk, layer)
     tile_um = float(model.config.encoder_config["patch_size_um"])
     slides = open_slides(slides, [str(n) for n in bulk.obs_names], tiles_key=tiles_key, tile_size_um=tile_um)
     every = slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key)

@@ -26,8 +26,13 @@ class Encoder(nn.Module):
         Micrometres per pixel the encoder reads patches at (its default input size then follows
         the patch size), or ``None`` for a fixed input size in pixels.
     obs_features
-        Per-spot measurements written to ``obs[f"cpnn_{name}"]`` when spots are embedded:
-        name -> (feature index, factor back to the natural unit).
+        Per-spot measurements written to ``obs[f"cpnn_{name}"]`` when spots are embedded
+        (``obs[f"{key_added}_{name}"]`` for another embedding key): name -> (feature index,
+        factor back to the natural unit).
+    coarsest_image_um_per_px
+        Coarsest image (micrometres per pixel) the encoder's features mean what they say on;
+        embedding from a coarser one warns (patches upsampled from it hold no more detail), or
+        ``None`` for no limit.
     """
 
     name: ClassVar[str] = ""
@@ -35,6 +40,7 @@ class Encoder(nn.Module):
     seeded: ClassVar[bool] = True
     input_um_per_px: ClassVar[float | None] = None
     obs_features: ClassVar[dict[str, tuple[int, float]]] = {}
+    coarsest_image_um_per_px: ClassVar[float | None] = None
     out_dim: int
 
     @classmethod

@@ -263,6 +263,8 @@ class NucleiEncoder(Encoder):
     seeded = False
     input_um_per_px: ClassVar[float | None] = NUCLEI_UM_PER_PX
     obs_features: ClassVar[dict[str, tuple[int, float]]] = {"n_nuclei": (0, 100.0)}  # counts are in hundreds
+    # a nucleus (5-10 um) spans a few pixels of a coarser image: merged, missed or not segmented at all
+    coarsest_image_um_per_px: ClassVar[float | None] = 1.0
 
     def __init__(self, *, um_per_px: float = NUCLEI_UM_PER_PX) -> None:
         super().__init__()
