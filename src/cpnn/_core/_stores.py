@@ -1,7 +1,8 @@
 """Zarr stores cpnn writes results back into: one writer at a time, and a table swapped, never absent.
 
 **The lock.** Every write-back holds an exclusive ``fcntl.flock`` on ``<store>/.cpnn.lock``, and
-cpnn's own reads of a store hold a shared one, so two writers serialise (the second waits, then
+cpnn's own reads of a store hold a shared one (on a store some cpnn writer has written; a read
+never creates the file), so two writers serialise (the second waits, then
 reads the table the first wrote) and a cpnn reader never sees a table half-way through a swap. The
 kernel releases the lock when its process dies (``kill -9`` included), so a lock is never stale;
 the holder (process, host, what it does, since when) is written into the lock file and named when
@@ -96,14 +97,14 @@ def store_lock(
         return
     timeout = settings.lock_timeout_s if timeout_s is None else float(timeout_s)
     path = root / LOCK
-    try:
-        f = open(path, "a+")
+    try:  # a reader never creates the file: reading leaves the store as it was
+        f = open(path, "a+") if exclusive else open(path)
     except OSError as err:
         if exclusive:
             raise CpnnError(
                 f"{what}: cannot create the lock file {str(path)!r} ({err}); is the store writable?"
             ) from err
-        yield  # a read-only store has no writer to wait for
+        yield  # a read-only store, or one no cpnn writer has written: nothing to wait for
         return
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     start = time.monotonic()
