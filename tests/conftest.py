@@ -22,6 +22,9 @@ def _data_dirs(tmp_path_factory):
     cp.settings.cachedir = tmp_path_factory.mktemp("cpnn_cache")
     cp.settings.verbosity = 1
     cp.settings.progress_bar = False
+    # a fixed number of threads (torch's default, every core): results that must repeat exactly do not
+    # move with the machine's load; the idle-core policy has its own tests (tests/test_threads.py)
+    cp.settings.n_jobs = -1
     yield
 
 

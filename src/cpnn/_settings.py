@@ -41,6 +41,12 @@ class CpnnSettings:
     dist_timeout_s
         Seconds a process launched with several (``WORLD_SIZE`` > 1) waits for the others to join
         before failing with a message (default 600; ``CPNN_DIST_TIMEOUT`` sets it).
+    n_jobs
+        CPU threads of cpnn's own work (training, embedding, deconvolution, prediction): ``None``
+        (default) for the cores idle when a call starts, at least one, so that a fit beside other
+        busy processes is not slowed 10-40x by threads waiting for each other; a positive number to
+        fix it; ``-1`` for every core (torch's default). ``CPNN_N_JOBS`` sets it. The caller's
+        torch setting is restored after each call.
     lock_timeout_s
         Seconds a write-back into a zarr store waits for another process writing the same store
         before failing with a message naming it (default 600; ``CPNN_LOCK_TIMEOUT`` sets it).
@@ -54,7 +60,30 @@ class CpnnSettings:
         self.progress_bar: bool = os.environ.get("CPNN_PROGRESS_BAR", "1") not in ("0", "false", "False")
         self._deterministic = False
         self._dist_timeout_s: float | None = None
+        self.n_jobs = os.environ.get("CPNN_N_JOBS") or None
         self._lock_timeout_s: float | None = None
+
+    @property
+    def n_jobs(self) -> int | None:
+        """CPU threads of cpnn's work: ``None`` for the idle cores, a positive number, or ``-1`` for every core."""
+        return self._n_jobs
+
+    @n_jobs.setter
+    def n_jobs(self, value: int | str | None) -> None:
+        if value is None:
+            self._n_jobs = None
+            return
+        try:
+            n = int(value)  # type: ignore[arg-type]
+            ok = not isinstance(value, bool | float) and (n == -1 or n >= 1)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CpnnError(
+                f"cp.settings.n_jobs = {value!r} (or CPNN_N_JOBS): use None for the idle cores, a positive number of "
+                "threads, or -1 for every core."
+            )
+        self._n_jobs = n
 
     @property
     def dist_timeout_s(self) -> float:
@@ -124,7 +153,8 @@ class CpnnSettings:
         With it (and the same seed, data, device, thread count and library versions) a fit is
         bit-identical run after run on one machine; across machines, CPU types, BLAS builds and
         GPUs float rounding can still differ. Setting it also fixes cuBLAS's workspace so CUDA
-        matrix products are repeatable.
+        matrix products are repeatable, and the number of CPU threads (``n_jobs=None`` then means
+        every core, not the cores idle at the time).
         """
         return self._deterministic
 

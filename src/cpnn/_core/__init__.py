@@ -58,6 +58,7 @@ from ._stats import (
 )
 from ._stores import STAGING, repair_store, store_lock, swap_table
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
+from ._threads import cpu_threads, uses_cpu_threads
 from ._torch import autocast, state_digest
 from ._validate import (
     check_counts,
@@ -101,6 +102,7 @@ __all__ = [
     "columnwise_pearson",
     "columnwise_spearman",
     "counts_dtype",
+    "cpu_threads",
     "dense_rows",
     "dist",
     "gene_names",
@@ -146,6 +148,7 @@ __all__ = [
     "unmarked_types",
     "uns_cpnn",
     "uns_list",
+    "uses_cpu_threads",
     "valid_name",
     "warn_renamed",
     "write_composition",

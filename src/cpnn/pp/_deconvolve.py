@@ -34,6 +34,7 @@ from .._core import (
     to_uns,
     uns_cpnn,
     uns_list,
+    uses_cpu_threads,
     write_composition,
 )
 from .._errors import CpnnError
@@ -166,6 +167,7 @@ def _nnls(counts: np.ndarray, P: np.ndarray) -> np.ndarray:
     return w
 
 
+@uses_cpu_threads
 def deconvolve(
     data: AnnData | Any,
     *,

@@ -22,6 +22,7 @@ from .._core import (
     renamed_arguments,
     selection_positions,
     uns_cpnn,
+    uses_cpu_threads,
 )
 from .._errors import CpnnError
 from .._settings import settings
@@ -38,6 +39,7 @@ from ._store import disk_embeddings
 
 
 @renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
+@uses_cpu_threads
 def embed(
     data: Any,
     *,

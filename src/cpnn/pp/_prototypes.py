@@ -22,6 +22,7 @@ from .._core import (
     return_copy,
     to_uns,
     uns_cpnn,
+    uses_cpu_threads,
 )
 from .._errors import CpnnError
 from .._settings import settings
@@ -203,6 +204,7 @@ def _single_cell_prototypes(
     return pd.DataFrame(values, index=use_genes, columns=order), info
 
 
+@uses_cpu_threads
 def build_prototypes(
     data: AnnData | Any,
     reference: AnnData | pd.DataFrame,

@@ -32,6 +32,7 @@ from .._core import (
     renamed_arguments,
     switched_off,
     uns_cpnn,
+    uses_cpu_threads,
 )
 from .._errors import CpnnError
 from .._settings import settings
@@ -57,6 +58,7 @@ def _fingerprint(config: FitConfig, split: Split) -> str:
 
 
 @renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
+@uses_cpu_threads
 def fit(
     data: AnnData | Any,
     *,

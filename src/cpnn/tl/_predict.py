@@ -31,6 +31,7 @@ from .._core import (
     switched_off,
     to_uns,
     uns_cpnn,
+    uses_cpu_threads,
     warn_renamed,
     write_composition,
 )
@@ -183,6 +184,7 @@ def _mark(adata: AnnData, mask: np.ndarray, key_added: str, model: CPNN) -> str:
     return col
 
 
+@uses_cpu_threads
 def predict(
     data: AnnData | Any,
     model: CPNN,

@@ -1,0 +1,73 @@
+"""cpnn's thread policy (issue 39): the cores a busy machine has free, a fixed number when asked, the caller's
+torch setting given back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cpnn as cp
+from cpnn._core import _threads
+
+from ._synthetic import synthetic_sdata
+
+KW = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "context_um": 0, "targets": "given"}
+
+
+@pytest.fixture
+def auto(monkeypatch):
+    """cp.settings.n_jobs=None (the idle-core policy), with no measurement reused from another test."""
+    monkeypatch.setattr(cp.settings, "_n_jobs", None)
+    monkeypatch.setattr(_threads, "_last", None)
+    monkeypatch.setattr(_threads, "usable_cores", lambda: 4)
+
+
+@pytest.mark.parametrize(("idle", "threads"), [(0.2, 1), (1.4, 1), (1.6, 2), (3.9, 4), (7.0, 4)])
+def test_idle_cores_decide_the_threads(auto, monkeypatch, idle, threads):
+    monkeypatch.setattr(_threads, "idle_cores", lambda window_s=0.1: idle)
+    n, why = _threads.choose_threads(None)
+    assert n == threads and f"{idle:.1f} of 4 cores idle" in why
+
+
+def test_idle_cores_are_measured_from_the_kernel():
+    free = _threads.idle_cores(0.05)
+    assert 0.0 <= free <= (torch.get_num_threads() + 64)
+
+
+def test_a_fit_uses_the_chosen_threads_and_gives_the_callers_back(auto, monkeypatch):
+    sdata, profiles = synthetic_sdata(np.random.default_rng(39), n_side=6, sections=("S1",))
+    cp.pp.select_genes(sdata, n_top_genes=30)
+    cp.pp.build_prototypes(sdata, profiles)
+    monkeypatch.setattr(_threads, "idle_cores", lambda window_s=0.1: 0.3)  # a busy machine
+    torch.set_num_threads(2)
+    try:
+        cp.tl.fit(sdata, epochs=1, **KW)
+        assert sdata["table"].uns["cpnn"]["fit"]["threads"] == 1
+        assert torch.get_num_threads() == 2  # restored
+        monkeypatch.setattr(cp.settings, "_n_jobs", 2)
+        with pytest.raises(cp.CpnnError):  # restored after an error too
+            cp.tl.fit(sdata, epochs=1, image_key="typo", **KW)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        cp.tl.fit(sdata, epochs=1, **KW)  # a fixed number, whatever the load
+        assert sdata["table"].uns["cpnn"]["fit"]["threads"] == 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
+
+
+def test_deterministic_runs_do_not_move_with_the_load(auto, monkeypatch):
+    monkeypatch.setattr(_threads, "idle_cores", lambda window_s=0.1: 0.3)
+    assert _threads.choose_threads(None, deterministic=True)[0] == 4
+    assert _threads.choose_threads(-1)[0] == 4 and _threads.choose_threads(3)[0] == 3
+
+
+@pytest.mark.parametrize("bad", ["two", 0, -2, 1.5, True])
+def test_n_jobs_is_checked(bad, monkeypatch):
+    monkeypatch.setattr(cp.settings, "_n_jobs", None)
+    with pytest.raises(cp.CpnnError, match=r"cp.settings.n_jobs = .*use None for the idle cores"):
+        cp.settings.n_jobs = bad
+    monkeypatch.setenv("CPNN_N_JOBS", "3")
+    from cpnn._settings import CpnnSettings
+
+    assert CpnnSettings().n_jobs == 3
