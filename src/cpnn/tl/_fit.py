@@ -233,8 +233,10 @@ def fit(
     targets
         ``"deconvolve"``: when the head has a composition, ``comp_reg > 0`` and no
         ``composition_key`` is given, deconvolve the training spots (:func:`cpnn.pp.deconvolve`, NB,
-        into ``obsm[f"{key_added}_deconvolution"]``, reused by a later fit on the same spots;
-        validation and test spots never) and supervise the composition with them, as the paper does; ``"given"``: only ``composition_key``'s targets.
+        the fit's seed; validation and test spots never) and supervise the composition with them,
+        as the paper does. They are written to ``obsm[f"{key_added}_targets"]`` when the fit
+        succeeds and reused by a later fit on the same counts, layer, prototypes and seed; a key
+        holding a result no fit made is refused. ``"given"``: only ``composition_key``'s targets.
         Default: the preset's. Pass ``comp_reg=0`` for no composition loss at all.
     layer
         Layer with raw counts (default ``X``).
