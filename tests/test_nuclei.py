@@ -95,8 +95,8 @@ def test_real_her2st_spots_get_nucleus_counts(her2st_all):
     spots = np.zeros(table.n_obs, bool)
     spots[b4] = True
     cp.pp.embed(her2st_all, encoder="nuclei", spots=spots, key_added="z_nuclei")
-    counts = table.obs["cpnn_n_nuclei"].to_numpy()[spots]
-    assert np.isfinite(counts).all() and np.isnan(table.obs["cpnn_n_nuclei"].to_numpy()[~spots]).all()
+    counts = table.obs["z_nuclei_n_nuclei"].to_numpy()[spots]  # named after the embedding key (#41.9)
+    assert np.isfinite(counts).all() and np.isnan(table.obs["z_nuclei_n_nuclei"].to_numpy()[~spots]).all()
     # a 112 um square of breast tissue holds tens to a few hundred nuclei
     assert 5 <= np.median(counts) <= 400, np.median(counts)
     z = table.obsm["z_nuclei"][spots]
