@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._core import zarr_write_settings
+from .._core import choose_threads, zarr_write_settings
 from .._errors import CpnnError
 from ._scripted import check_output
 
@@ -149,6 +149,8 @@ def run_demo(args: argparse.Namespace) -> int:
         f"(C2-C5, early stopping on C6), predict patient B (B4), {len(seeds)} seed(s)."
     )
     print(f"  data: {cp.settings.datadir}; cache: {cp.settings.cachedir}")
+    threads, why = choose_threads(cp.settings.n_jobs, deterministic=cp.settings.deterministic)
+    print(f"  CPU threads: {threads} now ({why}); each step measures again")
     print(
         f"  encoder {args.encoder!r}: {ENCODER_NOTES.get(args.encoder, 'a timm architecture, untrained unless you pass weights')}"
     )

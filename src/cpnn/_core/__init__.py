@@ -58,7 +58,7 @@ from ._stats import (
 )
 from ._stores import STAGING, repair_store, store_lock, swap_table
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
-from ._threads import cpu_threads, uses_cpu_threads
+from ._threads import choose_threads, cpu_threads, uses_cpu_threads
 from ._torch import autocast, state_digest
 from ._validate import (
     check_counts,
@@ -99,6 +99,7 @@ __all__ = [
     "check_obs_mask",
     "check_unique_obs",
     "check_unique_var",
+    "choose_threads",
     "columnwise_pearson",
     "columnwise_spearman",
     "counts_dtype",

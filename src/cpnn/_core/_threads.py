@@ -21,15 +21,12 @@ from typing import ParamSpec, TypeVar
 
 import torch
 
-#: Seconds over which idle cores are measured.
+#: Seconds over which idle cores are measured (at each public call; nested calls keep the outer choice).
 WINDOW_S = 0.1
-#: Seconds a measurement is reused for (calls in quick succession measure once).
-REUSE_S = 10.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_last: tuple[float, int, str] | None = None  # (when, threads, why)
 _depth = 0
 
 
@@ -77,7 +74,6 @@ def choose_threads(n_jobs: int | None, *, deterministic: bool = False) -> tuple[
     Float sums can depend on the number of threads, so under ``deterministic`` an unset
     ``n_jobs`` means every core (a number that does not move with the machine's load).
     """
-    global _last
     cores = usable_cores()
     if n_jobs is None and deterministic:
         return cores, f"every core ({cores}): cp.settings.deterministic fixes the number"
@@ -85,14 +81,9 @@ def choose_threads(n_jobs: int | None, *, deterministic: bool = False) -> tuple[
         if n_jobs == -1:
             return cores, f"every core (cp.settings.n_jobs=-1, {cores})"
         return int(n_jobs), f"cp.settings.n_jobs={n_jobs}"
-    now = time.monotonic()
-    if _last is not None and now - _last[0] < REUSE_S:
-        return _last[1], _last[2]
     free = idle_cores()
     n = max(1, min(cores, int(free + 0.5)))
-    why = f"{free:.1f} of {cores} cores idle (cp.settings.n_jobs=None; set it to fix the number)"
-    _last = (now, n, why)
-    return n, why
+    return n, f"{free:.1f} of {cores} cores idle (cp.settings.n_jobs=None; set it to fix the number)"
 
 
 @contextmanager
