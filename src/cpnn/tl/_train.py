@@ -101,7 +101,7 @@ def adamw(params: list[nn.Parameter], *, lr: float, weight_decay: float) -> torc
     """AdamW with its fused kernel (one call updates every parameter), else its multi-tensor one.
 
     torch's default on the CPU updates one parameter tensor at a time; at the faithful recipe's
-    8 spots a step that update was a third of the step (the fused one: 1.3x the epochs a second, ``benchmarks/small_steps.py``;
+    8 spots a step that update was a third of the step (the fused one: 1.5x the epochs a second, ``benchmarks/small_steps.py``;
     the same history to float rounding, docs/performance.md).
     """
     try:
