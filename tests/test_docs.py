@@ -34,7 +34,7 @@ def _fence_problems(text: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"], ids=lambda p: p.name)
 def test_every_code_fence_closes_cleanly(path):
     assert _fence_problems(path.read_text()) == []
 
@@ -59,3 +59,26 @@ def test_cpnn_deprecations_are_errors_in_the_test_suite():
     with pytest.raises(FutureWarning, match="renamed in cpnn"):
         warn_renamed("f(old=)", "new=", since="0.3", removed_in="0.4")
     warnings.warn("a dependency's deprecation", FutureWarning, stacklevel=1)  # still ignored
+
+
+def test_saved_figures_follow_scanpys_dpi_save(tmp_path):
+    """#38: saved figures ignored sc.settings.dpi_save (150 was hard-coded)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+    from PIL import Image
+
+    from cpnn.pl._utils import finish
+
+    def saved(name: str) -> tuple[int, int]:
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, 1])
+        finish(fig, None, name="f", show=False, save=tmp_path / name, return_fig=True)
+        plt.close(fig)
+        return Image.open(tmp_path / name).size
+
+    default = saved("default.png")
+    with matplotlib.rc_context():
+        sc.settings.set_figure_params(dpi_save=50)
+        low = saved("low.png")
+    assert low[0] < default[0] * 0.5, (low, default)  # 50 against 150 dots per inch

@@ -95,7 +95,9 @@ def finish(
     if save:
         path = save_path(name, save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # sc.settings.set_figure_params(dpi_save=...) sets matplotlib's savefig.dpi; 150 when nobody set it
+        dpi = plt.rcParams["savefig.dpi"]
+        fig.savefig(path, dpi=150 if dpi == "figure" else dpi, bbox_inches="tight")
     if return_fig:
         return fig
     if (sc.settings.autoshow if show is None else show) and ax is None:
