@@ -150,7 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(f"  data: {cp.settings.datadir}; cache: {cp.settings.cachedir}")
     threads, why = choose_threads(cp.settings.n_jobs, deterministic=cp.settings.deterministic)
-    print(f"  CPU threads: {threads} now ({why}); each step measures again")
+    print(f"  CPU threads: {threads} ({why}; each step measures the idle cores again)")
     print(
         f"  encoder {args.encoder!r}: {ENCODER_NOTES.get(args.encoder, 'a timm architecture, untrained unless you pass weights')}"
     )

@@ -83,7 +83,7 @@ def choose_threads(n_jobs: int | None, *, deterministic: bool = False) -> tuple[
         return int(n_jobs), f"cp.settings.n_jobs={n_jobs}"
     free = idle_cores()
     n = max(1, min(cores, int(free + 0.5)))
-    return n, f"{free:.1f} of {cores} cores idle (cp.settings.n_jobs=None; set it to fix the number)"
+    return n, f"{free:.1f} of {cores} cores idle; cp.settings.n_jobs fixes the number"
 
 
 @contextmanager

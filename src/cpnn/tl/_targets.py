@@ -39,6 +39,9 @@ def targets_key(key_added: str) -> str:
     return f"{key_added}_targets"
 
 
+#: ``cp.pp.deconvolve``'s default ``shared_spots``: below it the seed draws every row, so it changes nothing.
+SHARED_SPOTS = 1000
+
 #: Who wrote a targets key: a fit only reuses or replaces a key that a fit wrote.
 MADE_BY = "cp.tl.fit"
 
@@ -77,7 +80,8 @@ def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototype
     h.update(np.ascontiguousarray(np.asarray(adata.varm[prototypes_key], dtype=np.float64)).tobytes())
     h.update("\x00".join(map(str, adata.var_names)).encode())
     h.update("\x00".join(map(str, adata.obs_names[rows])).encode())
-    h.update(json.dumps([str(layer), prototypes_key, int(seed)]).encode())
+    # the seed draws deconvolve's shared spots, which are every row up to SHARED_SPOTS of them
+    h.update(json.dumps([str(layer), prototypes_key, int(seed) if len(rows) > SHARED_SPOTS else None]).encode())
     return h.hexdigest()
 
 
