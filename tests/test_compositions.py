@@ -186,7 +186,7 @@ def test_composition_maps(world, tmp_path):
     bars = [a for a in fig.axes if getattr(a, "_colorbar", None)]
     assert len(bars) == 1 and bars[0].get_xlabel() == "proportion (shared 0-1 scale)"  # one bar for the shared scale
     plt.close(fig)
-    fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", return_fig=True)
+    fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", min_dominance=0.5, return_fig=True)
     legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
     assert all(name.startswith(("t", "mixed")) for name in legend)
     props = t.obsm["cpnn_deconvolution"].loc[t.obs["section"].to_numpy() == "S2"].to_numpy()
@@ -201,6 +201,18 @@ def test_composition_maps(world, tmp_path):
     assert (tmp_path / "cmp.png").stat().st_size > 5000
     plt.close(fig)
     assert cp.pl.dominant(world, region="S2", show=False) is not None
+    plt.close("all")
+    # compartments (#38): merged before the largest share is taken; every spot coloured, none "mixed"
+    fig = cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", groups={"g": ["t1", "t2"]}, return_fig=True)
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert any(name.startswith("g (") for name in legend) and not any(name.startswith("mixed") for name in legend)
+    assert set(legend) <= {x for x in legend if x.startswith(("g (", "t0 ("))}
+    assert "Dominant compartment" in fig.axes[0].get_title() and "g = t1 + t2" in fig.texts[-1].get_text()
+    plt.close(fig)
+    with pytest.raises(cp.CpnnError, match=r"groups\['g'\] names \['t9'\]"):
+        cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", groups={"g": ["t9"]})
+    with pytest.raises(cp.CpnnError, match=r"in groups 'a' and 'b'"):
+        cp.pl.dominant(world, region="S2", key="cpnn_deconvolution", groups={"a": ["t1"], "b": ["t1", "t2"]})
     plt.close("all")
 
 

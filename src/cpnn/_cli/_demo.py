@@ -28,6 +28,20 @@ FIGURES = (
 TRAIN, VALIDATION, TEST = ["C2", "C3", "C4", "C5"], ["C6"], "B4"
 
 
+#: The compartments a pathologist reads, from the atlas's major types.
+COMPARTMENTS = {
+    "epithelium": ["Cancer Epithelial", "Normal Epithelial"],
+    "immune": ["B-cells", "T-cells", "Myeloid", "Plasmablasts"],
+    "stroma": ["CAFs", "PVL", "Endothelial"],
+}
+
+
+def _compartments(types: list[str]) -> dict[str, list[str]]:
+    """:data:`COMPARTMENTS` restricted to the model's cell types."""
+    groups = {g: [t for t in members if t in types] for g, members in COMPARTMENTS.items()}
+    return {g: members for g, members in groups.items() if members}
+
+
 def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     """Composition maps, measured vs predicted markers, accuracy and training history as PNGs."""
     import matplotlib
@@ -43,7 +57,7 @@ def _demo_figures(sdata, model, metrics, out: Path) -> list[Path]:
     best = [g for g in metrics["spearman_mean"].sort_values(ascending=False).index if g not in markers][:1]
     draws = (
         lambda p: cp.pl.proportions(sdata, region=TEST, save=p, show=False),
-        lambda p: cp.pl.dominant(sdata, region=TEST, save=p, show=False),
+        lambda p: cp.pl.dominant(sdata, region=TEST, groups=_compartments(model.cell_types), save=p, show=False),
         lambda p: cp.pl.compare_proportions(
             sdata, keys=("cpnn_proportions", "deconvolution_B4"), region=TEST, save=p, show=False
         ),

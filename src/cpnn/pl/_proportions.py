@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ from ._utils import check_names, doc_show_save, finish
 MIN_SHARE = 0.05
 #: Colour map of composition maps: light at 0, so the H&E stays visible under low proportions.
 COMPOSITION_CMAP = "YlGnBu"
-#: A spot whose largest proportion is below this has no dominant type (drawn as "mixed").
-MIN_DOMINANCE = 0.5
 
 
 def _share(mask: np.ndarray) -> str:
@@ -179,8 +177,9 @@ def dominant(
     *,
     region: str | None = None,
     key: str = "cpnn_proportions",
+    groups: Mapping[str, Sequence[str]] | None = None,
     palette: str = "tab10",
-    min_dominance: float = MIN_DOMINANCE,
+    min_dominance: float = 0.0,
     img_alpha: float = 1.0,
     image_key: str | None = None,
     max_px: int = 1500,
@@ -191,12 +190,15 @@ def dominant(
     return_fig: bool = False,
     table_key: str = "table",
 ) -> Figure | Axes | None:
-    """The dominant cell type of each spot as one categorical map; opacity is that type's proportion.
+    """The dominant cell type (or compartment) of each spot as one categorical map; lightness is its proportion.
 
-    A spot drawn faintly holds a mixture; a solid one is mostly its type. A spot whose largest
-    proportion is below ``min_dominance`` has no dominant type and is drawn as an open grey
-    circle ("mixed"). The note under the map names the reference's cell types: tissue the
-    reference has no type for (fat without adipocytes, say) is still split among these.
+    Every spot takes the colour of its largest share, drawn pale when that share is small and
+    full when the spot is mostly of it, so a mixture reads as a light spot of its leading type.
+    ``groups`` merges types into the compartments a pathologist reads before the largest share
+    is taken: four immune types at 0.15 each are one immune compartment at 0.6, not four losers
+    to epithelium at 0.4. ``min_dominance`` > 0 draws spots whose largest share is below it as
+    open grey circles ("mixed"). The note under the map names the reference's cell types: tissue
+    the reference has no type for (fat without adipocytes, say) is still split among these.
 
     Parameters
     ----------
@@ -206,6 +208,10 @@ def dominant(
         Region or section to draw (default: the first one with compositions).
     key
         ``obsm`` key of the proportions (a DataFrame whose columns are the cell types).
+    groups
+        Compartments to merge types into before the largest share is taken, e.g.
+        ``{"immune": ["B-cells", "T-cells", "Myeloid", "Plasmablasts"], "stroma": ["CAFs", "PVL",
+        "Endothelial"]}``; types in no group stay as they are.
     image_key
         Force this image element (default: the sharpest image covering the spots).
     max_px
@@ -215,7 +221,8 @@ def dominant(
     palette
         Matplotlib colour map of the categories.
     min_dominance
-        Largest proportion below which a spot counts as mixed (0: every spot gets its top type).
+        Largest share below which a spot is drawn as "mixed" (an open grey circle); 0 (default):
+        every spot takes its leading type's colour, paler the smaller its share.
     figsize
         Figure size in inches (width, height).
     ax
@@ -232,6 +239,8 @@ def dominant(
     from matplotlib.patches import Circle, Rectangle
 
     adata, props, name, mask = _region_values(data, key, region, table_key)
+    types = list(map(str, props.columns))
+    props = merge_groups(props, groups)
     values = props.loc[mask]
     view, kw = spatial_view(
         data, values, mask, library_id=name, image_key=image_key, max_px=max_px, table_key=table_key
@@ -257,8 +266,11 @@ def dominant(
         Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) if square else Circle((x, y), radius) for x, y in xy
     ]
     mixed = share < min_dominance
+    # lightness, not transparency: a pale spot stays readable over dark tissue (a faint one did not)
+    strength = np.clip(share, 0.15, 1.0)[:, None]
     face = colours[winner].copy()
-    face[:, 3] = np.clip(share, 0.15, 1.0)
+    face[:, :3] = 1.0 - strength * (1.0 - face[:, :3])
+    face[:, 3] = 0.95
     face[mixed] = (0.0, 0.0, 0.0, 0.0)
     edge = np.zeros_like(face)
     edge[mixed] = (0.35, 0.35, 0.35, 0.9)
@@ -293,18 +305,54 @@ def dominant(
         )
     ax_.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     source = source_of(adata, key)
+    what = "compartment" if groups else "cell type"
     ax_.set_title(
-        f"Dominant cell type, {name}" + (f"\n{source}; opacity = its proportion" if source else ""), fontsize=10
+        f"Dominant {what}, {name}" + (f"\n{source}; paler = smaller share" if source else "; paler = smaller share"),
+        fontsize=10,
     )
     if ax is None:
         fig.text(
             0.01, 0.005,
-            f"Reference cell types: {', '.join(map(str, props.columns))}. Tissue without a reference type "
+            f"Reference cell types: {', '.join(types)}{_grouping(groups)}. Tissue without a reference type "
             "(e.g. fat, when the reference has no adipocytes) is still split among these.",
             fontsize=7, ha="left", va="bottom", wrap=True,
         )  # fmt: skip
     add_scalebar(ax_, kw.get("um_per_unit"))
     return finish(fig, ax, name="dominant", show=show, save=save, return_fig=return_fig)
+
+
+def merge_groups(props: pd.DataFrame, groups: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
+    """``props`` with the types of each group summed into one column (the group's name); others kept."""
+    if not groups:
+        return props
+    columns = [str(c) for c in props.columns]
+    seen: dict[str, str] = {}
+    for group, members in groups.items():
+        members = [members] if isinstance(members, str) else list(members)
+        unknown = [m for m in members if m not in columns]
+        if unknown:
+            raise CpnnError(
+                f"groups[{group!r}] names {unknown}, which are not cell types of the composition: {columns}."
+            )
+        twice = [m for m in members if m in seen]
+        if twice:
+            raise CpnnError(f"{twice} are in groups {seen[twice[0]]!r} and {group!r}; give each type one group.")
+        seen.update(dict.fromkeys(members, str(group)))
+    out: dict[str, pd.Series] = {}
+    for c, col in zip(columns, props.columns, strict=True):
+        name = seen.get(c, c)
+        out[name] = out[name] + props[col] if name in out else props[col].astype(float)
+    return pd.DataFrame(out, index=props.index)
+
+
+def _grouping(groups: Mapping[str, Sequence[str]] | None) -> str:
+    if not groups:
+        return ""
+    return (
+        " (merged: "
+        + "; ".join(f"{g} = {' + '.join([m] if isinstance(m, str) else m)}" for g, m in groups.items())
+        + ")"
+    )
 
 
 @doc_show_save
