@@ -134,6 +134,7 @@ def test_readers_during_write_backs_always_find_a_table(store_and_model):
     for how, reader in readers.items():
         line = reader.communicate(timeout=600)[0].strip().splitlines()[-1]
         stats = {k: int(v) for k, v in (part.split("=") for part in line.split())}
+        print(f"{how} reader during {TRIALS} write-backs: {line}")  # the numbers docs/reliability.md reports
         assert stats["reads"] >= 5 and stats["absent"] == 0, (how, line)
         if how == "cpnn":  # under the shared lock: never a table half-way through a swap
             assert stats["failures"] == 0, line
