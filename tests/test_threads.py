@@ -64,12 +64,15 @@ def test_deterministic_runs_do_not_move_with_the_load(auto, monkeypatch):
 @pytest.mark.parametrize("bad", ["two", 0, -2, 1.5, True])
 def test_n_jobs_is_checked(bad, monkeypatch):
     monkeypatch.setattr(cp.settings, "_n_jobs", None)
-    with pytest.raises(cp.CpnnError, match=r"cp.settings.n_jobs = .*use None for the idle cores"):
+    with pytest.raises(cp.CpnnError, match=r"cp.settings.n_jobs = .*use None \(unset\) for the idle cores"):
         cp.settings.n_jobs = bad
-    monkeypatch.setenv("CPNN_N_JOBS", "3")
     from cpnn._settings import CpnnSettings
 
+    monkeypatch.setenv("CPNN_N_JOBS", "3")
     assert CpnnSettings().n_jobs == 3
+    monkeypatch.setenv("CPNN_N_JOBS", "two")  # like CPNN_DIST_TIMEOUT: named where it is used, import still works
+    with pytest.raises(cp.CpnnError, match=r"the environment variable CPNN_N_JOBS = 'two'"):
+        CpnnSettings().n_jobs  # noqa: B018
 
 
 def test_the_fused_optimiser_trains_the_same_history_as_the_per_tensor_one(monkeypatch):

@@ -23,6 +23,22 @@ def _seconds(value: object, name: str) -> float:
     return seconds
 
 
+def _threads(value: object, name: str) -> int | None:
+    """``None``, ``-1`` or a positive whole number of threads, or an error naming where the bad value came from."""
+    if value is None:
+        return None
+    try:
+        n = int(value)  # type: ignore[call-overload]
+        ok = not isinstance(value, bool | float) and (n == -1 or n >= 1)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CpnnError(
+            f"{name} = {value!r}: use None (unset) for the idle cores, a positive number of threads, or -1 for every core."
+        )
+    return n
+
+
 class CpnnSettings:
     """Settings of cpnn, reachable as ``cp.settings``.
 
@@ -60,30 +76,19 @@ class CpnnSettings:
         self.progress_bar: bool = os.environ.get("CPNN_PROGRESS_BAR", "1") not in ("0", "false", "False")
         self._deterministic = False
         self._dist_timeout_s: float | None = None
-        self.n_jobs = os.environ.get("CPNN_N_JOBS") or None
+        self._n_jobs: int | str | None = "environment"  # read (and checked) from CPNN_N_JOBS where it is used
         self._lock_timeout_s: float | None = None
 
     @property
     def n_jobs(self) -> int | None:
         """CPU threads of cpnn's work: ``None`` for the idle cores, a positive number, or ``-1`` for every core."""
-        return self._n_jobs
+        if self._n_jobs == "environment":
+            return _threads(os.environ.get("CPNN_N_JOBS") or None, "the environment variable CPNN_N_JOBS")
+        return self._n_jobs  # type: ignore[return-value]
 
     @n_jobs.setter
     def n_jobs(self, value: int | str | None) -> None:
-        if value is None:
-            self._n_jobs = None
-            return
-        try:
-            n = int(value)  # type: ignore[arg-type]
-            ok = not isinstance(value, bool | float) and (n == -1 or n >= 1)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise CpnnError(
-                f"cp.settings.n_jobs = {value!r} (or CPNN_N_JOBS): use None for the idle cores, a positive number of "
-                "threads, or -1 for every core."
-            )
-        self._n_jobs = n
+        self._n_jobs = _threads(value, "cp.settings.n_jobs")
 
     @property
     def dist_timeout_s(self) -> float:
@@ -179,7 +184,8 @@ class CpnnSettings:
         return (
             f"CpnnSettings(device={self.device!r}, datadir='{self.datadir}', "
             f"cachedir='{self.cachedir}', verbosity={self.verbosity}, num_workers={self.num_workers}, "
-            f"progress_bar={self.progress_bar}, deterministic={self.deterministic})"
+            f"progress_bar={self.progress_bar}, deterministic={self.deterministic}, "
+            f"n_jobs={os.environ.get('CPNN_N_JOBS') if self._n_jobs == 'environment' else self._n_jobs!r})"
         )
 
 
