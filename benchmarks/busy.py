@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
+from her2st import head_training_inputs
 
 import cpnn as cp
 
@@ -41,15 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     cp.settings.verbosity = 0
     cp.settings.progress_bar = False
-    sdata = cp.datasets.her2st()
-    adata = sdata["table"]
-    cp.pp.select_genes(adata, n_top_genes=250)
-    cp.pp.build_prototypes(adata, cp.datasets.wu2021_cid4465(), cell_type_key="celltype_major")
-    cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
-    section = adata.obs["section"].astype(str)
-    train = section.isin(["C2", "C3", "C4", "C5"]).to_numpy()
-    val = (section == "C6").to_numpy()
-    cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=0)
+    _, adata, train, val = head_training_inputs()
     rows = []
     for preset, epochs in (("cpnn", args.epochs), ("paper", max(1, args.epochs // 6))):
         for n_jobs, policy in ((None, "idle cores (default)"), (-1, "every core (torch's default)")):

@@ -75,6 +75,28 @@ def nb_prototypes_and_panels(adata, *, n_top: int = 250) -> dict[str, list[str]]
     return panels(adata, ok, cp.datasets.wu2021_profiles(), n_top=n_top)
 
 
+def head_training_inputs(*, nb_panel: bool = False) -> tuple:
+    """What the head-training benchmarks fit on: HER2ST with hand-crafted embeddings (``obsm["z_h"]``),
+    a top-250 panel with prototypes, and NB targets of the training spots (``obsm["targets"]``).
+
+    ``nb_panel``: the NB-prototype panel of :func:`nb_prototypes_and_panels`; else ``select_genes`` and
+    the default prototypes. Returns ``(sdata, adata, train C2-C5, validation C6)``.
+    """
+    sdata = cp.datasets.her2st()
+    adata = sdata["table"]
+    if nb_panel:
+        cp.pp.select_genes(adata, genes=nb_prototypes_and_panels(adata)["top-250"])
+    else:
+        cp.pp.select_genes(adata, n_top_genes=250)
+        cp.pp.build_prototypes(adata, cp.datasets.wu2021_cid4465(), cell_type_key="celltype_major")
+    cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
+    section = adata.obs["section"].astype(str)
+    train = section.isin(["C2", "C3", "C4", "C5"]).to_numpy()
+    val = (section == "C6").to_numpy()
+    cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=0)
+    return sdata, adata, train, val
+
+
 def evaluate_fold(adata, layer, genes, test, method_label) -> dict:
     df = cp.tl.evaluate(adata, layer=layer, genes=genes, spots=test, groupby="section")
     per_section = [c for c in df.columns if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")]

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
+from her2st import head_training_inputs
 
 import cpnn as cp
 
@@ -32,15 +33,7 @@ def main() -> None:
     cp.settings.verbosity = 0
     cp.settings.progress_bar = False
     cp.settings.n_jobs = -1  # every core in both runs: the optimiser is what differs
-    sdata = cp.datasets.her2st()
-    adata = sdata["table"]
-    cp.pp.select_genes(adata, n_top_genes=250)
-    cp.pp.build_prototypes(adata, cp.datasets.wu2021_cid4465(), cell_type_key="celltype_major")
-    cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
-    section = adata.obs["section"].astype(str)
-    train = section.isin(["C2", "C3", "C4", "C5"]).to_numpy()
-    val = (section == "C6").to_numpy()
-    cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=0)
+    _, adata, train, val = head_training_inputs()
     kw = dict(
         train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=0, preset="paper",
         composition_key="targets", epochs=args.epochs, patience=10 * args.epochs,

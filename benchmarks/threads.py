@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
-from her2st import nb_prototypes_and_panels
+from her2st import head_training_inputs
 
 import cpnn as cp
 
@@ -31,14 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     cp.settings.verbosity = 0
     cp.settings.progress_bar = False
-    sdata = cp.datasets.her2st()
-    adata = sdata["table"]
-    cp.pp.select_genes(adata, genes=nb_prototypes_and_panels(adata)["top-250"])
-    cp.pp.embed(sdata, encoder="handcrafted", key_added="z_h")
-    section = adata.obs["section"].astype(str)
-    train = section.isin(["C2", "C3", "C4", "C5"]).to_numpy()
-    val = (section == "C6").to_numpy()
-    cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=0)
+    _, adata, train, val = head_training_inputs(nb_panel=True)
     rows = []
     for preset in ("paper", "cpnn"):
         for n in args.threads:
