@@ -289,3 +289,48 @@ def test_one_deconvolution_key_holds_one_method_and_one_prototype_set():
     pd.testing.assert_frame_equal(adata.obsm["cpnn_deconvolution"], before)  # nothing lost
     cp.pp.deconvolve(adata, n_genes=300)  # every spot again: a fresh key
     assert list(adata.obsm["cpnn_deconvolution"].columns) == list(renamed.columns)
+
+
+def test_an_unexplained_component_takes_expression_no_type_explains():
+    """Planted spots with an extra profile (tissue the reference lacks): a learned profile finds it, a flat one
+    takes a share only where the extra profile is."""
+    rng = np.random.default_rng(5)
+    n, genes, types = 400, 300, 4
+    protos = rng.gamma(0.4, 1.0, size=(types + 1, genes)) + 0.005
+    protos /= protos.sum(1, keepdims=True)
+    comps = rng.dirichlet(np.full(types + 1, 0.6), size=n)
+    comps[: n // 2, -1] = 0.0  # half the spots hold none of the missing type
+    comps /= comps.sum(1, keepdims=True)
+    mu = comps @ protos * rng.uniform(2000, 6000, size=(n, 1))
+    counts = rng.negative_binomial(10.0, 10.0 / (10.0 + mu))
+    names = [f"g{i}" for i in range(genes)]
+    adata = ad.AnnData(sparse.csr_matrix(counts.astype(np.float32)), var=pd.DataFrame(index=names))
+    adata.obs_names = [f"s{i}" for i in range(n)]
+    # the reference lacks the last profile
+    profiles = pd.DataFrame(protos[:types].T * 1e4, index=names, columns=[f"t{k}" for k in range(types)])
+    cp.pp.build_prototypes(adata, profiles, rna_content=dict.fromkeys(profiles.columns, 1e4))
+    cp.pp.deconvolve(adata, n_genes=300, key_added="plain")
+    cp.pp.deconvolve(adata, n_genes=300, key_added="with", unexplained="learned")
+    cp.pp.deconvolve(adata, n_genes=300, key_added="flat", unexplained="flat")
+    plain, extra = adata.obsm["plain"].to_numpy(), adata.obsm["with"]
+    assert list(extra.columns) == [*profiles.columns, "unexplained"]
+    np.testing.assert_allclose(extra.sum(1), 1.0, atol=1e-5)
+    assert np.corrcoef(extra["unexplained"], comps[:, -1])[0, 1] > 0.9
+    assert np.abs(extra["unexplained"].to_numpy() - comps[:, -1]).mean() < 0.05
+    # the reference types are read closer to their planted shares than when the missing type is spread over them
+    err_with = np.abs(extra.to_numpy()[:, :types] - comps[:, :types]).mean()
+    err_plain = np.abs(plain - comps[:, :types] / comps[:, :types].sum(1, keepdims=True)).mean()
+    assert err_with < 0.05 and err_with < err_plain, (err_with, err_plain)
+    info = adata.uns["cpnn"]["deconvolution"]["with"]
+    assert np.isclose(np.sum(info["unexplained_profile"]), 1.0, atol=1e-4)
+    assert np.corrcoef(info["unexplained_profile"], protos[-1][adata.var_names.get_indexer(info["genes"])])[0, 1] > 0.9
+    flat = adata.obsm["flat"]["unexplained"].to_numpy()
+    assert flat[comps[:, -1] > 0.3].mean() > 2 * flat[comps[:, -1] == 0].mean()
+    assert np.allclose(adata.uns["cpnn"]["deconvolution"]["flat"]["unexplained_profile"], 1 / len(info["genes"]))
+    with pytest.raises(cp.CpnnError, match="unexplained='flat' needs method='nb'"):
+        cp.pp.deconvolve(adata, method="nnls", unexplained="flat")
+    with pytest.raises(cp.CpnnError, match="use None, 'flat' or 'learned'"):
+        cp.pp.deconvolve(adata, unexplained=True)
+    for other in (None, "flat"):  # one key, one setting
+        with pytest.raises(cp.CpnnError, match="One key"):
+            cp.pp.deconvolve(adata, n_genes=300, key_added="with", regions=np.arange(n) < 5, unexplained=other)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +166,17 @@ def test_raw_features_on_a_saturating_scale_are_reported(cpnn_log):
     assert "standardise" not in cpnn_log()
     _check_raw_scale(torch.rand(50, 8) * 1000)
     assert "standardise=True" in cpnn_log()
+
+
+def test_the_paper_preset_trains_in_float32_and_the_default_in_bf16():
+    """The authors' code trains without autocast on CUDA; cpnn's default uses bf16 there (a no-op on the CPU)."""
+    from cpnn._core import autocast
+    from cpnn.tl._config import PRESETS, FitConfig
+
+    assert PRESETS["paper"]["precision"] == "fp32" and PRESETS["cpnn"]["precision"] == "bf16"
+    assert FitConfig().precision == "bf16"  # model files written before 0.4 trained with bf16 on CUDA
+    assert not isinstance(autocast("cuda", enabled=False), torch.autocast)
+    with warnings.catch_warnings():  # torch says autocast is disabled where CUDA is absent
+        warnings.simplefilter("ignore", UserWarning)
+        assert isinstance(autocast("cuda"), torch.autocast)
+    assert not isinstance(autocast("cpu"), torch.autocast)

@@ -15,12 +15,12 @@ from .._core import choose_threads, zarr_write_settings
 from .._errors import CpnnError
 from ._scripted import check_output
 
-#: The figures the demo writes.
+#: The figures the demo writes (maps over the H&E as JPEG: a photograph in PNG runs to several MB).
 FIGURES = (
-    "proportions.png",
-    "dominant.png",
-    "compare_proportions.png",
-    "expression.png",
+    "proportions.jpg",
+    "dominant.jpg",
+    "compare_proportions.jpg",
+    "expression.jpg",
     "correlations.png",
     "prototypes.png",
     "history.png",
@@ -236,7 +236,7 @@ def run_demo(args: argparse.Namespace) -> int:
         "  mean predicted composition: "
         + ", ".join(f"{k} {v:.2f}" for k, v in props.mean().sort_values(ascending=False).items())
     )
-    print("  the reference has no adipocyte type: fat is split among the types above (see dominant.png)")
+    print("  the reference has no adipocyte type: fat is split among the types above (see dominant.jpg)")
     if off:
         print(f"  WARNING: cell type(s) {off} never exceed 1% of a B4 spot: the network switched them off")
     print(

@@ -20,6 +20,8 @@ PREDICTION = "cpnn"
 SPATIAL = "cpnn_spatial"
 #: Key of the tiles table written by :func:`cpnn.pp.tile`.
 TILES = "cpnn_tiles"
+#: Column of a composition's unexplained component (``cp.pp.deconvolve(unexplained=True)``).
+UNEXPLAINED = "unexplained"
 
 
 def in_reference_column(key: str) -> str:

@@ -8,9 +8,9 @@ import hashlib
 import torch
 
 
-def autocast(device: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for forward passes: bfloat16 autocast on CUDA, a no-op on the CPU."""
-    if str(device).startswith("cuda"):
+def autocast(device: str, *, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes: bfloat16 autocast on CUDA, a no-op on the CPU or when not ``enabled``."""
+    if enabled and str(device).startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

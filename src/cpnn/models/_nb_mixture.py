@@ -14,6 +14,11 @@ float32 rounding), the ``h`` updates accelerated per spot by SQUAREM extrapolati
   ``lgamma``/``digamma`` terms on the non-zero counts only), halved where it would lower the
   gene's likelihood.
 
+Optionally one more column of ``A``, an *unexplained* profile ``d`` (sums to 1): flat (every gene
+alike, times its scaling ``s``), or learned with the shared parameters by the same multiplicative
+update (stereoscope's "dummy" cell type). Expression that no reference type explains is attributed
+to it instead of being spread over the types.
+
 Two stages: the shared ``s`` and ``theta`` on a subsample of spots (:func:`fit_shared`), then
 every spot's ``h`` with them fixed (:func:`solve_compositions`), chunk by chunk: spots are then
 independent, no autograd graph is kept and two preallocated spots x genes buffers are reused, so
@@ -77,6 +82,12 @@ class NBMixtureFit:
     n_iter: int
     converged: bool
     nll_history: list[float]
+    #: the unexplained profile (G, sums to 1), or ``None`` when the fit has none
+    unexplained: np.ndarray | None = None
+
+    def dictionary(self, A: np.ndarray) -> np.ndarray:
+        """``A`` (G x K) with the unexplained profile as its last column when the fit has one."""
+        return A if self.unexplained is None else np.column_stack([A, self.unexplained])
 
 
 class _Buffers:
@@ -165,11 +176,13 @@ def solve_compositions(
 ) -> tuple[np.ndarray, int]:
     """Compositions of the spots ``counts`` (n x G dense, every row with a count) with the shared parameters fixed.
 
-    ``A``: G x K, columns sum to 1. Returns the compositions (n x K, rows sum to 1) and the
-    updates of the slowest spot. A spot is done when its composition moves by at most ``tol``
-    over one SQUAREM cycle (three updates), or after ``max_iter`` updates. Spots are
-    independent: any split of the spots into calls gives the same compositions.
+    ``A``: G x K, columns sum to 1. Returns the compositions (n x K, rows sum to 1; n x (K + 1)
+    with the fit's unexplained profile last) and the updates of the slowest spot. A spot is done
+    when its composition moves by at most ``tol`` over one SQUAREM cycle (three updates), or after
+    ``max_iter`` updates. Spots are independent: any split of the spots into calls gives the same
+    compositions.
     """
+    A = fit.dictionary(A)
     B = torch.as_tensor(A.T * fit.gene_scaling[None, :], dtype=torch.float32, device=device).contiguous()
     theta = torch.as_tensor(fit.theta, dtype=torch.float32, device=device)
     X = torch.as_tensor(cap_depth(counts), dtype=torch.float32, device=device)
@@ -242,6 +255,7 @@ def fit_shared(
     inner_tol: float = 1e-3,
     theta_init: float = float(np.exp(2.0)),
     scaling_prior: float = 0.0,
+    unexplained: str | None = None,
 ) -> NBMixtureFit:
     """Fit the per-gene scaling and dispersion on the spots ``X`` (n x G dense counts), ``A`` (G x K).
 
@@ -255,8 +269,14 @@ def fit_shared(
     mean 1 every round (the likelihood cannot tell ``s`` from the spots' totals). With a prior the
     fit keeps its own scale; the returned ``s`` is re-centred either way (the compositions do not
     depend on ``s``'s overall scale).
+
+    ``unexplained``: one more profile (last row of the dictionary, sums to 1): ``"flat"`` keeps it
+    at ``1 / G``; ``"learned"`` starts it there and updates it each round, after ``h``, by its own
+    multiplicative step.
     """
     Xt = torch.as_tensor(cap_depth(X), dtype=torch.float32, device=device)
+    if unexplained:
+        A = np.column_stack([A, np.full(A.shape[0], 1.0 / A.shape[0])])
     At = torch.as_tensor(A.T, dtype=torch.float32, device=device).contiguous()  # K x G
     n, G = Xt.shape
     K = At.shape[0]
@@ -272,6 +292,15 @@ def fit_shared(
     for it in range(1, max_iter + 1):  # noqa: B007
         theta = torch.exp(log_theta)
         H, _ = _solve(H, Xt, At * s, theta, buf, max_iter=inner, tol=inner_tol)
+        if unexplained == "learned":  # the same bound for the last dictionary row (s_g cancels), then back to sum 1
+            mu = (H @ (At * s)).clamp_min(_TINY)
+            h = H[:, -1:]
+            up = (h * Xt / mu).sum(0)
+            down = (h * (Xt + theta) / (theta + mu)).sum(0)
+            d = (At[-1] * up / down.clamp_min(_TINY)).clamp_min(_TINY)
+            total = d.sum()
+            At[-1] = d / total
+            H[:, -1] *= total
         # s: the same bound, per gene; with mu = s_g q_gn the update s * (sum_n q x / mu) / down is
         # sum_n x / down
         Q = H @ At  # n x G
@@ -302,4 +331,5 @@ def fit_shared(
         n_iter=it,
         converged=converged,
         nll_history=history,
+        unexplained=At[-1].cpu().numpy().astype(np.float64) if unexplained else None,
     )

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._core import OFF_SHARE, columnwise_pearson, get_proportions, get_table, proportions_key, uns_cpnn
+from .._core import OFF_SHARE, UNEXPLAINED, columnwise_pearson, get_proportions, get_table, proportions_key, uns_cpnn
 from .._errors import CpnnError
 from ._spatial import add_scalebar, draw_spots, resolve_region, spatial_view
 from ._utils import check_names, doc_show_save, finish
@@ -198,7 +198,9 @@ def dominant(
     is taken: four immune types at 0.15 each are one immune compartment at 0.6, not four losers
     to epithelium at 0.4. ``min_dominance`` > 0 draws spots whose largest share is below it as
     open grey circles ("mixed"). The note under the map names the reference's cell types: tissue
-    the reference has no type for (fat without adipocytes, say) is still split among these.
+    the reference has no type for (fat without adipocytes, say) is split among these unless the
+    composition has an ``"unexplained"`` column (``cp.pp.deconvolve(unexplained=True)``), drawn in
+    grey.
 
     Parameters
     ----------
@@ -250,6 +252,9 @@ def dominant(
     winner = arr.argmax(1)
     share = arr.max(1)
     colours = plt.get_cmap(palette)(np.arange(arr.shape[1]) % plt.get_cmap(palette).N)
+    for k, column in enumerate(values.columns):
+        if str(column) == UNEXPLAINED:  # not a cell type: neutral grey, never a palette colour
+            colours[k] = (0.45, 0.45, 0.45, 1.0)
     if "library_id" in kw:
         info = view.uns["spatial"][name]
         factor = info["scalefactors"]["tissue_hires_scalef"]

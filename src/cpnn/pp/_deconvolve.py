@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._core import (
     PROTOTYPES,
+    UNEXPLAINED,
     check_counts,
     check_int,
     check_number,
@@ -64,6 +65,12 @@ def _prototypes(adata: AnnData, key: str) -> tuple[np.ndarray, list[str], np.nda
     return P, types, has
 
 
+def composition_units(adata: AnnData, key: str) -> str:
+    """What a weight on the prototypes of ``varm[key]`` counts: ``"cells"``, or the prototypes' own scale."""
+    units = prototype_set(adata, key).get("units")
+    return "cells" if units == "cells" else "shares of counts"
+
+
 def _check_same_key(
     adata: AnnData,
     key: str,
@@ -73,6 +80,7 @@ def _check_same_key(
     types: list[str],
     scaling_prior: float = 0.0,
     layer: str | None = None,
+    unexplained: str | None = None,
 ) -> int:
     """Refuse to add spots to ``obsm[key]`` deconvolved earlier with another method or prototype set.
 
@@ -93,15 +101,19 @@ def _check_same_key(
         uns_list(record.get("cell_types")),
         float(record.get("scaling_prior", 0.0) or 0.0),
         str(record.get("layer", "") or ""),
+        str(record.get("units", "shares of counts")),  # written before 0.4: shares of counts
+        record.get("unexplained"),
     )
-    if earlier != (method, prototypes_key, types, float(scaling_prior), str(layer or "")):
+    units = composition_units(adata, prototypes_key)
+    if earlier != (method, prototypes_key, types, float(scaling_prior), str(layer or ""), units, unexplained):
         raise CpnnError(
             f"obsm[{key!r}] holds {int(kept.sum())} spots deconvolved earlier "
             f"(method={earlier[0]!r}, prototypes_key={earlier[1]!r}, cell types {earlier[2][:4]}..., "
-            f"scaling_prior={earlier[3]:g}, layer={earlier[4] or None!r}), but this call uses method={method!r} with the "
-            f"{len(types)} cell types of varm[{prototypes_key!r}], scaling_prior={float(scaling_prior):g}, "
-            f"layer={layer!r}. One key holds one deconvolution's settings: pass another key_added=, or include those "
-            "spots in regions= to redo them."
+            f"scaling_prior={earlier[3]:g}, layer={earlier[4] or None!r}, in {earlier[5]}, unexplained={earlier[6]!r}), "
+            f"but this call uses method={method!r} with the {len(types)} cell types of varm[{prototypes_key!r}], "
+            f"scaling_prior={float(scaling_prior):g}, layer={layer!r}, in {units}, unexplained={unexplained!r}. One key "
+            "holds one deconvolution's "
+            "settings: pass another key_added=, or include those spots in regions= to redo them."
         )
     return int(record.get("calls", 1))
 
@@ -178,18 +190,29 @@ def deconvolve(
     genes: Sequence[str] | None = None,
     n_genes: int = 2000,
     layer: str | None = None,
-    n_iter: int = 100,
-    tol: float = 1e-4,
+    n_iter: int = 500,
+    tol: float = 1e-6,
     shared_spots: int = 1000,
     scaling_prior: float = 0.0,
     chunk_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    unexplained: Literal["flat", "learned"] | None = None,
+    count_shares: bool = False,
     table_key: str = "table",
     copy: bool = False,
     lr: float | None = None,
 ) -> AnnData | Any | None:
-    """Estimate each spot's (or bulk sample's) cell-type proportions from its counts and the prototypes.
+    """Estimate each spot's (or bulk sample's) cell-type proportions (fractions of cells) from its counts and the prototypes.
+
+    Proportions are **fractions of cells**, the unit cell2location, RCTD and stereoscope report and
+    the unit of :func:`cpnn.tl.fit`'s compositions: the mixture is solved for each type's share of
+    the spot's counts, and each share is divided by the counts an average cell of the type has in
+    the deconvolution genes (its prototype's total there; prototypes from
+    :func:`cpnn.pp.build_prototypes` are on that scale). RNA-rich types carry more counts per cell,
+    so their share of counts exceeds their share of cells. With prototypes that carry no RNA content
+    (normalised profiles without ``rna_content=``, or built before 0.4) the proportions are shares
+    of counts, recorded as such and said in a warning.
 
     The targets of the paper's composition loss: deconvolve the *training* spots (``regions=``),
     then pass ``composition_key=key_added`` to :func:`cpnn.tl.fit`, which uses the targets of its
@@ -230,10 +253,11 @@ def deconvolve(
         still changing at the cap.
     tol
         The shared fit of ``method="nb"`` stops when the mean negative log-likelihood per spot
-        changes by less than ``tol`` (relative) between rounds. The default stops while the
-        per-gene scaling and the compositions can still move (on HER2ST's training spots a stop on
-        a mean composition change below 1e-3 a round takes 94 rounds instead of 24); pass e.g.
-        ``1e-7`` for a tighter fit.
+        changes by less than ``tol`` (relative) between rounds. 0.3's ``1e-4`` (with a cap of 100
+        rounds) stopped while the per-gene scaling and the compositions still moved: planted cells
+        came back 0.07 from their fractions, 0.02 at the default; HER2ST's spots need 100 to 200
+        rounds (about 25 at ``1e-4``; near ``1e-6`` the float32 likelihood's rounding decides the
+        last rounds, a change of about 0.01 in the compositions).
     shared_spots
         Spots, drawn at random (``seed``), on which ``method="nb"`` fits the shared per-gene
         parameters; all spots when fewer. On HER2ST 500 to 1,000 give the agreement with
@@ -249,6 +273,18 @@ def deconvolve(
         Torch device of ``method="nb"``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     seed
         Seed of the ``shared_spots`` draw of ``method="nb"``.
+    unexplained
+        Add an *unexplained* component (``method="nb"``), the column ``"unexplained"``, for
+        expression no reference type explains (stereoscope's "dummy" cell type), counted in cells
+        of the types' median RNA content. ``"flat"``: a profile with every gene alike (times its
+        technical scaling); ``"learned"``: a free profile learned with the shared per-gene
+        parameters from that flat start. On HER2ST with the one-patient CID4465 reference the
+        learned profile takes 0.74 of every spot (it learns the tumour the reference lacks), the
+        flat one 0.06 and raises the agreement with stereoscope (docs/benchmarks.md). The profile
+        is kept in ``uns`` (``unexplained_profile``, aligned with ``genes``). ``None``: none.
+    count_shares
+        Also write each type's share of the spot's counts (in the deconvolution genes) to
+        ``obsm[key_added + "_count_shares"]``.
     table_key
         Key of the table.
     copy
@@ -258,10 +294,11 @@ def deconvolve(
 
     Returns
     -------
-    ``None``, or a copy with ``copy=True``. Writes ``obsm[key_added]`` (DataFrame, columns = cell types,
-    rows sum to 1, NaN for spots not deconvolved or without counts in the genes; with grouped
-    prototypes the group sums, the fine ones in ``obsm[key_added + "_fine"]``) and
-    ``uns["cpnn"]["deconvolution"][key_added]`` (method, genes, spots, fit summary; for ``"nb"`` the
+    ``None``, or a copy with ``copy=True``. Writes ``obsm[key_added]`` (DataFrame of fractions of cells,
+    columns = cell types, rows sum to 1, NaN for spots not deconvolved or without counts in the genes;
+    with grouped prototypes the group sums, the fine ones in ``obsm[key_added + "_fine"]``) and
+    ``uns["cpnn"]["deconvolution"][key_added]`` (method, ``units``, ``counts_per_cell`` of each type in
+    the genes used, genes, spots, fit summary; for ``"nb"`` the
     fitted per-gene technical scaling ``gene_scaling``, geometric mean 1, and inverse dispersion
     ``theta``, aligned with ``genes``,
     which :func:`cpnn.tl.fit` can start its per-gene correction from: ``alpha_init="scaling"``).
@@ -289,6 +326,18 @@ def deconvolve(
     mask = check_obs_mask(adata, regions, argument="regions")
     if layer is not None:
         layer_matrix(adata, layer)  # an unknown layer is named before anything is computed
+    if unexplained not in (None, "flat", "learned"):
+        raise CpnnError(f"unexplained={unexplained!r}; use None, 'flat' or 'learned'.")
+    if unexplained and method != "nb":
+        raise CpnnError(
+            f"unexplained={unexplained!r} needs method='nb' (the component is part of its NB fit); "
+            f"method={method!r} has none. Drop unexplained= or use method='nb'."
+        )
+    if unexplained and UNEXPLAINED in types:
+        raise CpnnError(
+            f"varm[{prototypes_key!r}] has a cell type named {UNEXPLAINED!r}, the name of the unexplained component; "
+            "rename that type in the reference."
+        )
     if scaling_prior and method != "nb":
         raise CpnnError(
             f"scaling_prior={scaling_prior:g} applies to method='nb' only (a prior on its per-gene scaling); "
@@ -306,18 +355,36 @@ def deconvolve(
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         raise CpnnError("regions= selects no spot; pass region names, a mask or a (column, values) tuple that matches.")
-    earlier_calls = _check_same_key(adata, key_added, rows, method, prototypes_key, types, scaling_prior, layer)
+    columns = [*types, UNEXPLAINED] if unexplained else types
+    earlier_calls = _check_same_key(
+        adata, key_added, rows, method, prototypes_key, columns, scaling_prior, layer, unexplained
+    )
     result = solve(
         adata, rows, method=method, prototypes=(P_all, types, has), genes=None if genes is None else idx, n_genes=n_genes,
         layer=layer, n_iter=n_iter, tol=tol, shared_spots=shared_spots, scaling_prior=scaling_prior, chunk_size=chunk_size,
-        device=device, seed=seed,
+        device=device, seed=seed, unexplained=unexplained,
     )  # fmt: skip
     w, empty, idx = result.weights, result.empty, result.genes
+    units = composition_units(adata, prototypes_key)
+    if units != "cells":
+        made = prototype_set(adata, prototypes_key).get("units")
+        fix = {
+            "normalised expression": "method='mean' prototypes are log-normalised means; build them with method='nb'",
+            "profile scale": "pass rna_content= (counts of an average cell of each type) with the profiles",
+        }.get(made, "rebuild them with cp.pp.build_prototypes (cpnn >= 0.4 records each type's RNA content)")
+        logg.warning(
+            f"the prototypes varm[{prototypes_key!r}] carry no RNA content per cell type, so obsm[{key_added!r}] holds "
+            f"shares of counts, not fractions of cells (RNA-rich types over-weighted): {fix}."
+        )
     data = return_copy(data, copy)
     adata = get_table(data, table_key)
-    written = write_composition(
-        adata, rows[~empty], w[~empty], types, prototype_groups(adata, prototypes_key), key_added
-    )
+    groups = prototype_groups(adata, prototypes_key)
+    if groups and unexplained:
+        groups[UNEXPLAINED] = UNEXPLAINED
+    outputs = {key_added: w, **({f"{key_added}_count_shares": result.count_shares} if count_shares else {})}
+    written = []
+    for name, values in outputs.items():
+        written += write_composition(adata, rows[~empty], values[~empty], result.types, groups, name)
     if empty.any():
         for key in written:
             frame = adata.obsm[key]
@@ -325,6 +392,7 @@ def deconvolve(
     uns_cpnn(adata).setdefault("deconvolution", {})[key_added] = to_uns(
         {
             **result.record(adata, prototypes_key),
+            "units": units,
             "layer": layer,
             "n_spots": int(adata.obsm[key_added].notna().all(1).sum()),
             "calls": earlier_calls + 1,
@@ -340,9 +408,16 @@ def deconvolve(
 
 @dataclass
 class Deconvolution:
-    """What :func:`solve` found for ``rows``: compositions (NaN for rows without counts), genes used, fit summary."""
+    """What :func:`solve` found for ``rows``: compositions (NaN for rows without counts), genes used, fit summary.
+
+    ``weights``: in units of the prototypes (fractions of cells for prototypes of an average cell);
+    ``count_shares``: each type's share of the counts in the genes used; ``counts_per_cell``: the
+    prototypes' totals in those genes, the factor between the two.
+    """
 
     weights: np.ndarray
+    count_shares: np.ndarray
+    counts_per_cell: np.ndarray
     empty: np.ndarray
     genes: np.ndarray
     types: list[str]
@@ -357,6 +432,7 @@ class Deconvolution:
             "method": self.method,
             "prototypes_key": prototypes_key,
             "cell_types": self.types,
+            "counts_per_cell": dict(zip(self.types, self.counts_per_cell.astype(float).tolist(), strict=True)),
             "n_genes": len(self.genes),
             "genes": list(adata.var_names[self.genes]),
             "n_spots_this_call": int((~self.empty).sum()),
@@ -376,13 +452,14 @@ def solve(
     genes: np.ndarray | None = None,
     n_genes: int = 2000,
     layer: str | None = None,
-    n_iter: int = 100,
-    tol: float = 1e-4,
+    n_iter: int = 500,
+    tol: float = 1e-6,
     shared_spots: int = 1000,
     scaling_prior: float = 0.0,
     chunk_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    unexplained: str | None = None,
 ) -> Deconvolution:
     """Deconvolve the table's ``rows`` (validated arguments) without writing anything into the table.
 
@@ -424,10 +501,13 @@ def solve(
         block = block[block.sum(1) > 0]
         if len(block) == 0:
             raise CpnnError("No selected spot has counts in the deconvolution genes; check regions= and the counts.")
-        fit = fit_shared(block, A, device=dev, max_iter=n_iter, tol=tol, scaling_prior=scaling_prior)
+        fit = fit_shared(
+            block, A, device=dev, max_iter=n_iter, tol=tol, scaling_prior=scaling_prior, unexplained=unexplained
+        )
         del block
 
-    w = np.full((len(rows), len(types)), np.nan, dtype=np.float32)
+    columns = [*types, UNEXPLAINED] if unexplained else list(types)
+    w = np.full((len(rows), len(columns)), np.nan, dtype=np.float32)
     slowest = 0
     bar = tqdm(total=len(rows), desc="deconvolution", unit="spot", disable=not settings.progress_bar)
     with bar:
@@ -444,6 +524,12 @@ def solve(
                 w[part[ok]] = shares
             bar.update(len(part))
     empty = np.isnan(w).any(1)
+    # shares of counts -> units of the prototypes: each share divided by a prototype's counts in these genes
+    per_cell = P.sum(0)
+    if unexplained:  # no reference cell to count it in: cells of the types' median RNA content
+        per_cell = np.append(per_cell, np.median(per_cell))
+    cells = w / per_cell[None, :].astype(np.float32)
+    cells /= np.where(empty, 1.0, cells.sum(1))[:, None]
     if empty.all():
         raise CpnnError("No selected spot has counts in the deconvolution genes; check regions= and the counts.")
     if empty.any():
@@ -466,5 +552,6 @@ def solve(
             "gene_scaling_sd": float(np.log(fit.gene_scaling).std()),
             "gene_scaling": fit.gene_scaling,
             "theta": fit.theta,
+            **({"unexplained": unexplained, "unexplained_profile": fit.unexplained} if unexplained else {}),
         }
-    return Deconvolution(w, empty, idx, types, method, summary, chunk, time.perf_counter() - t0)
+    return Deconvolution(cells, w, per_cell, empty, idx, columns, method, summary, chunk, time.perf_counter() - t0)

@@ -145,6 +145,7 @@ def embed(
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,
+        stain=config.get("stain"),
     )
     store_embedding(adata, z, mask, config, key_added, {r.region: r.fingerprint for r in regions})
     logg.info(
@@ -305,6 +306,7 @@ def spot_embeddings(
         device=device,
         batch_size=batch_size,
         num_workers=num_workers,
+        stain=config.get("stain"),
     )
     store_embedding(adata, z, mask, config, key, sources)
     return z

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,11 @@ from scanpy import logging as logg
 from tqdm.auto import tqdm
 
 from .._core import autocast
+from .._errors import CpnnError
 from .._settings import settings
 from ..data import PatchDataset, RegionImage, model_input, patch_loader
 from ..data._content import embeddings_barely_vary
+from ..data._stain import Stain, estimate_stain, normalise_patches, thumbnail
 
 
 @torch.no_grad()
@@ -29,10 +32,13 @@ def embed_regions(
     num_workers: int = 0,
     desc: str = "embedding",
     out: Any = None,
+    stain: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows).
 
     ``out`` may be a preallocated array (e.g. a float16 memory map on disk) that receives the rows.
+    ``stain``: the encoder configuration's stain settings; each region's stain is then estimated
+    from a thumbnail of its image and its patches are re-coloured with the recorded reference.
     """
     coarsest = getattr(encoder, "coarsest_image_um_per_px", None)
     coarse = [r for r in regions if coarsest is not None and r.um_per_px > coarsest * 1.05]
@@ -45,6 +51,16 @@ def embed_regions(
             "Give the full-resolution image (spatialdata_io.visium(..., fullres_image_file=...)), or use another encoder."
         )
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
+    sources: list[Stain] = []
+    region_of = np.zeros(n, dtype=np.int64)  # per result row: the region its spot lies in
+    if stain is not None:
+        reference = Stain.from_config(stain)
+        for k, r in enumerate(regions):
+            try:
+                sources.append(estimate_stain(thumbnail(r.array, r.scale)))
+            except CpnnError as err:
+                raise CpnnError(f"stain normalisation, region {r.region!r} (image {r.image_key!r}): {err}") from None
+            region_of[rows[r.obs_index]] = k
     encoder = encoder.to(device).eval()
     channels_last = str(device).startswith("cuda")  # faster convolutions on CUDA; a no-op for the rest
     if channels_last:
@@ -52,6 +68,8 @@ def embed_regions(
     loader = patch_loader(ds, num_workers=num_workers, pin_memory=device.startswith("cuda"))
     for idx, patches in tqdm(loader, total=len(ds), desc=desc, disable=not settings.progress_bar):
         x = model_input(patches, patch_px, device)
+        if sources:  # a block holds the spots of one region
+            x = normalise_patches(x, sources[region_of[rows[int(idx[0])]]], reference)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):

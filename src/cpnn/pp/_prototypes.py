@@ -62,7 +62,9 @@ def reference_qc(
     return cells, genes
 
 
-def _profiles_prototypes(reference: pd.DataFrame, cell_type_map: Mapping[str, str] | None) -> tuple[pd.DataFrame, dict]:
+def _profiles_prototypes(
+    reference: pd.DataFrame, cell_type_map: Mapping[str, str] | None, rna_content: Mapping[str, float] | None
+) -> tuple[pd.DataFrame, dict]:
     values = reference.to_numpy(dtype=float)
     if not np.isfinite(values).all():
         raise CpnnError("reference (profiles DataFrame) contains NaN or infinite values; fill or drop them.")
@@ -79,6 +81,30 @@ def _profiles_prototypes(reference: pd.DataFrame, cell_type_map: Mapping[str, st
         types = pd.Series({s: cell_type_map[s] for s in profiles.columns})
         profiles = profiles.T.groupby(types.values, sort=False).mean().T
         info["cell_type_map"] = {str(k): str(v) for k, v in types.items()}
+    if rna_content is None:
+        info["units"] = "profile scale"
+        return profiles, info
+    if not isinstance(rna_content, Mapping):
+        raise CpnnError(
+            f"rna_content must be a mapping cell type -> mean total counts of a cell, got {type(rna_content).__name__}."
+        )
+    missing = [str(t) for t in profiles.columns if t not in rna_content]
+    if missing:
+        raise CpnnError(
+            f"rna_content has no entry for the cell type(s) {missing[:5]}; give every type its counts a cell."
+        )
+    content = np.array([float(rna_content[t]) for t in profiles.columns])
+    if not (np.isfinite(content).all() and (content > 0).all()):
+        raise CpnnError(
+            "rna_content: every value must be a positive number (the mean total counts of a cell of the type)."
+        )
+    totals = profiles.sum(0).to_numpy()
+    if not (totals > 0).all():
+        empty = [str(t) for t, v in zip(profiles.columns, totals, strict=True) if v <= 0]
+        raise CpnnError(f"reference (profiles): the column(s) {empty[:5]} are zero in every gene.")
+    # each profile scaled to an average cell of its type: its gene shares times the cell's total counts
+    profiles = profiles / totals * content
+    info.update(units="cells", rna_content={str(t): float(c) for t, c in zip(profiles.columns, content, strict=True)})
     return profiles, info
 
 
@@ -161,8 +187,11 @@ def _single_cell_prototypes(
     library = np.asarray(X[cells].sum(axis=1)).ravel()  # over all genes, before subsetting
     Xg = X[cells][:, gidx]
     codes = pd.Categorical(labels[cells].astype(str), categories=order).codes
+    # each type's RNA content: the mean total counts (all genes) of its cells after QC
+    content = np.bincount(codes, weights=library, minlength=len(order)) / np.bincount(codes, minlength=len(order))
     info: dict = {
         "n_cells": {t: int(kept[t]) for t in order},
+        "rna_content": {t: float(c) for t, c in zip(order, content, strict=True)},
         "n_cells_after_qc": int(cells.sum()),
         "n_genes_after_qc": int(gene_ok.sum()),
         "qc": {k: v for k, v in qc.items()},
@@ -183,13 +212,15 @@ def _single_cell_prototypes(
             device=settings.resolve_device(device),
             progress=settings.progress_bar,
         )
-        # count scale: the expected counts of a cell of median library size
-        values = res.rates.T * float(np.median(library))
+        # count scale of a cell: the expected counts of an average cell of each type, so that a weight on a
+        # prototype counts cells (RNA-rich types have larger prototypes, as cell2location's signatures do)
+        values = res.rates.T * content[None, :]
         info.update(
             n_iter=res.n_iter,
             final_loss=float(res.loss_history[-1]),
             n_batches=int(n_batches),
             median_library_size=float(np.median(library)),
+            units="cells",
         )
     elif method == "mean":
         norm = sparse.diags(1e4 / np.maximum(library, 1.0)) @ sparse.csr_matrix(Xg, dtype=np.float64)
@@ -199,6 +230,7 @@ def _single_cell_prototypes(
         )
         sums = (onehot @ norm).toarray()
         values = (sums / np.asarray(onehot.sum(axis=1))).T
+        info["units"] = "normalised expression"
     else:
         raise CpnnError(f"method={method!r}; use 'nb' (the paper's estimator) or 'mean' (naive).")
     return pd.DataFrame(values, index=use_genes, columns=order), info
@@ -223,6 +255,7 @@ def build_prototypes(
     device: str = "auto",
     gene_symbols: str | None = None,
     groups: str | Mapping[str, str] | None = None,
+    rna_content: Mapping[str, float] | None = None,
     table_key: str = "table",
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
@@ -242,9 +275,10 @@ def build_prototypes(
     method
         ``"nb"``: the paper's estimator, a negative-binomial regression of raw counts on cell type
         with per-cell library size and, with ``batch_key``, a per-batch gene effect; prototypes
-        are the fitted means per type with the batch effect removed, on the count scale of a cell
-        of median library size. ``"mean"``: per-type mean of log-normalised expression (1e4 per
-        cell, log1p), the paper's "naive" ablation.
+        are the fitted means per type with the batch effect removed, on the count scale of an
+        average cell of the type (its mean total counts after QC, recorded as ``rna_content``), so
+        that a composition over these prototypes counts cells. ``"mean"``: per-type mean of
+        log-normalised expression (1e4 per cell, log1p), the paper's "naive" ablation.
     batch_key
         Column of ``reference.obs`` with the donor/batch (``method="nb"`` only).
     layer
@@ -277,6 +311,12 @@ def build_prototypes(
         its cells' most frequent value) or a mapping prototype -> coarse type. :func:`cpnn.tl.predict`
         then sums the weights per group into ``obsm["cpnn_proportions"]`` and keeps the fine ones
         in ``obsm["cpnn_proportions_fine"]``.
+    rna_content
+        For a profiles DataFrame: the mean total counts of a cell of each type (mapping cell type ->
+        counts). Each profile is then scaled to sum to its type's value, so that compositions are
+        fractions of cells; without it they are shares of the profiles' own scale (shares of
+        counts for normalised profiles), and :func:`cpnn.pp.deconvolve` says so. An AnnData
+        reference gives it itself (``method="nb"``).
     table_key
         Key of the table when ``data`` is a SpatialData.
     key_added
@@ -289,7 +329,9 @@ def build_prototypes(
     ``None``, or a copy of ``data`` with ``copy=True``. Writes ``varm[key_added]`` (genes x K,
     non-negative, 0 for genes without a prototype), removes genes without a prototype from
     ``var["cpnn_selected"]`` when a panel exists, and stores the cell types, gene coverage and the
-    estimator's parameters in ``uns["cpnn"]["prototype_sets"][key_added]`` and
+    estimator's parameters (with ``units``: ``"cells"`` when each prototype is an average cell of
+    its type, and ``rna_content``, the counts of such a cell) in
+    ``uns["cpnn"]["prototype_sets"][key_added]`` and
     ``var["cpnn_in_reference"]`` (``var[f"{key_added}_in_reference"]`` for other keys). For the
     default key they also go to ``uns["cpnn"]["cell_types"]`` and ``uns["cpnn"]["prototypes"]``;
     other keys let several prototype sets coexist (pass the key to :func:`cpnn.tl.fit` as
@@ -307,9 +349,14 @@ def build_prototypes(
             raise CpnnError(
                 f"reference (profiles) has {reference.shape[1]} column(s); cpnn needs at least two cell types."
             )
-        profiles, info = _profiles_prototypes(reference, cell_type_map)
+        profiles, info = _profiles_prototypes(reference, cell_type_map, rna_content)
         info["method"] = "profiles"
     elif isinstance(reference, AnnData):
+        if rna_content is not None:
+            raise CpnnError(
+                "rna_content is for a profiles DataFrame: with an AnnData reference each type's RNA content is the mean "
+                "total counts of its cells, estimated here. Drop rna_content=."
+            )
         if reference.n_obs == 0 or reference.n_vars == 0:
             raise CpnnError(f"reference is empty ({reference.n_obs} x {reference.n_vars}).")
         profiles, info = _single_cell_prototypes(

@@ -81,6 +81,7 @@ def disk_embeddings(
             batch_size=batch_size,
             num_workers=num_workers,
             out=z,
+            stain=config.get("stain"),
         )
         z.flush()
         del z

@@ -37,6 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "init": "xavier",
         "alpha_init": "scaling",
         "targets": "deconvolve",
+        # the authors' code trains in float32 on CUDA (no autocast)
+        "precision": "fp32",
     },
     # the squared-error loss sums over the panel's log-scale genes, so the composition loss needs
     # ten times the paper's weight to be felt (docs/benchmarks.md, "Compositions you can trust")
@@ -56,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "alpha_init": "one",
         # the composition loss on by default, as in the paper: no cell type switched off (docs/benchmarks.md)
         "targets": "deconvolve",
+        "precision": "bf16",  # bf16 autocast on CUDA (no effect on the CPU)
     },
 }
 #: The options a preset sets (each ``None`` in :func:`cpnn.tl.fit`'s signature means "the preset's").
@@ -115,6 +118,7 @@ class FitConfig:
     init: str = "torch"
     alpha_init: str = "one"
     targets: str = "given"
+    precision: str = "bf16"  # set by the preset only: "bf16" autocast on CUDA, or "fp32"
     layer: str | None = None
     seed: int = 0
     max_patches: int = 0
@@ -221,8 +225,11 @@ RUN_OPTIONS = (
 )
 #: Options of :func:`cpnn.tl.fit` that become :attr:`FitConfig.encoder_config` (and ``slides``, which sets the level).
 ENCODER_OPTIONS = ("encoder", "encoder_kwargs", "encoder_weights", "pretrained", "patch_size_um", "patch_px")
-#: Fields of :class:`FitConfig` that are facts from the data or derived, not options of :func:`cpnn.tl.fit`.
-DERIVED = ("encoder_config", "genes", "cell_types", "groups", "samples", "in_dim", "median_library", "bin_um")
+#: Fields of :class:`FitConfig` that are facts from the data or derived (``precision``: the preset's
+#: only), not options of :func:`cpnn.tl.fit`.
+DERIVED = (
+    "encoder_config", "genes", "cell_types", "groups", "samples", "in_dim", "median_library", "bin_um", "precision",
+)  # fmt: skip
 
 
 def resolve_config(options: dict[str, Any]) -> FitConfig:
@@ -277,6 +284,11 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
     if finetune and not trainable:
         name = enc["encoder"].split(":")[1] if not isinstance(encoder, str) else encoder
         raise CpnnError(f"encoder={name!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
+    if finetune and "stain" in enc:
+        raise CpnnError(
+            "encoder_kwargs['stain'] normalises the patches of a frozen encoder's embeddings; fine-tuning reads raw "
+            "patches. Drop the stain setting or pass finetune=False."
+        )
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
     hidden = o["hidden"]
@@ -304,6 +316,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
         init=chosen["init"],
         alpha_init=chosen["alpha_init"],
         targets=chosen["targets"],
+        precision=chosen["precision"],
         seed=check_int("seed", o["seed"], minimum=0),
         max_patches=check_int("max_patches", o["max_patches"]) * bool(unit.bags),
         spot_diameter_um=None if spot_um is None else check_number("spot_diameter_um", spot_um, low=0.0, strict=True),

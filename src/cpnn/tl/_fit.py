@@ -171,7 +171,9 @@ def fit(
     composition_key
         ``obsm`` key of a reference composition (DataFrame with the cell types as columns, e.g.
         from :func:`cpnn.pp.deconvolve` of the training spots) to regularise the weights towards.
-        Only the training spots' rows are read.
+        Only the training spots' rows are read. The head's weights count prototypes (fractions of
+        cells with prototypes of an average cell), so the targets must be in those units, as
+        :func:`cpnn.pp.deconvolve`'s are.
     proto_reg
         Weight of the regulariser keeping learned prototypes near the atlas (1e3 in the paper).
     comp_reg
@@ -186,8 +188,10 @@ def fit(
         ``"paper"``: the authors' model and training recipe as their code runs it: NB loss, no
         residual or spatial context, raw (not standardised) inputs, 8 spots (or slides) a step,
         up to 1000 epochs with patience 30, xavier-normal MLP, alpha initialised from the
-        deconvolution's per-gene scaling, and the composition loss always on (``targets="deconvolve"``).
-        ``"cpnn"``: the package's default configuration (see ``PRESETS`` and the benchmark page).
+        deconvolution's per-gene scaling, the composition loss always on (``targets="deconvolve"``),
+        and float32 on CUDA. The paper's encoder is CONCH (``encoder="conch"``, see
+        docs/foundation_models.md). ``"cpnn"``: the package's default configuration (see ``PRESETS``
+        and the benchmark page), bf16 autocast on CUDA.
         Options passed explicitly override the preset; every option documented as "default: the
         preset's" takes its value from it.
     residual
@@ -412,6 +416,7 @@ def _train(config, inputs, head, encoder, fingerprint, device, checkpoint_dir, r
                 checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
                 resume=resume,
                 fingerprint=fingerprint,
+                mixed_precision=config.precision == "bf16",
             )
     except TrainingDiverged as err:
         err.model = CPNN(config, encoder.cpu().eval(), head.cpu().eval(), [])

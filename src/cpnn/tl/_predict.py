@@ -267,7 +267,9 @@ def predict(
     columns at the median training library ``uns["cpnn"]["predict"]["library"]``; NaN in the
     panel's columns for spots not predicted, as in ``obsm``; 0 for genes outside the panel),
     ``obsm[f"{key_added}_proportions"]`` (DataFrame spots x cell types, rows sum to 1, NaN for
-    spots not predicted; cpnn head only), ``obs[f"{key_added}_predicted"]``,
+    spots not predicted; cpnn head only; fractions of cells when the prototypes are average cells
+    of their types, as :func:`cpnn.pp.build_prototypes` makes them from a single-cell reference,
+    else in the prototypes' units), ``obs[f"{key_added}_predicted"]``,
     ``var[f"{key_added}_composition_share"]`` (cpnn head: per gene, the share of the predicted
     log-expression's variance across the predicted spots that the composition term alone
     reproduces; 1 without a residual path, mean in ``uns["cpnn"]["predict"]["composition_share"]``)

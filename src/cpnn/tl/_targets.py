@@ -64,6 +64,10 @@ class Targets:
         uns_cpnn(adata).setdefault("deconvolution", {})[self.key] = to_uns(self.record)
 
 
+#: How the targets are made; part of their digest, so that a change of recipe recomputes them.
+TARGETS_RECIPE = "0.4: fractions of cells, tol 1e-6, at most 500 rounds"
+
+
 def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototypes_key: str, seed: int) -> str:
     """SHA-256 of what a fit's targets are computed from: the rows' counts in ``layer``, the prototypes, the seed."""
     h = hashlib.sha256()
@@ -82,6 +86,7 @@ def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototype
     h.update("\x00".join(map(str, adata.obs_names[rows])).encode())
     # the seed draws deconvolve's shared spots, which are every row up to SHARED_SPOTS of them
     h.update(json.dumps([str(layer), prototypes_key, int(seed) if len(rows) > SHARED_SPOTS else None]).encode())
+    h.update(TARGETS_RECIPE.encode())  # targets of an earlier recipe (0.3: shares of counts, tol 1e-4) are redone
     return h.hexdigest()
 
 

@@ -122,19 +122,21 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _loss(
-    model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_head: nn.Module | None = None
+    model: nn.Module, head: nn.Module, batch: Batch, device: str, loss_head: nn.Module | None = None, mixed: bool = True
 ) -> dict[str, torch.Tensor]:
     """The batch's loss in its named parts (:meth:`Head.loss_terms`).
 
     ``model``/``head`` may be DDP wrappers (the forward syncs gradients), ``loss_head`` the raw head.
     """
-    with autocast(device):
+    with autocast(device, enabled=mixed):
         out = head(model(batch.x))
     return (loss_head or head).loss_terms(out, batch.counts, batch.library, batch.composition, batch.sample)
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str) -> tuple[float, float]:
+def evaluate_loss(
+    model: nn.Module, head: nn.Module, data: Any, *, batch_size: int, device: str, mixed: bool = True
+) -> tuple[float, float]:
     """Mean validation criterion over ``data`` without gradient (:meth:`Head.criterion`), and the mean per-gene Spearman."""
     model.eval()
     head.eval()
@@ -142,7 +144,7 @@ def evaluate_loss(model: nn.Module, head: nn.Module, data: Any, *, batch_size: i
     predicted, measured = [], []
     for batch in batch_loader(data, batch_size=batch_size):
         batch = batch.to(device)
-        with autocast(device):
+        with autocast(device, enabled=mixed):
             out = head(model(batch.x))
         loss = head.criterion(out, batch.counts, batch.library)
         total += float(loss) * len(batch)
@@ -182,6 +184,7 @@ def run_training(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    mixed_precision: bool = True,
 ) -> TrainResult:
     """Train ``head(model(x))``; ``model`` is the encoder when fine-tuning, else ``nn.Identity``.
 
@@ -195,7 +198,8 @@ def run_training(
     written atomically after every epoch, and ``resume=True`` continues from it to the same
     result as an uninterrupted run. Ctrl-C stops after the current batch and keeps the best
     weights so far; a non-finite loss raises :class:`TrainingDiverged` with the last good
-    weights loaded.
+    weights loaded. ``mixed_precision``: bf16 autocast on CUDA (``preset="cpnn"``); ``False`` trains
+    in float32 as the authors' code does (``preset="paper"``).
     """
     gen = torch.Generator().manual_seed(seed)
     train_data.generator = gen  # random tile draws of slide bags come from the loop's stream
@@ -203,7 +207,16 @@ def run_training(
     world, main = dist.world(), dist.is_main()
     batches = RankBatchSampler(sampler, batch_size, dist.rank(), world) if world > 1 else None
     params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
-    step = _Step(*_distributed(model, head, device, world), head, params, device, world, batch_size, len(train_data))
+    step = _Step(
+        *_distributed(model, head, device, world),
+        head,
+        params,
+        device,
+        world,
+        batch_size,
+        len(train_data),
+        mixed_precision,
+    )
     opt = adamw(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP_EPOCHS, gamma=LR_STEP_FACTOR)
     run = _Progress()
@@ -231,7 +244,7 @@ def run_training(
             if val_data is not None:
                 eval_batch = val_data.eval_batch_size or max(batch_size, 256)
                 record["val_loss"], record["val_spearman"] = evaluate_loss(
-                    model, head, val_data, batch_size=eval_batch, device=device
+                    model, head, val_data, batch_size=eval_batch, device=device, mixed=mixed_precision
                 )
                 run.observe(record["val_loss"], epoch, last_good)
             run.history.append(record)
@@ -298,6 +311,7 @@ class _Step:
     world: int
     batch_size: int
     n_rows: int
+    mixed: bool = True  # bf16 autocast on CUDA
 
     def epoch(
         self, loader: Any, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int, last_good: tuple[dict, dict]
@@ -308,7 +322,7 @@ class _Step:
         for i, batch in enumerate(loader):
             batch = batch.to(self.device)
             batch.x = augment(batch.x, gen)
-            terms = _loss(self.model, self.head, batch, self.device, self.loss_head) if len(batch) else None
+            terms = _loss(self.model, self.head, batch, self.device, self.loss_head, self.mixed) if len(batch) else None
             local = sum_parts(terms, self.loss_head.loss_parts) if terms is not None else None
             loss = local
             if self.world > 1:  # weight each process's mean by its share of the global batch

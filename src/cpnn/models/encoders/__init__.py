@@ -15,6 +15,7 @@ import torch
 
 from ..._core import renamed_arguments, sha256_file, stat_key
 from ..._errors import CpnnError
+from ...data._stain import stain_config
 from .._registry import Registry
 from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
@@ -37,7 +38,7 @@ register_encoder(NUCLEI)(NucleiEncoder)
 #: The family class of each kind of preset.
 FAMILIES: dict[str, type[Encoder]] = {"timm": TimmEncoder, "conch": ConchEncoder, "transformers": TransformersEncoder}
 #: Settings of ``encoder_kwargs`` that cpnn itself uses (the rest go to the model's constructor).
-CPNN_KWARGS = ("mean", "std", "token")
+CPNN_KWARGS = ("mean", "std", "token", "stain")
 
 
 def encoder_class(name: str) -> type[Encoder]:
@@ -131,6 +132,8 @@ def encoder_config(
             config[key] = values
     if "token" in own:
         config["token"] = str(own["token"])
+    if own.get("stain") is not None:
+        config["stain"] = stain_config(own["stain"])
     if kwargs:
         config["kwargs"] = storable(kwargs)
     return config
