@@ -10,7 +10,12 @@ validation taken from the training side by ``cp.tl.split`` (never the held-out s
 top 250 by mean (the paper's protocol) and HisToGene's 727, both restricted to genes every method
 can predict. Encoders, all offline and weight-free or random: ``handcrafted`` colour/texture,
 ``nuclei`` (nuclear morphometry at 0.5 um/px plus the colour/texture statistics), and resnet18 at
-random initialisation (frozen). Methods: ``preset="paper"`` (the authors' recipe, composition
+random initialisation (frozen); ``handcrafted + macenko`` and ``nuclei + macenko`` take the same
+features after each slide's stain is mapped onto the usual Macenko reference
+(``encoder_kwargs={"stain": "macenko"}``, issue #42). Stain run:
+    CPNN_DATA_DIR=../shared/data python benchmarks/protocols.py --out results/protocols_stain --panels top-250 \
+        --encoders handcrafted nuclei "handcrafted + macenko" "nuclei + macenko" --methods "cpnn default" --resume
+Methods: ``preset="paper"`` (the authors' recipe, composition
 loss against the training spots' NB deconvolution), ``preset="cpnn"`` (the shipped default, with
 the same targets), ``head="direct"`` and ``head="ridge"``; 3 seeds (ridge is deterministic: one).
 
@@ -45,18 +50,31 @@ METHODS = {
     "direct": {"head": "direct", "preset": "cpnn"},
     "ridge": {"head": "ridge"},
 }
-ENCODERS = {"handcrafted": {}, "nuclei": {}, "resnet18 (random, frozen)": {"encoder": "resnet18"}}
+ENCODERS = {
+    "handcrafted": {},
+    "nuclei": {},
+    "resnet18 (random, frozen)": {"encoder": "resnet18"},
+    # issue #42: each slide's stain mapped onto the usual Macenko reference before the encoder
+    "handcrafted + macenko": {"encoder": "handcrafted", "encoder_kwargs": {"stain": "macenko"}},
+    "nuclei + macenko": {"encoder": "nuclei", "encoder_kwargs": {"stain": "macenko"}},
+}
 
 
 def _embed(sdata, name: str, seed: int = 0) -> str:
     """Embed every spot with encoder ``name``; a randomly initialised encoder is drawn with ``seed``."""
     random = "random" in name
-    key = "z_" + name.split()[0] + (f"_{seed}" if random else "")
+    key = "z_" + name.split()[0] + ("_macenko" if "macenko" in name else "") + (f"_{seed}" if random else "")
     if key in sdata["table"].obsm:
         return key
     enc = ENCODERS[name].get("encoder", name)
     t0 = time.perf_counter()
-    cp.pp.embed(sdata, encoder=enc, key_added=key, seed=seed if random else 0)
+    cp.pp.embed(
+        sdata,
+        encoder=enc,
+        key_added=key,
+        seed=seed if random else 0,
+        encoder_kwargs=ENCODERS[name].get("encoder_kwargs"),
+    )
     n = sdata["table"].n_obs
     print(f"embedded {n} spots with {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return key
@@ -115,7 +133,7 @@ def main() -> None:
                         t0 = time.perf_counter()
                         model = cp.tl.fit(
                             adata, train=train, validation=val, encoder=enc, embedding_key=key,
-                            seed=seed, **kw,
+                            encoder_kwargs=ENCODERS[enc_name].get("encoder_kwargs"), seed=seed, **kw,
                         )  # fmt: skip
                         seconds = time.perf_counter() - t0
                         cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=key)
