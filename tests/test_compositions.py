@@ -334,3 +334,27 @@ def test_an_unexplained_component_takes_expression_no_type_explains():
     for other in (None, "flat"):  # one key, one setting
         with pytest.raises(cp.CpnnError, match="One key"):
             cp.pp.deconvolve(adata, n_genes=300, key_added="with", regions=np.arange(n) < 5, unexplained=other)
+
+
+def test_maps_print_no_third_party_warning_and_draw_unexplained_in_grey(world, capsys):
+    """cp.pl on a SpatialData and on a plain AnnData: no warning from squidpy & co, nothing printed (#38)."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    t = world["table"]
+    cp.pp.deconvolve(world, key_added="with_unexplained", unexplained="flat")
+    plain = t[(t.obs["section"] == "S2").to_numpy()].copy()
+    ids = plain.obs["spot_id"].to_numpy()
+    plain.obsm["spatial"] = np.c_[ids % 12, ids // 12] * 40.0 + 40.0  # the synthetic grid, no image
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for data in (world, plain):
+            plt.close(cp.pl.proportions(data, key="with_unexplained", return_fig=True))
+            fig = cp.pl.dominant(data, key="with_unexplained", return_fig=True)
+            colours = {h.get_label().split(" (")[0]: h.get_color() for h in fig.axes[0].get_legend().legend_handles}
+            if "unexplained" in colours:  # grey, never a palette colour
+                assert np.allclose(plt.matplotlib.colors.to_rgb(colours["unexplained"]), (0.45, 0.45, 0.45))
+            plt.close(fig)
+    assert not [str(w.message) for w in caught], [f"{w.category.__name__}: {w.message} ({w.filename})" for w in caught]
+    assert "library_id" not in capsys.readouterr().out

@@ -93,8 +93,8 @@ ENCODER_NOTES = {
     "handcrafted": (
         "hand-crafted colour and texture statistics of each 112 um patch (offline, no weights): they tell "
         "dense from loose tissue and stain from stain, but cannot count or tell cells apart, so the "
-        "compositions follow tissue colour: over B4's fat they put about half of a spot in epithelium "
-        "(stereoscope: 0.21; --encoder nuclei: 0.31). For real use pass a pathology foundation model (see "
+        "compositions follow tissue colour: over B4's fat they put about 0.4 of a spot in epithelium "
+        "(stereoscope: 0.21; --encoder nuclei: 0.28). For real use pass a pathology foundation model (see "
         "docs/foundation_models.md)."
     ),
     "nuclei": (

@@ -207,20 +207,22 @@ def draw_spots(
     shared = ax is None and len(cols) > 1 and len(set(lows)) == 1 and len(set(highs)) == 1 and len(set(labels)) == 1
     for col, a, title, lo, hi, label in zip(cols, axes, titles, lows, highs, labels, strict=True):
         before = set(fig.axes)
-        sq.pl.spatial_scatter(
-            view,
-            color=col,
-            cmap=cmap,
-            vmin=lo,
-            vmax=hi,
-            img_alpha=img_alpha,
-            alpha=alpha,
-            title=title,
-            ax=a,
-            fig=fig,
-            frameon=False,
-            **kw,
-        )
+        with warnings.catch_warnings():  # squidpy's own use of matplotlib's soon-deprecated Colormap.set_bad
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="squidpy")
+            sq.pl.spatial_scatter(
+                view,
+                color=col,
+                cmap=cmap,
+                vmin=lo,
+                vmax=hi,
+                img_alpha=img_alpha,
+                alpha=alpha,
+                title=title,
+                ax=a,
+                fig=fig,
+                frameon=False,
+                **kw,
+            )
         a.set_xlabel("")
         a.set_ylabel("")
         for cax in set(fig.axes) - before:  # the colour bar squidpy added for this panel

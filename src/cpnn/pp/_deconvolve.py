@@ -205,8 +205,8 @@ def deconvolve(
 ) -> AnnData | Any | None:
     """Estimate each spot's (or bulk sample's) cell-type proportions (fractions of cells) from its counts and the prototypes.
 
-    Proportions are **fractions of cells**, the unit cell2location, RCTD and stereoscope report and
-    the unit of :func:`cpnn.tl.fit`'s compositions: the mixture is solved for each type's share of
+    Proportions are **fractions of cells**, the unit of cell2location's abundances and of
+    :func:`cpnn.tl.fit`'s compositions: the mixture is solved for each type's share of
     the spot's counts, and each share is divided by the counts an average cell of the type has in
     the deconvolution genes (its prototype's total there; prototypes from
     :func:`cpnn.pp.build_prototypes` are on that scale). RNA-rich types carry more counts per cell,
