@@ -4,7 +4,7 @@ Run (about 20 minutes on 2 idle CPU cores; ``--resume`` keeps the rows already i
     CPNN_DATA_DIR=../shared/data python benchmarks/target_choice.py --out results/target_choice
     CPNN_DATA_DIR=../shared/data python benchmarks/target_choice.py --part prior   # part 1 only, ~2 min
 
-0.4 (issue #42) makes the targets fractions of cells (the head's units) and stops the shared fit
+Issue #42 makes the targets fractions of cells (the head's units) and stops the shared fit
 at ``tol=1e-6``; the candidates are the shipped targets, the same at 0.3's ``tol=1e-4``, and 0.3's
 targets (shares of counts, ``tol=1e-4``). 0.3's own comparison (below) read:
 
@@ -44,7 +44,7 @@ import cpnn as cp
 FOLDS = {"B4": (["C2", "C3", "C4", "C5"], "C6"), "C2": (["C3", "C4", "C5"], "C6")}
 #: name: (deconvolve options, fit options, suffix of the obsm key trained on)
 CANDIDATES = {
-    "nb, fractions of cells, tol 1e-6 (0.4, as shipped)": ({"method": "nb"}, {}, ""),
+    "nb, fractions of cells, tol 1e-6 (as shipped)": ({"method": "nb"}, {}, ""),
     "nb, fractions of cells, tol 1e-4": ({"method": "nb", "tol": 1e-4}, {}, ""),
     "nb, shares of counts, tol 1e-4 (0.3)": ({"method": "nb", "tol": 1e-4}, {}, "_count_shares"),
 }

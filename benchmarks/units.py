@@ -3,7 +3,7 @@
 Run (about 6 minutes on 2 CPU cores):
     CPNN_DATA_DIR=../shared/data python benchmarks/units.py
 
-Issue #42: ``cp.pp.deconvolve`` returned shares of counts; since 0.4 it returns fractions of cells
+Issue #42: ``cp.pp.deconvolve`` returned shares of counts; now it returns fractions of cells
 (each type's share of the counts divided by the counts of an average cell of the type, from the
 CID4465 reference). Stereoscope reports fractions of cells too. For each configuration, on every
 spot of the 36 HER2ST sections (13,620 spots, CID4465 NB prototypes of ``celltype_major``): the

@@ -174,7 +174,7 @@ def test_the_paper_preset_trains_in_float32_and_the_default_in_bf16():
     from cpnn.tl._config import PRESETS, FitConfig
 
     assert PRESETS["paper"]["precision"] == "fp32" and PRESETS["cpnn"]["precision"] == "bf16"
-    assert FitConfig().precision == "bf16"  # model files written before 0.4 trained with bf16 on CUDA
+    assert FitConfig().precision == "bf16"  # model files written before the field trained with bf16 on CUDA
     assert not isinstance(autocast("cuda", enabled=False), torch.autocast)
     with warnings.catch_warnings():  # torch says autocast is disabled where CUDA is absent
         warnings.simplefilter("ignore", UserWarning)

@@ -101,7 +101,7 @@ def _check_same_key(
         uns_list(record.get("cell_types")),
         float(record.get("scaling_prior", 0.0) or 0.0),
         str(record.get("layer", "") or ""),
-        str(record.get("units", "shares of counts")),  # written before 0.4: shares of counts
+        str(record.get("units", "shares of counts")),  # written before compositions in cells: shares of counts
         record.get("unexplained"),
     )
     units = composition_units(adata, prototypes_key)
@@ -211,7 +211,7 @@ def deconvolve(
     the deconvolution genes (its prototype's total there; prototypes from
     :func:`cpnn.pp.build_prototypes` are on that scale). RNA-rich types carry more counts per cell,
     so their share of counts exceeds their share of cells. With prototypes that carry no RNA content
-    (normalised profiles without ``rna_content=``, or built before 0.4) the proportions are shares
+    (normalised profiles without ``rna_content=``, or built by an earlier cpnn) the proportions are shares
     of counts, recorded as such and said in a warning.
 
     The targets of the paper's composition loss: deconvolve the *training* spots (``regions=``),
@@ -371,7 +371,7 @@ def deconvolve(
         fix = {
             "normalised expression": "method='mean' prototypes are log-normalised means; build them with method='nb'",
             "profile scale": "pass rna_content= (counts of an average cell of each type) with the profiles",
-        }.get(made, "rebuild them with cp.pp.build_prototypes (cpnn >= 0.4 records each type's RNA content)")
+        }.get(made, "rebuild them with cp.pp.build_prototypes (it now records each type's RNA content)")
         logg.warning(
             f"the prototypes varm[{prototypes_key!r}] carry no RNA content per cell type, so obsm[{key_added!r}] holds "
             f"shares of counts, not fractions of cells (RNA-rich types over-weighted): {fix}."

@@ -65,7 +65,7 @@ class Targets:
 
 
 #: How the targets are made; part of their digest, so that a change of recipe recomputes them.
-TARGETS_RECIPE = "0.4: fractions of cells, tol 1e-6, at most 500 rounds"
+TARGETS_RECIPE = "fractions of cells, tol 1e-6, at most 500 rounds"
 
 
 def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototypes_key: str, seed: int) -> str:
