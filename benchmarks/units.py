@@ -1,11 +1,12 @@
 """Units and stop rule of the deconvolution, against the HER2ST authors' stereoscope proportions.
 
-Run (about 6 minutes on 2 CPU cores):
+Run (about 15 minutes on 2 CPU cores; the learned component at ``tol=1e-6`` runs to its 1,000-round cap):
     CPNN_DATA_DIR=../shared/data python benchmarks/units.py
 
 Issue #42: ``cp.pp.deconvolve`` returned shares of counts; now it returns fractions of cells
 (each type's share of the counts divided by the counts of an average cell of the type, from the
-CID4465 reference). Stereoscope reports fractions of cells too. For each configuration, on every
+CID4465 reference). Stereoscope fits its rates per unit of a cell's library, so its proportions
+lean towards shares of counts: the comparison measures the unit too. For each configuration, on every
 spot of the 36 HER2ST sections (13,620 spots, CID4465 NB prototypes of ``celltype_major``): the
 mean over stereoscope's 8 types of the Pearson correlation over spots and of the mean absolute
 difference, the mean epithelial share, and on B4's low-tissue spots (fat and glass: tissue fraction
