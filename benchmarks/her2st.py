@@ -122,6 +122,13 @@ def put_layer(adata, layer, genes, mask, values) -> None:
     adata.layers[layer] = full.tocsr()
 
 
+def low_tissue(z_nuclei) -> np.ndarray:
+    """Spots with little tissue (fat, glass): a tissue fraction below 0.5 in the nuclei encoder's embedding."""
+    from cpnn.models.encoders._nuclei import MORPHOMETRY
+
+    return np.asarray(z_nuclei)[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
+
+
 def to_stereoscope(props: pd.DataFrame) -> pd.DataFrame:
     """Proportions (spots x cpnn cell types) summed into stereoscope's types (:data:`TO_STEREOSCOPE`)."""
     return props.T.groupby(lambda c: TO_STEREOSCOPE.get(c, c)).sum().T

@@ -20,10 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
-from her2st import nb_prototypes_and_panels, to_stereoscope
+from her2st import low_tissue, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
-from cpnn.models.encoders._nuclei import MORPHOMETRY
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     stereo = cp.datasets.her2st_proportions("major").reindex(adata.obs_names)
     cp.pp.select_genes(adata, genes=nb_prototypes_and_panels(adata)["top-250"])
     cp.pp.embed(sdata, encoder="nuclei", key_added="z_nuclei")
-    low = np.asarray(adata.obsm["z_nuclei"])[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
+    low = low_tissue(adata.obsm["z_nuclei"])
     cp.pp.deconvolve(adata, key_added="deconvolution", seed=0)
     props = adata.obsm["deconvolution"]
     epithelial = to_stereoscope(props)["Epithelial"]

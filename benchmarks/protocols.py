@@ -39,10 +39,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import mean_sd, previous_runs, table
-from her2st import agreement, nb_prototypes_and_panels, to_stereoscope
+from her2st import agreement, low_tissue, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
-from cpnn.models.encoders._nuclei import MORPHOMETRY
 
 METHODS = {
     "paper": {"preset": "paper"},
@@ -106,7 +105,7 @@ def main() -> None:
     keys = {name: _embed(sdata, name) for name in args.encoders}
     # spots with little tissue (fat, glass), read by the nuclei encoder whatever encoder is benchmarked
     nuclei_key = keys.get("nuclei") or _embed(sdata, "nuclei")
-    low_tissue = np.asarray(adata.obsm[nuclei_key])[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
+    low = low_tissue(adata.obsm[nuclei_key])
     folds = [f for f in cp.tl.split(adata, by="patient")] + [f for f in cp.tl.split(adata, by="section")]
     if args.folds:
         folds = [f for f in folds if f.name in args.folds]
@@ -162,7 +161,7 @@ def main() -> None:
                             a = agreement(adata, props, stereo, test)
                             row["agreement"] = float(np.nanmean(list(a.values())))
                             row.update({f"r {k}": v for k, v in a.items()})
-                            fat = test & low_tissue & stereo.notna().all(1).to_numpy()
+                            fat = test & low & stereo.notna().all(1).to_numpy()
                             if fat.any():
                                 mapped = to_stereoscope(props.loc[fat])
                                 row["low-tissue spots"] = int(fat.sum())

@@ -26,12 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import table
-from her2st import to_stereoscope
+from her2st import low_tissue, to_stereoscope
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson
 from cpnn.datasets._her2st import HER2ST_SECTIONS
-from cpnn.models.encoders._nuclei import MORPHOMETRY
 
 #: name -> (the obsm key read, deconvolve keywords)
 CONFIGS = {
@@ -49,7 +48,7 @@ def low_tissue_b4() -> np.ndarray:
     sdata = cp.datasets.her2st(["B4"])
     cp.pp.embed(sdata, encoder="nuclei", key_added="z_nuclei")
     t = sdata["table"]
-    low = np.asarray(t.obsm["z_nuclei"])[:, MORPHOMETRY.index("tissue_fraction")] < 0.5
+    low = low_tissue(t.obsm["z_nuclei"])
     return np.asarray(t.obs_names[low])
 
 

@@ -43,20 +43,17 @@ def test_macenko_recovers_a_planted_stain_and_maps_it_onto_the_reference():
 def test_two_real_sections_move_towards_one_stain(her2st_all):
     """B4 (patient B) and C3 (patient C): after normalisation their stains are closer to each other."""
     sdata = her2st_all
-    stains = {}
+    thumbs, stains = {}, {}
     for section in ("B4", "C3"):
-        image = next(k for k in sdata.images if k.startswith(section))
-        element = sdata.images[image]
+        element = sdata.images[next(k for k in sdata.images if k.startswith(section))]
         array = element["scale0"]["image"].data if hasattr(element, "children") else element.data
-        stains[section] = estimate_stain(thumbnail(array, max_px=800))
+        thumbs[section] = thumbnail(array, max_px=800)
+        stains[section] = estimate_stain(thumbs[section])
     reference = Stain.from_config(REFERENCE_STAIN)
     before = np.abs(stains["B4"].matrix - stains["C3"].matrix).sum()
     after = []
-    for section in ("B4", "C3"):
-        image = next(k for k in sdata.images if k.startswith(section))
-        element = sdata.images[image]
-        array = element["scale0"]["image"].data if hasattr(element, "children") else element.data
-        rgb = torch.as_tensor(thumbnail(array, max_px=800).transpose(2, 0, 1)[None], dtype=torch.float32)
+    for section, thumb in thumbs.items():
+        rgb = torch.as_tensor(thumb.transpose(2, 0, 1)[None], dtype=torch.float32)
         out = normalise_patches(rgb, stains[section], reference)[0].numpy().transpose(1, 2, 0)
         after.append(estimate_stain(out))
     assert np.abs(after[0].matrix - after[1].matrix).sum() < before / 2, (before, after)

@@ -20,7 +20,7 @@ PREDICTION = "cpnn"
 SPATIAL = "cpnn_spatial"
 #: Key of the tiles table written by :func:`cpnn.pp.tile`.
 TILES = "cpnn_tiles"
-#: Column of a composition's unexplained component (``cp.pp.deconvolve(unexplained=True)``).
+#: Column of a composition's unexplained component (``cp.pp.deconvolve(unexplained=...)``).
 UNEXPLAINED = "unexplained"
 
 

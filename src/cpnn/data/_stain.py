@@ -61,7 +61,7 @@ class Stain:
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """``-log`` of the transmitted light (RGB in [0, 1]), floored at 1/255."""
+    """Optical density ``-log(rgb)`` of RGB in [0, 1] (..., 3), white at 0, clipped at 1/255."""
     return -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
 
 

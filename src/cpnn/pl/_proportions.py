@@ -199,7 +199,7 @@ def dominant(
     to epithelium at 0.4. ``min_dominance`` > 0 draws spots whose largest share is below it as
     open grey circles ("mixed"). The note under the map names the reference's cell types: tissue
     the reference has no type for (fat without adipocytes, say) is split among these unless the
-    composition has an ``"unexplained"`` column (``cp.pp.deconvolve(unexplained=True)``), drawn in
+    composition has an ``"unexplained"`` column (``cp.pp.deconvolve(unexplained="flat")``), drawn in
     grey.
 
     Parameters

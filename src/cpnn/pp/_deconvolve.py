@@ -81,10 +81,11 @@ def _check_same_key(
     scaling_prior: float = 0.0,
     layer: str | None = None,
     unexplained: str | None = None,
+    units: str = "cells",
 ) -> int:
-    """Refuse to add spots to ``obsm[key]`` deconvolved earlier with another method or prototype set.
+    """Refuse to add spots to ``obsm[key]`` deconvolved earlier with other settings (method, prototypes, units...).
 
-    Returns the number of earlier calls into ``key`` whose spots stay (0 when none do).
+    ``units``: :func:`composition_units` of the prototypes. Returns the number of earlier calls into ``key`` whose spots stay (0 when none do).
     """
     old = adata.obsm.get(key)
     if not isinstance(old, pd.DataFrame):
@@ -104,7 +105,6 @@ def _check_same_key(
         str(record.get("units", "shares of counts")),  # written before compositions in cells: shares of counts
         record.get("unexplained"),
     )
-    units = composition_units(adata, prototypes_key)
     if earlier != (method, prototypes_key, types, float(scaling_prior), str(layer or ""), units, unexplained):
         raise CpnnError(
             f"obsm[{key!r}] holds {int(kept.sum())} spots deconvolved earlier "
@@ -356,8 +356,9 @@ def deconvolve(
     if len(rows) == 0:
         raise CpnnError("regions= selects no spot; pass region names, a mask or a (column, values) tuple that matches.")
     columns = [*types, UNEXPLAINED] if unexplained else types
+    units = composition_units(adata, prototypes_key)
     earlier_calls = _check_same_key(
-        adata, key_added, rows, method, prototypes_key, columns, scaling_prior, layer, unexplained
+        adata, key_added, rows, method, prototypes_key, columns, scaling_prior, layer, unexplained, units
     )
     result = solve(
         adata, rows, method=method, prototypes=(P_all, types, has), genes=None if genes is None else idx, n_genes=n_genes,
@@ -365,7 +366,6 @@ def deconvolve(
         device=device, seed=seed, unexplained=unexplained,
     )  # fmt: skip
     w, empty, idx = result.weights, result.empty, result.genes
-    units = composition_units(adata, prototypes_key)
     if units != "cells":
         made = prototype_set(adata, prototypes_key).get("units")
         fix = {

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..._errors import CpnnError
+from ...data._stain import optical_density
 from ._base import Encoder
 from ._handcrafted import HandcraftedEncoder
 
@@ -56,11 +57,6 @@ MORPHOMETRY = (
     "tissue_fraction",
 )
 _RJ = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
-
-
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Optical density ``-log(rgb)`` of an RGB image in [0, 1] (H, W, 3), white at 0, clipped at 1/255."""
-    return -np.log(np.clip(rgb, 1.0 / 255.0, 1.0))
 
 
 def haematoxylin(rgb: np.ndarray, *, od: np.ndarray | None = None) -> np.ndarray:
