@@ -1,8 +1,8 @@
 """Pseudo-bulk slide-level benchmark on real HER2ST: CPNN (mean over tiles) vs direct mean pooling.
 
-Run (hours on 2 CPU cores: each preset's own recipe, 3 training seeds per method; the faithful
-recipe's slide-level fit ran past 250 epochs at about 2 s each on a busy machine):
-    CPNN_DATA_DIR=../shared/data python benchmarks/pseudobulk.py --out results/pseudobulk
+Run (each preset's own recipe, 3 training seeds per method: 730 s on one thread of the 2-core
+development machine on 2026-12-06; ``--resume`` keeps the fits already written to ``--out``):
+    CPNN_DATA_DIR=../shared/data OMP_NUM_THREADS=1 python benchmarks/pseudobulk.py --out results/pseudobulk --resume
     CPNN_DATA_DIR=../shared/data python benchmarks/pseudobulk.py --seeds 1 --epochs 150   # a quick look: a 150-epoch cap
 
 Each imaged section is cut into ``--regions`` tissue regions (k-means on the spot coordinates);
@@ -32,7 +32,7 @@ from scipy import sparse
 from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, table
+from _util import Peak, previous_runs, table
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, columnwise_spearman, lognorm
@@ -108,10 +108,15 @@ def main() -> None:
     ap.add_argument("--max-patches", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0, help="seed of the regions (k-means)")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per method (ridge is deterministic: one)")
+    ap.add_argument("--resume", action="store_true", help="keep the fits already in --out and run the rest")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    csv, agree_csv = out / "pseudobulk.csv", out / "agreement.csv"
+    rows, done = previous_runs(csv, resume=args.resume, key=("fold", "method", "seed"))
+    agree, _ = previous_runs(agree_csv, resume=args.resume, key=("fold", "method", "seed"))
     cp.settings.verbosity = 0
+    cp.settings.progress_bar = False
     t0 = time.time()
 
     sdata = cp.datasets.her2st()
@@ -134,7 +139,6 @@ def main() -> None:
         "C -> B4": (bulk.obs["patient"] == "C").to_numpy(),
         "B4 -> C": (bulk.obs["patient"] == "B").to_numpy(),
     }
-    rows, agree = [], []
     for fold, train_side in folds.items():
         test = ~train_side
         if fold == "C -> B4":
@@ -155,6 +159,8 @@ def main() -> None:
         )
         for method, head, preset in methods:
             for seed in range(1 if head == "ridge" else args.seeds):
+                if (fold, method, seed) in done:
+                    continue
                 with Peak() as p:
                     model = cp.tl.fit(
                         bulk,
@@ -187,13 +193,16 @@ def main() -> None:
                             **region_agreement(sdata["table"], props, stereo),
                         }
                     )
+                    pd.DataFrame(agree).to_csv(agree_csv, index=False)
+                pd.DataFrame(rows).to_csv(csv, index=False)  # after every fit: --resume goes on from here
         # the mean predictor
         with Peak() as p:
             pred = np.repeat(y[train].mean(0, keepdims=True), test.sum(), 0)
-        rows.append(score(fold, "training mean", pred, y[test], int(train.sum()), p))
+        if (fold, "training mean", 0) not in done:
+            rows.append({"seed": 0, **score(fold, "training mean", pred, y[test], int(train.sum()), p)})
 
     res = pd.DataFrame(rows)
-    res.to_csv(out / "pseudobulk.csv", index=False)
+    res.to_csv(csv, index=False)
     seed_means = res.groupby(["method", "fold"], sort=False)["spearman"]
     summary = seed_means.mean().unstack("fold")
     summary["mean"] = summary.mean(1)

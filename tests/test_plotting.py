@@ -181,6 +181,65 @@ def test_proportions_without_image_and_to_obs(plot_data):
     assert "cpnn_T-cells" in out.obs and (out.obs["T-cells"] == 1.0).all()
 
 
+def test_legacy_anndata_is_spatialdata_ios_layout_and_squidpy_draws_it(plot_data):
+    """cp.pl.legacy_anndata gives the layout of spatialdata-io's to_legacy_anndata (#38), which squidpy draws as is."""
+    import warnings
+
+    import squidpy as sq
+    from matplotlib_scalebar.scalebar import ScaleBar
+    from spatialdata_io.experimental import to_legacy_anndata
+
+    view = cp.pl.legacy_anndata(plot_data, region="C3")
+    with warnings.catch_warnings():  # spatialdata-io's own notes on the shapes it converts
+        warnings.simplefilter("ignore")
+        theirs = to_legacy_anndata(plot_data, coordinate_system="C3", table_name="table", include_images=True)
+    theirs = theirs[view.obs_names]
+    assert list(view.uns["spatial"]) == list(theirs.uns["spatial"]) == ["C3_image"]
+    ours, ref = view.uns["spatial"]["C3_image"], theirs.uns["spatial"]["C3_image"]
+    assert set(ours["scalefactors"]) == set(ref["scalefactors"])
+    assert ours["scalefactors"]["tissue_hires_scalef"] == ref["scalefactors"]["tissue_hires_scalef"] == 1.0
+    assert np.isclose(
+        ours["scalefactors"]["spot_diameter_fullres"], ref["scalefactors"]["spot_diameter_fullres"], rtol=0.01
+    )
+    for res in ("hires", "lowres"):
+        assert abs(ours["images"][res].shape[0] - ref["images"][res].shape[0]) <= 1
+        assert abs(ours["images"][res].shape[1] - ref["images"][res].shape[1]) <= 1
+        assert ours["images"][res].shape[2] == 3 and ours["images"][res].dtype == np.uint8
+    hires = (ours["images"]["hires"].astype(float), ref["images"]["hires"].astype(float))
+    h, w = min(hires[0].shape[0], hires[1].shape[0]), min(hires[0].shape[1], hires[1].shape[1])
+    assert np.abs(hires[0][:h, :w] - hires[1][:h, :w]).mean() < 8  # the same picture, resampled differently
+    np.testing.assert_allclose(view.obsm["spatial"], theirs.obsm["spatial"], atol=1.0)  # within a hires pixel
+    # the whole table's rows come along, compositions included, and the input is left alone
+    assert view.n_vars == plot_data["table"].n_vars and "cpnn_proportions" in view.obsm
+    assert "spatial" not in plot_data["table"].uns
+    um = view.uns["cpnn_um_per_px"]
+    assert np.isclose(um * ours["scalefactors"]["spot_diameter_fullres"], 100.0, rtol=0.05)  # legacy ST: 100 um spots
+    view.obs["CAFs"] = view.obsm["cpnn_proportions"]["CAFs"]
+    sq.pl.spatial_scatter(view, color="CAFs", scalebar_dx=um)  # found: library, image, scale factors
+    fig = plt.gcf()
+    assert fig.axes[0].images and any(isinstance(a, ScaleBar) for a in fig.axes[0].artists)
+    plt.close(fig)
+    with pytest.raises(cp.CpnnError, match="needs a SpatialData with the H&E"):
+        cp.pl.legacy_anndata(plot_data["table"])
+    with pytest.raises(cp.CpnnError, match="valid regions"):
+        cp.pl.legacy_anndata(plot_data, region="Z9")
+
+
+def test_maps_carry_squidpys_scale_bar(plot_data):
+    """Every spatial map has matplotlib-scalebar's bar (squidpy's scalebar_dx), in micrometres; none hand-made."""
+    from matplotlib_scalebar.scalebar import ScaleBar
+
+    for fig in (
+        cp.pl.proportions(plot_data, cell_types=["CAFs", "T-cells"], region="B4", max_px=400, return_fig=True),
+        cp.pl.dominant(plot_data, region="B4", max_px=400, return_fig=True),
+        cp.pl.expression(plot_data, ["ERBB2"], layer="smooth", region="B4", max_px=400, return_fig=True),
+    ):
+        bars = [a for ax in fig.axes for a in ax.artists if isinstance(a, ScaleBar)]
+        assert bars and all(b.units == "um" for b in bars)
+        assert all(np.isclose(b.dx, bars[0].dx) for b in bars)
+        plt.close(fig)
+
+
 def test_history_from_model_and_table():
     sdata, _ = synthetic_sdata(np.random.default_rng(2), n_side=6, sections=("S1", "S2"))
     cp.pp.select_genes(sdata, n_top_genes=20)

@@ -139,3 +139,28 @@ def test_same_seed_is_bit_identical_in_deterministic_mode(world):
         torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
     info = sdata["table"].uns["cpnn"]["fit"]
     assert info["deterministic"] and info["threads"] >= 1 and info["torch"] == str(torch.__version__)
+
+
+def test_public_signatures_name_their_types():
+    """Every public function of pp, tl, pl, io and datasets annotates each parameter and its result,
+    and none takes or returns a bare ``Any`` where a table goes (#38; mypy checks a typed session in CI)."""
+    import inspect
+
+    loose = []
+    for sub in ("pp", "tl", "pl", "io", "datasets"):
+        module = getattr(cp, sub)
+        for name in module.__all__:
+            func = getattr(module, name)
+            if not inspect.isfunction(func):
+                continue
+            sig = inspect.signature(func)
+            for p in sig.parameters.values():
+                if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    continue
+                if p.annotation is inspect.Parameter.empty or p.annotation == "Any":
+                    loose.append(f"{sub}.{name}({p.name})")
+                elif p.name in ("data", "sdata", "adata") and "Any" in str(p.annotation):
+                    loose.append(f"{sub}.{name}({p.name}: {p.annotation})")
+            if sig.return_annotation is inspect.Signature.empty or "Any" in str(sig.return_annotation):
+                loose.append(f"{sub}.{name} -> {sig.return_annotation}")
+    assert not loose, loose

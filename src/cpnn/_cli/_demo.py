@@ -176,8 +176,9 @@ def run_demo(args: argparse.Namespace) -> int:
     types = list(table.uns["cpnn"]["cell_types"])
     _step(f"panel of {args.n_genes} genes; NB prototypes of {len(types)} cell types from the CID4465 atlas cells", t0)
     scores, models = [], {}
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
         key = "cpnn" if seed == seeds[0] else f"seed{seed}"
+        t_seed = time.time()
         # composition targets: the training spots' own counts, deconvolved with the same prototypes
         model = cp.tl.fit(
             sdata, train=TRAIN, validation=VALIDATION, encoder=args.encoder, epochs=args.epochs, seed=seed
@@ -198,6 +199,14 @@ def run_demo(args: argparse.Namespace) -> int:
         models[seed] = model
         if key != "cpnn":
             _drop_prediction(table, key)
+        left = len(seeds) - k - 1
+        if left:  # the first seed also embedded the patches and made the targets: later ones take less
+            took = time.time() - t_seed
+            print(
+                f"  {left} more seed(s): about {left * took:.0f} s at most "
+                f"(this one took {took:.0f} s; done by {time.strftime('%H:%M', time.localtime(time.time() + left * took))})",
+                flush=True,
+            )
     model = models[seeds[0]]
     cp.tl.predict(sdata, model, regions=[TEST])  # the first seed's model is the one saved and drawn
     # what B4's own counts say, drawn next to what the image predicts (never seen by the fit)

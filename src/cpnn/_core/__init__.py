@@ -61,6 +61,7 @@ from ._stores import STAGING, repair_store, store_lock, swap_table
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
 from ._threads import choose_threads, cpu_threads, uses_cpu_threads
 from ._torch import autocast, state_digest
+from ._types import Data, Rows, Sample, Samples
 from ._validate import (
     check_counts,
     check_genes,
@@ -90,6 +91,10 @@ __all__ = [
     "TILES",
     "UNEXPLAINED",
     "UNS",
+    "Data",
+    "Rows",
+    "Sample",
+    "Samples",
     "autocast",
     "bin_size_um",
     "check_counts",

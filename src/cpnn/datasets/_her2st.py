@@ -8,6 +8,7 @@ import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -20,6 +21,9 @@ from .._core import SPATIAL, check_manifest, write_manifest, zarr_write_settings
 from .._errors import CpnnError
 from .._settings import settings
 from ._fetch import fetch, registry
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 __all__ = ["HER2ST_IMAGED", "her2st", "her2st_proportions"]
 
@@ -143,7 +147,7 @@ def _image_store(section: str):
     return sd.read_zarr(store).images["image"]
 
 
-def her2st(sections: Sequence[str] | None = None, *, images: bool = True):
+def her2st(sections: Sequence[str] | None = None, *, images: bool = True) -> SpatialData:
     """Load HER2ST sections as a :class:`~spatialdata.SpatialData`.
 
     Parameters

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -13,6 +14,9 @@ from scanpy import logging as logg
 
 from .._errors import CpnnError
 from .._settings import settings
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: The dataset on the Hugging Face hub (gated: accept its terms, then use a token).
 HEST_REPO = "MahmoodLab/hest"
@@ -121,7 +125,7 @@ def hest(
     root: str | os.PathLike | None = None,
     spot_diameter_um: float | None = None,
     mpp: float | None = None,
-):
+) -> SpatialData:
     """Load HEST-1k samples as one SpatialData: lazy whole-slide H&E, spots and counts.
 
     Reads the layout of the HEST folder (as on the hub, ``MahmoodLab/hest``): ``st/{id}.h5ad``

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanpy import logging as logg
 
 from .._errors import CpnnError
 from .._settings import settings
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: The sample's name in squidpy's registry (``squidpy/datasets/datasets.yaml``).
 VISIUM_BREAST = "Visium_FFPE_Human_Breast_Cancer"
@@ -66,7 +70,7 @@ def _fetch(entry, base_url: str, folder: Path) -> None:
             )
 
 
-def visium_breast(path: str | os.PathLike | None = None, *, fullres: bool = True):
+def visium_breast(path: str | os.PathLike | None = None, *, fullres: bool = True) -> SpatialData:
     """10x Visium FFPE human breast cancer (one section, 55 um spots) with its full-resolution H&E.
 
     The files (``filtered_feature_bc_matrix.h5``, ``spatial.tar.gz``, ``image.tif``) and their

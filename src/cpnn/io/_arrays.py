@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from numpy.typing import ArrayLike
 from scipy import sparse
 
 from .._core import SPATIAL, counts_dtype
 from .._core._images import ATTRS_KEY, image_levels
 from .._errors import CpnnError
 from ._wsi import is_wsi_path, read_wsi
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
+    from xarray import DataArray, DataTree
 
 
 @dataclass
@@ -190,15 +195,15 @@ def build_sdata(samples: list[Sample], *, table_key: str = "table") -> Any:
 
 
 def from_arrays(
-    image: Any,
-    coords_px: Any,
+    image: ArrayLike | str | os.PathLike | DataArray | DataTree,
+    coords_px: ArrayLike | None,
     counts: AnnData,
     *,
     spot_diameter_um: float | None = None,
     mpp: float | None = None,
     spot_diameter_px: float | None = None,
     sample: str = "sample",
-) -> Any:
+) -> SpatialData:
     """Build a SpatialData cpnn can read from an H&E image, spot positions in its pixels and counts.
 
     For any spatial transcriptomics with its own H&E (legacy ST, Slide-seq with images, in-house

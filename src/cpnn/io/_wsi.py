@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scanpy import logging as logg
 
 from .._core._images import ATTRS_KEY
 from .._errors import CpnnError
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: File types read by tiffslide (pure Python, the default) and by OpenSlide (``pip install cpnn[openslide]``).
 TIFFSLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".qptiff", ".ome.tif", ".ome.tiff")
@@ -169,7 +172,7 @@ def read_wsi(
     mpp: float | None = None,
     image_key: str | None = None,
     backend: Literal["auto", "tiffslide", "openslide"] = "auto",
-) -> Any:
+) -> SpatialData:
     """Read a whole-slide image file as a SpatialData with one lazy, multiscale image.
 
     Every pyramid level of the file becomes a level of the image element (a dask array read tile by

@@ -4,5 +4,15 @@ from ._expression import expression
 from ._metrics import correlations, history
 from ._proportions import compare_proportions, dominant, proportions
 from ._prototypes import prototypes
+from ._spatial import legacy_anndata
 
-__all__ = ["compare_proportions", "correlations", "dominant", "expression", "history", "proportions", "prototypes"]
+__all__ = [
+    "compare_proportions",
+    "correlations",
+    "dominant",
+    "expression",
+    "history",
+    "legacy_anndata",
+    "proportions",
+    "prototypes",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,10 +25,14 @@ from .._errors import CpnnError
 from ._spatial import draw_spots, resolve_region
 from ._utils import check_names, doc_show_save, finish
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
 
 @doc_show_save
 def expression(
-    data: Any,
+    data: AnnData | SpatialData,
     genes: str | Sequence[str],
     *,
     region: str | None = None,

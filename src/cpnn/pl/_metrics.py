@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,10 @@ from .._core import PREDICTION, get_table, per_gene_metrics, uns_cpnn
 from .._errors import CpnnError
 from ..tl import CPNN
 from ._utils import doc_show_save, finish, new_figure
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 _SUMMARY = ("mean", "pooled")
 
@@ -32,7 +36,7 @@ def _per_group(df: pd.DataFrame, metric: str) -> dict[str, np.ndarray]:
 
 @doc_show_save
 def correlations(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     layers: str | Sequence[str] = PREDICTION,
     metric: str = "spearman",
@@ -145,7 +149,7 @@ def correlations(
 
 @doc_show_save
 def history(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     key: str | None = None,
     figsize: tuple[float, float] = (5.0, 3.5),

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._core import OFF_SHARE, UNEXPLAINED, columnwise_pearson, get_proportions, get_table, proportions_key, uns_cpnn
 from .._errors import CpnnError
-from ._spatial import add_scalebar, draw_spots, resolve_region, spatial_view
+from ._spatial import draw_spots, resolve_region, scalebar, with_legacy_layout
 from ._utils import check_names, doc_show_save, finish
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: Cell types whose proportion stays below this in the region are named, not drawn.
 MIN_SHARE = 0.05
@@ -54,7 +58,7 @@ def _region_values(
 
 @doc_show_save
 def proportions(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     cell_types: str | Sequence[str] | None = None,
     region: str | None = None,
@@ -173,7 +177,7 @@ def proportions(
 
 @doc_show_save
 def dominant(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     region: str | None = None,
     key: str = "cpnn_proportions",
@@ -244,9 +248,8 @@ def dominant(
     types = list(map(str, props.columns))
     props = merge_groups(props, groups)
     values = props.loc[mask]
-    view, kw = spatial_view(
-        data, values, mask, library_id=name, image_key=image_key, max_px=max_px, table_key=table_key
-    )
+    view = AnnData(obs=values.copy())
+    layout = with_legacy_layout(data, view, mask, image_key=image_key, max_px=max_px, table_key=table_key)
     fig, ax_ = (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize)
     arr = values.to_numpy(float)
     winner = arr.argmax(1)
@@ -255,18 +258,17 @@ def dominant(
     for k, column in enumerate(values.columns):
         if str(column) == UNEXPLAINED:  # not a cell type: neutral grey, never a palette colour
             colours[k] = (0.45, 0.45, 0.45, 1.0)
-    if "library_id" in kw:
-        info = view.uns["spatial"][name]
-        factor = info["scalefactors"]["tissue_hires_scalef"]
+    if layout.library_id is not None:
+        info = view.uns["spatial"][layout.library_id]
         ax_.imshow(info["images"]["hires"], alpha=img_alpha)
-        xy = np.asarray(view.obsm["spatial"]) * factor
-        radius = info["scalefactors"]["spot_diameter_fullres"] * factor / 2
+        xy = np.asarray(view.obsm["spatial"])  # tissue_hires_scalef is 1: hires pixels
+        radius = info["scalefactors"]["spot_diameter_fullres"] / 2
     else:
         xy = np.asarray(view.obsm["spatial"])
         gaps = np.diff(np.sort(xy[:, 0]))
         radius = float(np.median(gaps[gaps > 0])) / 2 if (gaps > 0).any() else 1.0
         ax_.invert_yaxis()
-    square = kw.get("shape") == "square"
+    square = layout.shape == "square"
     shapes = [
         Rectangle((x - radius, y - radius), 2 * radius, 2 * radius) if square else Circle((x, y), radius) for x, y in xy
     ]
@@ -322,7 +324,7 @@ def dominant(
             "(e.g. fat, when the reference has no adipocytes) is still split among these.",
             fontsize=7, ha="left", va="bottom", wrap=True,
         )  # fmt: skip
-    add_scalebar(ax_, kw.get("um_per_unit"))
+    scalebar(ax_, layout.um_per_px)
     return finish(fig, ax, name="dominant", show=show, save=save, return_fig=return_fig)
 
 
@@ -362,7 +364,7 @@ def _grouping(groups: Mapping[str, Sequence[str]] | None) -> str:
 
 @doc_show_save
 def compare_proportions(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     keys: Sequence[str] = ("cpnn_proportions", "cpnn_deconvolution"),
     labels: Sequence[str] | None = None,

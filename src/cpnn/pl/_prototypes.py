@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,10 @@ from .._core import PROTOTYPES, SELECTED, get_table, in_reference_column, panel_
 from .._errors import CpnnError
 from ..tl import CPNN
 from ._utils import check_names, doc_show_save, finish, new_figure
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 
 def prototype_frame(data: Any, *, key: str, table_key: str) -> pd.DataFrame:
@@ -47,7 +51,7 @@ def top_markers(profiles: pd.DataFrame, n: int) -> list[str]:
 
 @doc_show_save
 def prototypes(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     genes: str | Sequence[str] | None = None,
     n_markers: int = 5,

@@ -1,10 +1,11 @@
-"""Spots over the H&E through squidpy: the legacy ``uns["spatial"]`` layout, built on the fly at low resolution."""
+"""Spots over the H&E through squidpy, on the legacy ``uns["spatial"]`` layout of spatialdata-io's ``to_legacy_anndata``."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,13 @@ from .._core import get_table, is_spatialdata, is_tiles_table, region_columns
 from .._errors import CpnnError
 from ..data import image_levels, region_images, to_rgb_float
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
+
 #: Margin around the spots when cropping the image, in spot diameters.
 _MARGIN = 1.5
+#: How cpnn's maps place squidpy's scale bar (matplotlib-scalebar's keywords).
+SCALEBAR_KWARGS = {"location": "lower left", "box_alpha": 0.6, "length_fraction": 0.2}
 
 
 def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | None = None) -> tuple[str, np.ndarray]:
@@ -47,74 +53,151 @@ def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | N
     raise CpnnError(f"region={region!r} is not a region of the table; valid regions: {valid}.")
 
 
-def _lowres(
-    data: Any, image_key: str, full_shape: tuple[int, int], max_px: int, scale: float
-) -> tuple[np.ndarray, float]:
-    """The image at about ``max_px`` on its longer side: a pyramid level when there is one, then strides."""
+#: Longer sides of the legacy layout's "hires" and "lowres" images (spatialdata-io's ``to_legacy_anndata``).
+HIRES_PX, LOWRES_PX = 2000, 600
+
+
+def _downscaled(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int, scale: float) -> np.ndarray:
+    """The whole image resampled so that its longer side is ``max_px`` (never upscaled): (y, x, 3) uint8.
+
+    Reads the coarsest pyramid level still at least that large, every k-th pixel of it down to no
+    less than the target, then averages the rest away (box filter), so no full-resolution array
+    is held in memory.
+    """
+    from PIL import Image
+
+    height, width = full_shape
+    factor = min(1.0, max_px / max(height, width))
+    out = (max(1, round(width * factor)), max(1, round(height * factor)))  # PIL's (width, height)
     levels = image_levels(data.images[image_key])  # finest first
-    # the coarsest level still at least max_px on its longer side (else the finest)
     chosen = levels[0]
     for arr in levels:
-        if max(arr.shape[-2:]) >= max_px:
+        if arr.shape[-1] >= out[0] and arr.shape[-2] >= out[1]:
             chosen = arr
-    step = max(1, int(max(chosen.shape[-2:]) // max_px))
+    step = max(1, int(min(chosen.shape[-1] / out[0], chosen.shape[-2] / out[1])))
     sub = chosen[:, ::step, ::step]
     img = np.asarray(sub.data.compute() if hasattr(sub, "data") and hasattr(sub.data, "compute") else sub)
-    factor = img.shape[-1] / full_shape[1]
     if img.dtype != np.uint8 or scale != 255.0:  # the range cpnn reads for patches
-        img = to_rgb_float(img if img.shape[0] in (1, 3, 4) else img[:3], scale)
+        rgb = to_rgb_float(img if img.shape[0] in (1, 3, 4) else img[:3], scale)
+        img = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img = np.moveaxis(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), 0, -1)
-    return img, float(factor)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(out, Image.Resampling.BOX))
 
 
-def spatial_view(
+@dataclass(frozen=True)
+class Layout:
+    """Where squidpy finds a legacy view's image: its library, the spots' shape and micrometres per pixel."""
+
+    library_id: str | None
+    shape: str | None
+    um_per_px: float | None
+
+
+def with_legacy_layout(
     data: Any,
-    values: pd.DataFrame,
+    view: AnnData,
     mask: np.ndarray,
     *,
-    library_id: str,
     image_key: str | None = None,
-    max_px: int = 1500,
+    max_px: int = HIRES_PX,
     table_key: str = "table",
-) -> tuple[AnnData, dict]:
-    """A small AnnData with ``values`` as obs columns, spot coordinates and a cropped low-res image.
+) -> Layout:
+    """Give ``view`` (the table's ``mask`` rows, in order) squidpy's legacy layout; return where it put it.
 
-    Returns the AnnData and the keyword arguments that make ``squidpy.pl.spatial_scatter`` draw it.
+    The layout is spatialdata-io's ``to_legacy_anndata(..., include_images=True)``: the image,
+    resampled to ``max_px`` on its longer side, in ``uns["spatial"][<image name>]["images"]``
+    (``"hires"``, and ``"lowres"`` at 600 px), ``tissue_hires_scalef`` 1, and ``obsm["spatial"]`` and
+    ``spot_diameter_fullres`` in the hires image's pixels.
     """
     adata = get_table(data, table_key)
-    obs = values.loc[adata.obs_names[mask]].copy()
     if is_spatialdata(data) and len(data.images):
         (reg,) = region_images(data, adata, mask, image_key=image_key)
-        full = tuple(int(s) for s in reg.array.shape[-2:])
-        img, scale = _lowres(data, reg.image_key, full, max_px, reg.scale)
-        diameter = reg.spot_diameter_px or 100.0 / reg.um_per_px
+        height, width = (int(s) for s in reg.array.shape[-2:])
+        hires = _downscaled(data, reg.image_key, (height, width), max_px, reg.scale)
+        fx, fy = hires.shape[1] / width, hires.shape[0] / height
+        lowres_factor = min(1.0, LOWRES_PX / max(hires.shape[:2]))
+        from PIL import Image
+
+        lowres = np.asarray(
+            Image.fromarray(hires).resize(
+                (max(1, round(hires.shape[1] * lowres_factor)), max(1, round(hires.shape[0] * lowres_factor))),
+                Image.Resampling.BOX,
+            )
+        )
         xy = np.empty((int(mask.sum()), 2))
         xy[np.searchsorted(np.flatnonzero(mask), reg.obs_index)] = reg.centers_px  # region order -> table order
-        lo = np.floor((xy.min(0) - _MARGIN * diameter) * scale).clip(0).astype(int)
-        hi = np.ceil((xy.max(0) + _MARGIN * diameter) * scale).astype(int)
-        img = img[lo[1] : hi[1], lo[0] : hi[0]]
-        xy = xy - lo / scale
-        view = AnnData(obs=obs)
-        view.obsm["spatial"] = xy
+        view.obsm["spatial"] = xy * (fx, fy)
+        diameter = reg.spot_diameter_px or 100.0 / reg.um_per_px
+        factor = (fx + fy) / 2
         view.uns["spatial"] = {
-            library_id: {
-                "images": {"hires": img},
-                "scalefactors": {"tissue_hires_scalef": scale, "spot_diameter_fullres": diameter},
+            reg.image_key: {
+                "images": {"hires": hires, "lowres": lowres},
+                "scalefactors": {
+                    "tissue_hires_scalef": 1.0,
+                    "tissue_lowres_scalef": lowres_factor,
+                    "spot_diameter_fullres": float(diameter * factor),
+                },
             }
         }
         shape = "square" if is_tiles_table(adata) else "circle"
-        # squidpy draws in the low-resolution image's pixels: micrometres per such pixel, for the scale bar
-        return view, {
-            "library_id": [library_id],
-            "img_res_key": "hires",
-            "shape": shape,
-            "um_per_unit": reg.um_per_px / scale,
-        }
+        return Layout(reg.image_key, shape, reg.um_per_px / factor)
     if "spatial" not in adata.obsm:
         raise CpnnError("The table has no obsm['spatial'] spot coordinates and no image to place the spots on.")
-    view = AnnData(obs=obs)
     view.obsm["spatial"] = np.asarray(adata.obsm["spatial"], float)[mask]
-    return view, {"shape": None, "img": False}
+    return Layout(None, None, None)
+
+
+def legacy_anndata(
+    data: AnnData | SpatialData,
+    *,
+    region: str | None = None,
+    image_key: str | None = None,
+    max_px: int = HIRES_PX,
+    table_key: str = "table",
+) -> AnnData:
+    """One region of the table as the legacy spatial AnnData squidpy's ``spatial_scatter`` draws.
+
+    The same layout as ``spatialdata_io.experimental.to_legacy_anndata(sdata, coordinate_system=...,
+    table_name=..., include_images=True)`` (spot coordinates and the H&E resampled to 2,000 px on
+    its longer side, ``tissue_hires_scalef`` 1, a 600 px ``"lowres"`` image, the library named after
+    the image), for one region (section) of a cpnn table: its rows with every ``obs`` column,
+    ``obsm`` entry (``cpnn_proportions`` included) and layer. It needs no spatialdata-io, reads a
+    pyramid level instead of rasterising the full image, and also works on a collection's tables
+    and on tile tables (squares). Copy a composition into ``obs`` to colour by it::
+
+        view = cp.pl.legacy_anndata(sdata, region="B4")
+        view.obs["epithelial"] = view.obsm["cpnn_proportions"]["Cancer Epithelial"]
+        sq.pl.spatial_scatter(view, color="epithelial", scalebar_dx=view.uns["cpnn_um_per_px"])
+
+    Parameters
+    ----------
+    data
+        SpatialData with the images, and the table.
+    region
+        Region or section (default: the first one).
+    image_key
+        Force this image element (default: the sharpest image covering the spots).
+    max_px
+        Longer side of the ``"hires"`` image, in pixels (2,000 as spatialdata-io).
+    table_key
+        Key of the table.
+
+    Returns
+    -------
+    A new AnnData (the region's rows, copied); ``uns["cpnn_um_per_px"]`` is micrometres per pixel of
+    its coordinates, the ``scalebar_dx`` that squidpy's scale bar needs.
+    """
+    adata = get_table(data, table_key)
+    if not is_spatialdata(data) or not len(data.images):
+        raise CpnnError(
+            "legacy_anndata needs a SpatialData with the H&E images; an AnnData of spots draws without an image "
+            "(sq.pl.spatial_scatter(adata, shape=None) reads obsm['spatial'])."
+        )
+    _, mask = resolve_region(adata, region)
+    view = adata[mask].copy()
+    layout = with_legacy_layout(data, view, mask, image_key=image_key, max_px=max_px, table_key=table_key)
+    view.uns["cpnn_um_per_px"] = layout.um_per_px
+    return view
 
 
 def _per_panel(value: Any, n: int) -> list:
@@ -125,22 +208,27 @@ def _per_panel(value: Any, n: int) -> list:
     return [value] * n
 
 
-def add_scalebar(ax: Any, um_per_unit: float | None) -> None:
-    """A micrometre scale bar in the lower left of a spatial panel (a round length near a fifth of its width)."""
-    if not um_per_unit:
-        return
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+def crop_box(view: AnnData, library_id: str) -> tuple[int, int, int, int]:
+    """The spots' extent plus a margin, in the hires image's pixels, as squidpy's ``crop_coord`` reads it.
 
-    x0, x1 = ax.get_xlim()
-    width_um = abs(x1 - x0) * um_per_unit
-    nice = [50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000]
-    length = max([n for n in nice if n <= width_um / 5] or [nice[0]])
-    label = f"{length // 1000} mm" if length >= 1000 and length % 1000 == 0 else f"{length} \u00b5m"
-    bar = AnchoredSizeBar(
-        ax.transData, length / um_per_unit, label, "lower left", pad=0.3, color="black", frameon=True, size_vertical=0
-    )
-    bar.patch.set_alpha(0.6)
-    ax.add_artist(bar)
+    squidpy reads the tuple as (x0, y0, x1, y1) (its ``CropCoords``), whatever its docstring's order.
+    """
+    info = view.uns["spatial"][library_id]
+    xy = np.asarray(view.obsm["spatial"])
+    pad = _MARGIN * info["scalefactors"]["spot_diameter_fullres"]
+    h, w = info["images"]["hires"].shape[:2]
+    x0, y0 = np.floor(xy.min(0) - pad).clip(0)
+    x1, y1 = np.ceil(xy.max(0) + pad)
+    return int(x0), int(y0), int(min(x1, w)), int(min(y1, h))
+
+
+def scalebar(ax: Any, um_per_px: float | None) -> None:
+    """A micrometre scale bar in the lower left of a panel drawn in pixels of ``um_per_px`` (squidpy's own scale bar)."""
+    if not um_per_px:
+        return
+    from matplotlib_scalebar.scalebar import ScaleBar
+
+    ax.add_artist(ScaleBar(um_per_px, "um", **SCALEBAR_KWARGS))
 
 
 def draw_spots(
@@ -177,10 +265,15 @@ def draw_spots(
         warnings.simplefilter("ignore", SyntaxWarning)
         import squidpy as sq
 
-    view, kw = spatial_view(
-        data, values, mask, library_id=region, image_key=image_key, max_px=max_px, table_key=table_key
-    )
-    um_per_unit = kw.pop("um_per_unit", None)
+    view = AnnData(obs=values.loc[get_table(data, table_key).obs_names[mask]].copy())
+    layout = with_legacy_layout(data, view, mask, image_key=image_key, max_px=max_px, table_key=table_key)
+    if layout.library_id is not None:
+        kw = {"library_id": [layout.library_id], "img_res_key": "hires", "shape": layout.shape}
+        kw["crop_coord"] = [crop_box(view, layout.library_id)]
+        if scalebar:
+            kw |= {"scalebar_dx": [layout.um_per_px], "scalebar_units": ["um"], "scalebar_kwargs": SCALEBAR_KWARGS}
+    else:
+        kw = {"shape": None, "img": False}
     cols = list(values.columns)
     if ax is None:
         n = len(cols)
@@ -188,9 +281,10 @@ def draw_spots(
         nr = int(np.ceil(n / nc))
         if figsize is None:  # panels as tall as the region's image is, plus room for a title
             aspect = 0.85
-            if "library_id" in kw:
-                img = view.uns["spatial"][region]["images"]["hires"]
-                aspect = float(np.clip(img.shape[0] / max(img.shape[1], 1), 0.3, 2.0))
+            if layout.library_id is not None:  # the spots' extent, as squidpy crops to it
+                xy = np.asarray(view.obsm["spatial"])
+                extent = np.ptp(xy, axis=0) + 1.0
+                aspect = float(np.clip(extent[1] / extent[0], 0.3, 2.0))
             figsize = (4.2 * nc, (3.6 * aspect + 0.7) * nr)
         fig, axes = plt.subplots(nr, nc, figsize=figsize, squeeze=False)
         axes = axes.ravel()
@@ -231,8 +325,6 @@ def draw_spots(
                 cax.remove()
             elif cbar is not None:
                 cbar.set_label(label)
-        if scalebar:
-            add_scalebar(a, um_per_unit)
     if ax is None:  # margins in inches, so that a tall grid has no wide empty band above it
         h = fig.get_figheight()
         fig.subplots_adjust(top=1 - (0.9 if suptitle else 0.5) / h, bottom=0.4 / h)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ from .._core import SPATIAL, counts_dtype, is_spatialdata
 from .._core import bin_size_um as bin_size_of
 from .._errors import CpnnError
 from ..data._regions import check_one_bin_size, square_side, table_regions
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 
 def bin_tables(sdata: Any) -> dict[str, float]:
@@ -30,7 +33,7 @@ def bin_tables(sdata: Any) -> dict[str, float]:
 
 
 def aggregate_bins(
-    sdata: Any,
+    sdata: SpatialData,
     *,
     bin_size_um: float,
     table_key: str | None = None,

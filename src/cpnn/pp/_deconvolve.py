@@ -6,7 +6,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .._core import (
     PROTOTYPES,
     UNEXPLAINED,
+    Rows,
     check_counts,
     check_int,
     check_number,
@@ -41,6 +42,9 @@ from .._core import (
 from .._errors import CpnnError
 from .._settings import settings
 from ..models._nb_mixture import fit_shared, solve_compositions
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: ``obsm`` key of the deconvolved proportions unless told otherwise.
 DECONVOLUTION = "cpnn_deconvolution"
@@ -181,12 +185,12 @@ def _nnls(counts: np.ndarray, P: np.ndarray) -> np.ndarray:
 
 @uses_cpu_threads
 def deconvolve(
-    data: AnnData | Any,
+    data: AnnData | SpatialData,
     *,
     method: Literal["nb", "nnls"] = "nb",
     prototypes_key: str = PROTOTYPES,
     key_added: str = DECONVOLUTION,
-    regions: Any = None,
+    regions: Rows = None,
     genes: Sequence[str] | None = None,
     n_genes: int = 2000,
     layer: str | None = None,
@@ -202,7 +206,7 @@ def deconvolve(
     table_key: str = "table",
     copy: bool = False,
     lr: float | None = None,
-) -> AnnData | Any | None:
+) -> AnnData | SpatialData | None:
     """Estimate each spot's (or bulk sample's) cell-type proportions (fractions of cells) from its counts and the prototypes.
 
     Proportions are **fractions of cells**, the unit of cell2location's abundances and of

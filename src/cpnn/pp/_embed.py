@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .._core import (
     EMBEDDING,
+    Rows,
     check_int,
     check_number,
     check_obs_mask,
@@ -37,19 +38,25 @@ from ..models.encoders import encoder_class, same_embedding
 from ._encode import embed_regions
 from ._store import disk_embeddings
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from collections.abc import Callable
+
+    from spatialdata import SpatialData
+    from torch import nn
+
 
 @renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
 @uses_cpu_threads
 def embed(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
-    encoder: Any = "resnet18",
+    encoder: str | nn.Module | Callable = "resnet18",
     encoder_kwargs: dict[str, Any] | None = None,
     encoder_weights: str | Path | None = None,
     pretrained: bool = False,
     patch_size_um: float = 112.0,
     patch_px: int | None = None,
-    spots: Any = None,
+    spots: Rows = None,
     batch_size: int = 64,
     device: str = "auto",
     seed: int = 0,

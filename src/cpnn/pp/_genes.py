@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from .._core import (
 from .._errors import CpnnError
 from ._markers import marker_genes
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
+
 
 def normalized_mean(X: Any, target_sum: float = 1e4) -> np.ndarray:
     """Mean over rows of counts scaled to ``target_sum`` per row (no log)."""
@@ -38,7 +41,7 @@ def normalized_mean(X: Any, target_sum: float = 1e4) -> np.ndarray:
 
 
 def select_genes(
-    data: AnnData | Any,
+    data: AnnData | SpatialData,
     *,
     n_top_genes: int = 250,
     flavor: Literal["mean", "hvg"] = "mean",
@@ -50,7 +53,7 @@ def select_genes(
     cell_type_key: str | None = None,
     table_key: str = "table",
     copy: bool = False,
-) -> AnnData | Any | None:
+) -> AnnData | SpatialData | None:
     """Mark the gene panel that cpnn will predict.
 
     Parameters

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from anndata import AnnData
 from scanpy import logging as logg
@@ -10,15 +10,18 @@ from scanpy import logging as logg
 from .._core import get_proportions, get_table, return_copy, uns_cpnn, valid_name
 from .._errors import CpnnError
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
+
 
 def proportions_to_obs(
-    data: AnnData | Any,
+    data: AnnData | SpatialData,
     *,
     key: str = "cpnn_proportions",
     prefix: str = "",
     table_key: str = "table",
     copy: bool = False,
-) -> AnnData | Any | None:
+) -> AnnData | SpatialData | None:
     """Copy the per-spot cell-type proportions from ``obsm[key]`` into ``obs`` columns named after the cell types.
 
     For spatialdata-plot (``color="T-cells"``), scanpy's embedding plots and any tool that colours

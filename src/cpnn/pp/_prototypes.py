@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from .._core import (
 from .._errors import CpnnError
 from .._settings import settings
 from ..models import fit_nb_regression
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: Fewest panel genes with a prototype that cpnn accepts.
 MIN_PANEL_GENES = 10
@@ -238,7 +241,7 @@ def _single_cell_prototypes(
 
 @uses_cpu_threads
 def build_prototypes(
-    data: AnnData | Any,
+    data: AnnData | SpatialData,
     reference: AnnData | pd.DataFrame,
     *,
     cell_type_key: str | None = None,
@@ -259,7 +262,7 @@ def build_prototypes(
     table_key: str = "table",
     key_added: str = DEFAULT_KEY,
     copy: bool = False,
-) -> AnnData | Any | None:
+) -> AnnData | SpatialData | None:
     """Estimate cell-type prototypes (mean expression per cell type) for the table's genes.
 
     Parameters

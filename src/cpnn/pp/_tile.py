@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -19,6 +19,9 @@ from .._settings import settings
 from ..data._content import sample_image
 from ..data._patches import to_rgb_float
 from ..data._regions import _affine, _scale, image_levels, image_um_per_px
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 #: The tissue mask is computed where a tile spans about this many pixels (never at full resolution).
 _MASK_PX_PER_TILE = 8
@@ -142,7 +145,7 @@ def _grid(mask: np.ndarray, full_shape: tuple[int, int], tile_px: float) -> tupl
 
 
 def tile(
-    sdata: Any,
+    sdata: SpatialData,
     *,
     image_key: str | Sequence[str] | None = None,
     tile_size_um: float = 112.0,

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._core import PREDICTION, get_table, per_gene_metrics, uns_cpnn
+from .._core import PREDICTION, Rows, get_table, per_gene_metrics, uns_cpnn
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 
 def evaluate(
-    data: AnnData | Any,
+    data: AnnData | SpatialData,
     *,
     layer: str = PREDICTION,
     groupby: str | None = "section",
     genes: Sequence[str] | None = None,
-    spots: Any = None,
+    spots: Rows = None,
     truth_layer: str | None = None,
     normalize: bool = True,
     table_key: str = "table",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from .._core import (
     OFF_SHARE,
     PROTOTYPES,
     TILES,
+    Rows,
+    Sample,
+    Samples,
     bin_size_um,
     check_int,
     dist,
@@ -45,6 +48,9 @@ from ._model import CPNN, build_head
 from ._targets import composition_targets, gene_scaling
 from ._train import TrainingDiverged, TrainResult, fit_closed_form, run_training, training_warnings
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
+
 __all__ = ["PRESETS", "fit"]
 
 
@@ -60,10 +66,10 @@ def _fingerprint(config: FitConfig, split: Split) -> str:
 @renamed_arguments({"weights": "encoder_weights"}, since="0.3", removed_in="0.4")
 @uses_cpu_threads
 def fit(
-    data: AnnData | Any,
+    data: AnnData | SpatialData | Samples,
     *,
-    train: Any = None,
-    validation: Any = None,
+    train: Rows = None,
+    validation: Rows = None,
     head: str = "cpnn",
     encoder: str | nn.Module | Callable = "resnet18",
     encoder_kwargs: dict[str, Any] | None = None,
@@ -105,7 +111,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     level: Literal["spot", "slide"] | None = None,
-    slides: Any = None,
+    slides: SpatialData | Mapping[str, Sample] | None = None,
     max_patches: int = 4096,
     tiles_key: str = TILES,
     slide_key: str = "slide",

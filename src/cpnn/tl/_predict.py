@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from .._core import (
     OFF_SHARE,
     PREDICTION,
     TILES,
+    Rows,
+    Sample,
+    Samples,
     bin_size_um,
     check_int,
     check_number,
@@ -41,6 +45,9 @@ from ..data import Collection, is_collection, slide_bags
 from ._inputs import bag_embeddings, model_inputs, sample_selection
 from ._model import CPNN, model_summary
 from ._slides import open_slides
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 
 @torch.no_grad()
@@ -186,11 +193,11 @@ def _mark(adata: AnnData, mask: np.ndarray, key_added: str, model: CPNN) -> str:
 
 @uses_cpu_threads
 def predict(
-    data: AnnData | Any,
+    data: AnnData | SpatialData | Samples,
     model: CPNN,
     *,
-    regions: Any = None,
-    samples: Any = None,
+    regions: Rows = None,
+    samples: str | Sequence[str] | None = None,
     key_added: str = PREDICTION,
     layer: str | None = None,
     device: str = "auto",
@@ -199,7 +206,7 @@ def predict(
     image_key: str | None = None,
     spot_diameter_um: float | None = None,
     embedding_key: str = EMBEDDING,
-    slides: Any = None,
+    slides: SpatialData | Mapping[str, Sample] | None = None,
     tiles_key: str = TILES,
     slide_key: str = "slide",
     measured_depth: bool = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,9 @@ from anndata import AnnData
 from .._core import check_key, get_table
 from .._errors import CpnnError
 from ..data import Collection, is_collection
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
+    from spatialdata import SpatialData
 
 __all__ = ["split"]
 
@@ -80,7 +83,7 @@ def _protocol(by: str, same_patient: bool) -> str:
 
 
 def split(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     by: str = "patient",
     test: str | Sequence[str] | None = None,
