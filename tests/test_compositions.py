@@ -358,3 +358,47 @@ def test_maps_print_no_third_party_warning_and_draw_unexplained_in_grey(world, c
             plt.close(fig)
     assert not [str(w.message) for w in caught], [f"{w.category.__name__}: {w.message} ({w.filename})" for w in caught]
     assert "library_id" not in capsys.readouterr().out
+
+
+def test_the_head_learns_an_unexplained_component_for_tissue_the_reference_lacks(tmp_path):
+    """fit(unexplained="flat"): the reference lacks one planted type (its own colour in the image); the head's
+    extra weight follows that type's planted share on held-out spots, survives save/load, and is refused where
+    it means nothing (#42)."""
+    sdata, profiles = synthetic_sdata(np.random.default_rng(23), n_side=10, sections=("S1", "S2", "S3"))
+    table = sdata["table"]
+    reference = profiles[["t0", "t1"]] * 1e4  # the reference has no t2
+    cp.pp.select_genes(table, genes=list(table.var_names))
+    cp.pp.build_prototypes(table, reference, rna_content=dict.fromkeys(reference.columns, 1e4))
+    kw = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "epochs": 150}
+    model = cp.tl.fit(sdata, train=["S1"], validation=["S2"], unexplained="flat", **kw)
+    assert model.cell_types == ["t0", "t1", "unexplained"] and "+ unexplained" in repr(model)
+    targets = table.obsm["cpnn_targets"]  # fit's own targets carry the component too
+    assert list(targets.columns) == ["t0", "t1", "unexplained"]
+    assert table.uns["cpnn"]["deconvolution"]["cpnn_targets"]["unexplained"] == "flat"
+    cp.tl.predict(sdata, model, regions=["S3"])
+    test = (table.obs["section"] == "S3").to_numpy()
+    pred = table.obsm["cpnn_proportions"].loc[test]
+    assert list(pred.columns) == ["t0", "t1", "unexplained"]
+    np.testing.assert_allclose(pred.sum(1), 1.0, atol=1e-5)
+    truth = table.obsm["truth"].loc[test, "t2"].to_numpy()
+    r = np.corrcoef(pred["unexplained"], truth)[0, 1]
+    assert r > 0.9, r  # 0.99 measured; without the component t2's share is spread over t0 and t1
+    assert (
+        np.abs(pred["t0"].to_numpy() - table.obsm["truth"].loc[test, "t0"].to_numpy()).mean() < 0.1
+    )  # 0.03; none: 0.32
+    # the flat profile stays flat while the reference's prototypes are learned
+    protos = model.prototypes
+    assert np.allclose(protos[:, -1], protos[0, -1])
+    model.save(tmp_path / "m.pt")
+    again = cp.CPNN.load(tmp_path / "m.pt")
+    cp.tl.predict(sdata, again, regions=["S3"], key_added="again")
+    np.testing.assert_allclose(table.obsm["again_proportions"].loc[test], pred, atol=1e-5)
+    # off by default, in both presets; refused where there is no composition; targets must carry the column
+    assert cp.tl.fit(sdata, train=["S1"], **{**kw, "epochs": 2}).cell_types == ["t0", "t1"]
+    with pytest.raises(cp.CpnnError, match="head='direct' has none"):
+        cp.tl.fit(sdata, train=["S1"], head="direct", unexplained="flat", **kw)
+    with pytest.raises(cp.CpnnError, match="use None, 'flat' or 'learned'"):
+        cp.tl.fit(sdata, train=["S1"], unexplained=True, **kw)
+    cp.pp.deconvolve(sdata, regions=["S1"], key_added="plain_targets")
+    with pytest.raises(cp.CpnnError, match="no 'unexplained' column"):
+        cp.tl.fit(sdata, train=["S1"], composition_key="plain_targets", unexplained="flat", **kw)

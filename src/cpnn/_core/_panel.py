@@ -10,7 +10,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._errors import CpnnError
-from ._keys import SELECTED, in_reference_column, predicted_column
+from ._keys import SELECTED, UNEXPLAINED, in_reference_column, predicted_column
 from ._stats import counts_dtype
 from ._table import uns_cpnn, uns_list
 from ._validate import check_counts, check_unique_var
@@ -129,6 +129,11 @@ def reference_composition(adata: AnnData, key: str | None, mask: np.ndarray, typ
     if not isinstance(comp, pd.DataFrame):
         raise CpnnError(f"obsm[{key!r}] must be a DataFrame whose columns are cell types {types}.")
     missing = [t for t in types if t not in comp.columns]
+    if missing == [UNEXPLAINED]:
+        raise CpnnError(
+            f"obsm[{key!r}] has no {UNEXPLAINED!r} column, but the fit has an unexplained component: make the targets "
+            f"with cp.pp.deconvolve(..., unexplained='flat'), or leave composition_key= out (fit then makes them)."
+        )
     if missing:
         raise CpnnError(f"obsm[{key!r}] lacks the cell types {missing}; its columns are {list(comp.columns)}.")
     values = comp[types].to_numpy(np.float32)[mask]
@@ -220,6 +225,9 @@ def unmarked_types(prototypes: np.ndarray, types: list[str], *, share: float = M
 
 
 def switched_off(weights: np.ndarray, types: list[str], *, share: float = OFF_SHARE) -> list[str]:
-    """Cell types whose weight stays below ``share`` in every row of ``weights`` (N x K)."""
+    """Cell types whose weight stays below ``share`` in every row of ``weights`` (N x K).
+
+    The unexplained component is not a cell type: little weight on it is good news, never reported.
+    """
     top = np.nanmax(np.asarray(weights, dtype=np.float64), axis=0) if len(weights) else np.zeros(len(types))
-    return [t for t, m in zip(types, top, strict=True) if m < share]
+    return [t for t, m in zip(types, top, strict=True) if m < share and t != UNEXPLAINED]

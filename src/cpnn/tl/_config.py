@@ -100,6 +100,7 @@ class FitConfig:
     correction: bool = True
     prototypes_key: str = PROTOTYPES
     composition_key: str | None = None
+    unexplained: str | None = None
     proto_reg: float = 1e3
     comp_reg: float = 1e3
     hidden: tuple[int, ...] = (1024, 512)
@@ -264,6 +265,13 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
                 "pass context_um=0 to switch the spatial context off."
             )
     head_cls = HEADS.get(head)
+    if o["unexplained"] not in (None, "flat", "learned"):
+        raise CpnnError(f"unexplained={o['unexplained']!r}; use None, 'flat' or 'learned'.")
+    if o["unexplained"] and not head_cls.composition:
+        raise CpnnError(
+            f"unexplained={o['unexplained']!r} adds a component to a composition, but head={head!r} has none; "
+            "use head='cpnn' or drop unexplained=."
+        )
     if o["prototypes"] not in ("learn", "freeze", "random"):
         raise CpnnError(f"prototypes={o['prototypes']!r}; use 'learn', 'freeze' or 'random'.")
     encoder = o["encoder"]

@@ -82,6 +82,7 @@ def fit(
     correction: bool = True,
     prototypes_key: str = PROTOTYPES,
     composition_key: str | None = None,
+    unexplained: Literal["flat", "learned"] | None = None,
     proto_reg: float = 1e3,
     comp_reg: float | None = None,
     hidden: tuple[int, ...] = (1024, 512),
@@ -180,6 +181,14 @@ def fit(
         Only the training spots' rows are read. The head's weights count prototypes (fractions of
         cells with prototypes of an average cell), so the targets must be in those units, as
         :func:`cpnn.pp.deconvolve`'s are.
+    unexplained
+        Add an *unexplained* component to the composition (stereoscope's "dummy" type): one more
+        weight, ``"unexplained"`` (grey in :func:`cpnn.pl.dominant`), whose profile is flat over the
+        panel and counts cells of the types' median RNA content, for tissue the reference has no
+        type for (fat without adipocytes, say). ``"flat"`` keeps that profile; ``"learned"`` learns
+        it like the prototypes. fit's own targets then come from
+        ``cp.pp.deconvolve(unexplained=...)`` with the same setting; targets you pass
+        (``composition_key=``) need an ``"unexplained"`` column. ``None`` (both presets): none.
     proto_reg
         Weight of the regulariser keeping learned prototypes near the atlas (1e3 in the paper).
     comp_reg

@@ -23,6 +23,7 @@ from scanpy import logging as logg
 from torch import nn
 
 from .._core import (
+    UNEXPLAINED,
     check_key,
     check_obs_mask,
     dist,
@@ -104,6 +105,39 @@ def split_masks(adata: AnnData, train: Any, validation: Any) -> tuple[np.ndarray
     return train_mask, val_mask
 
 
+def model_prototypes(adata: AnnData, genes: list[str], config: FitConfig) -> tuple[np.ndarray | None, list[str]]:
+    """The head's prototypes (K x G) and type names: the reference's, plus the unexplained component when asked.
+
+    ``config.unexplained``: one more row, ``"unexplained"``, a flat profile (every panel gene alike)
+    holding the median of the types' counts in the panel, so that its weight counts cells of a
+    median RNA content, as :func:`cpnn.pp.deconvolve`'s component does.
+    """
+    if not config.head_class.composition:
+        return None, []
+    protos, types = panel_prototypes(adata, genes, config.prototypes_key)
+    if not config.unexplained:
+        return protos, types
+    if UNEXPLAINED in types:
+        raise CpnnError(
+            f"varm[{config.prototypes_key!r}] has a cell type named {UNEXPLAINED!r}, the name of the unexplained "
+            "component; rename that type or drop unexplained=."
+        )
+    if prototype_groups(adata, config.prototypes_key):
+        raise CpnnError(
+            f"unexplained={config.unexplained!r} needs prototypes of the shown cell types, but "
+            f"varm[{config.prototypes_key!r}] holds finer ones grouped for display (build_prototypes(groups=)); "
+            "build them without groups, or drop unexplained=."
+        )
+    flat = np.full((1, protos.shape[1]), float(np.median(protos.sum(1))) / protos.shape[1], dtype=protos.dtype)
+    return np.vstack([protos, flat]), [*types, UNEXPLAINED]
+
+
+def _reference_only(protos: np.ndarray, types: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The rows of the reference's cell types (without the unexplained component)."""
+    keep = [k for k, t in enumerate(types) if t != UNEXPLAINED]
+    return protos[keep], [types[k] for k in keep]
+
+
 def read_split(
     adata: AnnData, config: FitConfig, train: Any, validation: Any, *, targets: AnnData | None = None
 ) -> Split:
@@ -116,7 +150,7 @@ def read_split(
     if config.sample_key is not None:
         check_key(adata, config.sample_key, argument="sample_key")
     genes = panel_genes(adata)
-    protos, types = panel_prototypes(adata, genes, config.prototypes_key) if head_cls.composition else (None, [])
+    protos, types = model_prototypes(adata, genes, config)
     train_mask, val_mask = split_masks(adata, train, validation)
     integer = head_cls.composition and config.loss == "nb"
     counts_tr = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=integer)
@@ -138,7 +172,7 @@ def read_split(
     split = Split(train_mask, val_mask, genes, counts_tr, counts_va)
     if head_cls.composition:
         split.prototypes, split.cell_types = protos, types
-        split.unmarked = unmarked_types(protos, types)
+        split.unmarked = unmarked_types(*_reference_only(protos, types))
         if split.unmarked:
             logg.warning(
                 f"cell type(s) {split.unmarked} have no gene of the panel they dominate: on this panel their prototypes "
@@ -496,7 +530,7 @@ def read_collection(
     reference = panel if panel is not None else coll.table(coll.open(names[0]))
     genes = panel_genes(reference)
     head_cls = config.head_class
-    protos, types = panel_prototypes(reference, genes, config.prototypes_key) if head_cls.composition else (None, [])
+    protos, types = model_prototypes(reference, genes, config)
     used = [n for n, u in zip(names, tr | val, strict=True) if u]
     enc = config.encoder_config
     kw = {"device": device, "batch_size": embed_batch_size, "num_workers": num_workers}
@@ -574,7 +608,7 @@ def read_collection(
     if head_cls.composition:
         split.prototypes, split.cell_types = protos, types
         split.groups = prototype_groups(reference, config.prototypes_key)
-        split.unmarked = unmarked_types(protos, types)
+        split.unmarked = unmarked_types(*_reference_only(protos, types))
     return split
 
 

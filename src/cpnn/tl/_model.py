@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._core import renamed_arguments, save_atomic, state_digest
+from .._core import UNEXPLAINED, renamed_arguments, save_atomic, state_digest
 from .._errors import CpnnError
 from ..models import build_encoder, file_digest
 from ..models.encoders._module import module_key, register_module
@@ -96,7 +96,12 @@ class CPNN:
 
     def __repr__(self) -> str:
         c = self.config
-        k = f", {len(c.cell_types)} cell types" if self.has_composition else ""
+        n_types = len([t for t in c.cell_types if t != UNEXPLAINED])
+        k = (
+            f", {n_types} cell types" + (" + unexplained" if c.get("unexplained") else "")
+            if self.has_composition
+            else ""
+        )
         k += f", {self.level} level" if self.config.unit.bags else ""
         return (
             f"CPNN(head={c.head!r}, encoder={c.encoder_config['encoder']!r}, "

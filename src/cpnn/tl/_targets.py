@@ -68,8 +68,14 @@ class Targets:
 TARGETS_RECIPE = "fractions of cells, tol 1e-6, at most 500 rounds"
 
 
-def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototypes_key: str, seed: int) -> str:
-    """SHA-256 of what a fit's targets are computed from: the rows' counts in ``layer``, the prototypes, the seed."""
+def source_digest(
+    adata: AnnData, rows: np.ndarray, layer: str | None, prototypes_key: str, seed: int, unexplained: str | None = None
+) -> str:
+    """SHA-256 of what a fit's targets are computed from: the rows' counts in ``layer``, the prototypes, the seed.
+
+    ``unexplained`` (the component asked of the deconvolution) enters only when set, so that the
+    targets of fits without one keep their digest.
+    """
     h = hashlib.sha256()
     X = layer_matrix(adata, layer)
     for start in range(0, len(rows), 4096):
@@ -86,6 +92,8 @@ def source_digest(adata: AnnData, rows: np.ndarray, layer: str | None, prototype
     h.update("\x00".join(map(str, adata.obs_names[rows])).encode())
     # the seed draws deconvolve's shared spots, which are every row up to SHARED_SPOTS of them
     h.update(json.dumps([str(layer), prototypes_key, int(seed) if len(rows) > SHARED_SPOTS else None]).encode())
+    if unexplained:
+        h.update(f"unexplained={unexplained}".encode())
     h.update(TARGETS_RECIPE.encode())  # targets of an earlier recipe (0.3: shares of counts, tol 1e-4) are redone
     return h.hexdigest()
 
@@ -103,7 +111,9 @@ def _deconvolve_rows(adata: AnnData, rows: np.ndarray, key: str, config: FitConf
     light.uns["cpnn"] = {k: v for k, v in uns_cpnn(adata).items() if k in ("prototype_sets", "cell_types")}
     mask = np.zeros(adata.n_obs, bool)
     mask[rows] = True
-    deconvolve(light, regions=mask, key_added=key, prototypes_key=pkey, seed=config.seed)
+    deconvolve(
+        light, regions=mask, key_added=key, prototypes_key=pkey, seed=config.seed, unexplained=config.unexplained
+    )
     record = dict(uns_cpnn(light)["deconvolution"][key])
     record.update(layer=config.layer, made_by=MADE_BY)
     light.obsm = {k: v for k, v in light.obsm.items() if k in (key, f"{key}_fine")}
@@ -155,7 +165,7 @@ def composition_targets(
             f"obsm[{key!r}] holds a composition that cp.tl.fit did not make, and fit(key_added={key_added!r}) keeps its "
             f"own targets there. Pass composition_key={key!r} to train on it, or another key_added=."
         )
-    digest = source_digest(adata, rows, config.layer, config.prototypes_key, config.seed)
+    digest = source_digest(adata, rows, config.layer, config.prototypes_key, config.seed, config.unexplained)
     if record.get("source_digest") == digest and key in adata.obsm:
         logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots' counts)")
         light = AnnData(obs=pd.DataFrame(index=adata.obs_names))

@@ -58,6 +58,10 @@ class CPNNHead(Head):
     init
         ``"xavier"``: xavier-normal MLP weights and log-dispersion drawn from N(0, 1) (the authors'
         code); ``"torch"``: PyTorch's default layers and log-dispersion 2.
+    unexplained
+        The last row of ``prototypes`` is the unexplained component's profile (not a cell type):
+        ``"flat"`` holds it at its initial value whatever ``mode``, ``"learned"`` treats it as the
+        other prototypes; ``None``: every row is a cell type.
     """
 
     composition = True
@@ -81,6 +85,7 @@ class CPNNHead(Head):
         n_samples: int = 0,
         seed: int = 0,
         init: str = "torch",
+        unexplained: str | None = None,
     ) -> None:
         super().__init__()
         k, g = prototypes.shape
@@ -113,6 +118,7 @@ class CPNNHead(Head):
         if init == "xavier":
             xavier_init(self.mlp)
         self.mode, self.correction = mode, correction
+        self.unexplained = unexplained
         self.proto_reg = proto_reg if mode == "learn" else 0.0
         self.comp_reg = comp_reg
 
@@ -135,6 +141,7 @@ class CPNNHead(Head):
             n_samples=len(config["samples"] or ()),
             seed=config["seed"],
             init=config.get("init", "torch"),
+            unexplained=config.get("unexplained"),
         )
 
     def set_gene_scaling(self, scaling: np.ndarray) -> None:
@@ -153,7 +160,7 @@ class CPNNHead(Head):
         """
         zs = self.standardise(z)
         w = torch.softmax(self.mlp(zs).float(), dim=-1)
-        e = w @ torch.exp(self.log_prototypes)
+        e = w @ torch.exp(self.effective_log_prototypes())
         y = torch.exp(self.alpha) * e + torch.exp(self.beta) if self.correction else e
         out = {"weights": w}
         if self.residual > 0:
@@ -212,7 +219,7 @@ class CPNNHead(Head):
             "composition": self.comp_reg * torch.mean((out["weights"] - composition) ** 2)
             if composition is not None and self.comp_reg
             else zero,
-            "prototypes": self.proto_reg * gene_softmax_mse(self.log_prototypes, self.log_p0)
+            "prototypes": self.proto_reg * gene_softmax_mse(self.effective_log_prototypes(), self.log_p0)
             if self.proto_reg
             else zero,
             "residual": (out["residual"] ** 2).sum(-1).mean() / self.residual if self.residual > 0 else zero,
@@ -241,6 +248,12 @@ class CPNNHead(Head):
             return self._data_term(out, scaled, torch.full_like(library, 1e4), None)
         return self._data_term(out, counts, library, None)
 
+    def effective_log_prototypes(self) -> torch.Tensor:
+        """The log-prototypes the head multiplies: the learned ones, a flat unexplained row held at its start."""
+        if self.unexplained == "flat":
+            return torch.cat([self.log_prototypes[:-1], self.log_p0[-1:]])
+        return self.log_prototypes
+
     def learned_prototypes(self) -> np.ndarray:
         """The learned prototypes, K x G, on the count scale."""
-        return torch.exp(self.log_prototypes.detach().cpu()).numpy()
+        return torch.exp(self.effective_log_prototypes().detach().cpu()).numpy()
