@@ -76,3 +76,9 @@ def test_not_predicted_is_nan_everywhere(fitted):
     pred = table[table.obs["sub_predicted"].to_numpy()].copy()
     sc.pp.neighbors(pred, use_rep="sub_proportions", n_neighbors=5)
     assert pred.obsp["connectivities"].shape == (pred.n_obs, pred.n_obs)
+    # evaluating spots that were never predicted names the mask that keeps the predicted ones (#38)
+    with pytest.raises(
+        cp.CpnnError, match=r"144 of the 288 spots in spots= were never predicted.*adata.obs\['sub_predicted'\]"
+    ):
+        cp.tl.evaluate(sdata, layer="sub", spots=np.ones(table.n_obs, bool))
+    assert cp.tl.evaluate(sdata, layer="sub", spots=table.obs["sub_predicted"].to_numpy()).shape[0] == len(model.genes)

@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._errors import CpnnError
+from ._keys import predicted_column
 from ._panel import dense_rows, layer_matrix, predicted_genes, predicted_mask
 from ._stats import columnwise_pearson, columnwise_spearman, lognorm, nanmean, near_constant
 from ._validate import check_key, check_obs_mask, check_unique_obs, region_columns
@@ -65,7 +66,15 @@ def per_gene_metrics(
     pred = dense_rows(adata.layers[layer], rows, gidx).astype(np.float64)
     truth = dense_rows(truth_matrix, rows, gidx).astype(np.float64)
     if not np.isfinite(pred).all():
-        raise CpnnError(f"layer {layer!r} holds NaN or infinite predictions for evaluated spots.")
+        bad = int((~np.isfinite(pred)).any(1).sum())
+        if marked is not None and (~marked[rows]).any():
+            col = predicted_column(layer)
+            raise CpnnError(
+                f"{int((~marked[rows]).sum())} of the {len(rows)} spots in spots= were never predicted into layer "
+                f"{layer!r} (NaN there, as in obsm): keep the predicted ones, spots=adata.obs[{col!r}] (the same "
+                f"mask gives scanpy a table without NaN: adata[adata.obs[{col!r}]].copy()), or leave spots= out."
+            )
+        raise CpnnError(f"layer {layer!r} holds NaN or infinite predictions for {bad} evaluated spots.")
     if normalize:
         pred, truth = lognorm(pred), lognorm(truth)
     groups = adata.obs[groupby].astype(str).to_numpy()[rows] if groupby is not None else np.full(len(rows), "all")
