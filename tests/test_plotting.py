@@ -236,6 +236,7 @@ def test_maps_carry_squidpys_scale_bar(plot_data):
     ):
         bars = [a for ax in fig.axes for a in ax.artists if isinstance(a, ScaleBar)]
         assert bars and all(b.units == "um" for b in bars)
+        assert all((b.fixed_value, b.fixed_units) in ((500, "um"), (1, "mm")) for b in bars)  # round, B4 is ~6 mm wide
         assert all(np.isclose(b.dx, bars[0].dx) for b in bars)
         plt.close(fig)
 

@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
 #: Margin around the spots when cropping the image, in spot diameters.
 _MARGIN = 1.5
 #: How cpnn's maps place squidpy's scale bar (matplotlib-scalebar's keywords).
-SCALEBAR_KWARGS = {"location": "lower left", "box_alpha": 0.6, "length_fraction": 0.2}
+SCALEBAR_KWARGS = {"location": "lower left", "box_alpha": 0.6}
+#: Scale-bar lengths a reader expects, in micrometres.
+ROUND_UM = (10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000)
 
 
 def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | None = None) -> tuple[str, np.ndarray]:
@@ -222,13 +224,24 @@ def crop_box(view: AnnData, library_id: str) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(min(x1, w)), int(min(y1, h))
 
 
+def scalebar_kwargs(width_um: float) -> dict[str, Any]:
+    """matplotlib-scalebar's keywords for a panel ``width_um`` wide: lower left, a round length near a fifth of it.
+
+    matplotlib-scalebar alone picks lengths such as 750 um; a reader expects 500 um or 1 mm.
+    """
+    length = max([n for n in ROUND_UM if n <= width_um / 5] or [ROUND_UM[0]])
+    value, units = (length // 1000, "mm") if length >= 1000 and length % 1000 == 0 else (length, "um")
+    return {**SCALEBAR_KWARGS, "fixed_value": value, "fixed_units": units}
+
+
 def scalebar(ax: Any, um_per_px: float | None) -> None:
-    """A micrometre scale bar in the lower left of a panel drawn in pixels of ``um_per_px`` (squidpy's own scale bar)."""
+    """A scale bar in the lower left of a panel drawn in pixels of ``um_per_px`` (squidpy's own scale bar)."""
     if not um_per_px:
         return
     from matplotlib_scalebar.scalebar import ScaleBar
 
-    ax.add_artist(ScaleBar(um_per_px, "um", **SCALEBAR_KWARGS))
+    x0, x1 = ax.get_xlim()
+    ax.add_artist(ScaleBar(um_per_px, "um", **scalebar_kwargs(abs(x1 - x0) * um_per_px)))
 
 
 def draw_spots(
@@ -269,9 +282,15 @@ def draw_spots(
     layout = with_legacy_layout(data, view, mask, image_key=image_key, max_px=max_px, table_key=table_key)
     if layout.library_id is not None:
         kw = {"library_id": [layout.library_id], "img_res_key": "hires", "shape": layout.shape}
-        kw["crop_coord"] = [crop_box(view, layout.library_id)]
+        box = crop_box(view, layout.library_id)
+        kw["crop_coord"] = [box]
         if scalebar:
-            kw |= {"scalebar_dx": [layout.um_per_px], "scalebar_units": ["um"], "scalebar_kwargs": SCALEBAR_KWARGS}
+            width_um = (box[2] - box[0]) * layout.um_per_px
+            kw |= {
+                "scalebar_dx": [layout.um_per_px],
+                "scalebar_units": ["um"],
+                "scalebar_kwargs": scalebar_kwargs(width_um),
+            }
     else:
         kw = {"shape": None, "img": False}
     cols = list(values.columns)
