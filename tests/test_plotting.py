@@ -219,6 +219,18 @@ def test_legacy_anndata_is_spatialdata_ios_layout_and_squidpy_draws_it(plot_data
     fig = plt.gcf()
     assert fig.axes[0].images and any(isinstance(a, ScaleBar) for a in fig.axes[0].artists)
     plt.close(fig)
+    # cp.pl draws such an AnnData with its own image (also one from to_legacy_anndata or sc.read_visium)
+    for draw in (cp.pl.proportions, cp.pl.dominant):
+        fig = draw(view, return_fig=True, **({"cell_types": ["CAFs"]} if draw is cp.pl.proportions else {}))
+        assert fig.axes[0].images, draw.__name__
+        bars = [a for a in fig.axes[0].artists if isinstance(a, ScaleBar)]
+        assert bars and np.isclose(bars[0].dx, um), draw.__name__
+        plt.close(fig)
+    # spatialdata-io's: the scale from the table's spot diameter (100 um) over its spot_diameter_fullres
+    fig = cp.pl.proportions(theirs, cell_types=["CAFs"], return_fig=True)
+    bars = [a for a in fig.axes[0].artists if isinstance(a, ScaleBar)]
+    assert fig.axes[0].images and bars and np.isclose(bars[0].dx, um, rtol=0.02)
+    plt.close(fig)
     with pytest.raises(cp.CpnnError, match="needs a SpatialData with the H&E"):
         cp.pl.legacy_anndata(plot_data["table"])
     with pytest.raises(cp.CpnnError, match="valid regions"):

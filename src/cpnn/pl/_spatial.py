@@ -146,7 +146,36 @@ def with_legacy_layout(
     if "spatial" not in adata.obsm:
         raise CpnnError("The table has no obsm['spatial'] spot coordinates and no image to place the spots on.")
     view.obsm["spatial"] = np.asarray(adata.obsm["spatial"], float)[mask]
-    return Layout(None, None, None)
+    library = _legacy_library(adata)
+    if library is None:
+        return Layout(None, None, None)
+    # an AnnData already in the legacy layout (cp.pl.legacy_anndata, to_legacy_anndata, sc.read_visium):
+    # its own image, coordinates taken to the hires image's pixels as above
+    name, info = library
+    factors = info["scalefactors"]
+    s = float(factors.get("tissue_hires_scalef", 1.0))
+    view.obsm["spatial"] = view.obsm["spatial"] * s
+    diameter = float(factors.get("spot_diameter_fullres", 0.0))
+    images = {"hires": np.asarray(info["images"]["hires"])}
+    scalefactors = {"tissue_hires_scalef": 1.0, "spot_diameter_fullres": diameter * s}
+    if "lowres" in info["images"] and "tissue_lowres_scalef" in factors:
+        images["lowres"] = np.asarray(info["images"]["lowres"])
+        scalefactors["tissue_lowres_scalef"] = float(factors["tissue_lowres_scalef"]) / s
+    view.uns["spatial"] = {name: {"images": images, "scalefactors": scalefactors}}
+    um = adata.uns.get("cpnn_um_per_px")  # cp.pl.legacy_anndata's, per pixel of its coordinates
+    spot_um = (adata.uns.get("cpnn_spatial") or {}).get("spot_diameter_um")
+    um_per_px = float(um) / s if um else (float(spot_um) / (diameter * s) if spot_um and diameter else None)
+    return Layout(name, "circle", um_per_px)
+
+
+def _legacy_library(adata: AnnData) -> tuple[str, dict] | None:
+    """The one library of an AnnData in squidpy's legacy layout with a hires image, or ``None``."""
+    spatial = adata.uns.get("spatial")
+    if not isinstance(spatial, dict) or len(spatial) != 1:
+        return None
+    name, info = next(iter(spatial.items()))
+    ok = isinstance(info, dict) and "hires" in (info.get("images") or {}) and "scalefactors" in info
+    return (str(name), info) if ok else None
 
 
 def legacy_anndata(
