@@ -334,6 +334,11 @@ def test_an_unexplained_component_takes_expression_no_type_explains():
     for other in (None, "flat"):  # one key, one setting
         with pytest.raises(cp.CpnnError, match="One key"):
             cp.pp.deconvolve(adata, n_genes=300, key_added="with", regions=np.arange(n) < 5, unexplained=other)
+    # a reference type named like the component is refused (composition_columns, shared with fit)
+    clash = profiles.rename(columns={"t0": "unexplained"})
+    cp.pp.build_prototypes(adata, clash, rna_content=dict.fromkeys(clash.columns, 1e4), key_added="clash")
+    with pytest.raises(cp.CpnnError, match="varm\\['clash'\\] has a cell type named 'unexplained'"):
+        cp.pp.deconvolve(adata, prototypes_key="clash", key_added="c", unexplained="flat")
 
 
 def test_maps_print_no_third_party_warning_and_draw_unexplained_in_grey(world, capsys):

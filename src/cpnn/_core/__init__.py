@@ -61,7 +61,7 @@ from ._stores import STAGING, repair_store, store_lock, swap_table
 from ._table import get_proportions, get_table, is_spatialdata, is_tiles_table, return_copy, to_uns, uns_cpnn, uns_list
 from ._threads import choose_threads, cpu_threads, uses_cpu_threads
 from ._torch import autocast, state_digest
-from ._types import Data, Rows, Sample, Samples
+from ._types import Rows, Sample, Samples
 from ._validate import (
     check_counts,
     check_genes,
@@ -69,8 +69,10 @@ from ._validate import (
     check_key,
     check_number,
     check_obs_mask,
+    check_unexplained,
     check_unique_obs,
     check_unique_var,
+    composition_columns,
     gene_names,
     region_columns,
     selection_positions,
@@ -91,7 +93,6 @@ __all__ = [
     "TILES",
     "UNEXPLAINED",
     "UNS",
-    "Data",
     "Rows",
     "Sample",
     "Samples",
@@ -104,11 +105,13 @@ __all__ = [
     "check_manifest",
     "check_number",
     "check_obs_mask",
+    "check_unexplained",
     "check_unique_obs",
     "check_unique_var",
     "choose_threads",
     "columnwise_pearson",
     "columnwise_spearman",
+    "composition_columns",
     "counts_dtype",
     "cpu_threads",
     "dense_rows",

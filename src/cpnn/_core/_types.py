@@ -1,7 +1,7 @@
-"""The types of cpnn's public signatures, written once (strings: nothing heavy is imported at run time).
+"""The types of cpnn's public signatures that are longer than a union, written once.
 
-``data: Data`` reads "an AnnData table, or a SpatialData holding it with its images"; type checkers
-resolve the aliases through the imports below, which run only for them.
+They are strings: nothing heavy is imported at run time; type checkers resolve them through the
+imports below, which run only for them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from typing import TYPE_CHECKING, TypeAlias
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     import numpy as np
     import pandas as pd
-    from anndata import AnnData
     from spatialdata import SpatialData
 
-#: A table of spots, bins, tiles or bulk samples, or a SpatialData holding it with its images.
-Data: TypeAlias = "AnnData | SpatialData"
 #: One sample of a collection: a zarr store's path, or a SpatialData in memory.
 Sample: TypeAlias = "str | os.PathLike[str] | SpatialData"
 #: A collection of samples, listed (zarr paths) or named (``{name: SpatialData or path}``).
@@ -25,4 +22,4 @@ Samples: TypeAlias = "Sequence[str | os.PathLike[str]] | Mapping[str, Sample]"
 #: Rows of a table: a boolean mask, positions, obs names, region or section names, or ``(column, values)``.
 Rows: TypeAlias = "np.ndarray | pd.Series | Sequence[int] | Sequence[str] | str | tuple[str, object] | None"
 
-__all__ = ["Data", "Rows", "Sample", "Samples"]
+__all__ = ["Rows", "Sample", "Samples"]

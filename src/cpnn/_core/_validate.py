@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from .._errors import CpnnError
+from ._keys import UNEXPLAINED
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -189,3 +190,24 @@ def region_columns(adata: AnnData) -> list[str]:
         if c in adata.obs and c not in cols:
             cols.append(c)
     return cols
+
+
+def check_unexplained(value: Any) -> None:
+    """Refuse an ``unexplained=`` setting other than ``None``, ``"flat"`` or ``"learned"``."""
+    if value not in (None, "flat", "learned"):
+        raise CpnnError(f"unexplained={value!r}; use None, 'flat' or 'learned'.")
+
+
+def composition_columns(types: Sequence[str], unexplained: str | None, *, where: str = "the prototypes") -> list[str]:
+    """The columns of a composition over ``types``: the types, then ``"unexplained"`` when the component is asked for.
+
+    A reference type of that name is refused (``where`` names the prototypes in the message).
+    """
+    if not unexplained:
+        return list(types)
+    if UNEXPLAINED in types:
+        raise CpnnError(
+            f"{where} has a cell type named {UNEXPLAINED!r}, the name of the unexplained component; rename that type "
+            "in the reference, or drop unexplained=."
+        )
+    return [*types, UNEXPLAINED]

@@ -59,6 +59,13 @@ def resolve_region(adata: AnnData, region: str | None, *, prefer: np.ndarray | N
 HIRES_PX, LOWRES_PX = 2000, 600
 
 
+def _box_resized(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An RGB uint8 image (y, x, 3) resampled to ``width`` x ``height`` by averaging (box filter)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), Image.Resampling.BOX))
+
+
 def _downscaled(data: Any, image_key: str, full_shape: tuple[int, int], max_px: int, scale: float) -> np.ndarray:
     """The whole image resampled so that its longer side is ``max_px`` (never upscaled): (y, x, 3) uint8.
 
@@ -66,8 +73,6 @@ def _downscaled(data: Any, image_key: str, full_shape: tuple[int, int], max_px: 
     less than the target, then averages the rest away (box filter), so no full-resolution array
     is held in memory.
     """
-    from PIL import Image
-
     height, width = full_shape
     factor = min(1.0, max_px / max(height, width))
     out = (max(1, round(width * factor)), max(1, round(height * factor)))  # PIL's (width, height)
@@ -83,7 +88,7 @@ def _downscaled(data: Any, image_key: str, full_shape: tuple[int, int], max_px: 
         rgb = to_rgb_float(img if img.shape[0] in (1, 3, 4) else img[:3], scale)
         img = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     img = np.moveaxis(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), 0, -1)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(out, Image.Resampling.BOX))
+    return _box_resized(img, *out)
 
 
 @dataclass(frozen=True)
@@ -118,13 +123,8 @@ def with_legacy_layout(
         hires = _downscaled(data, reg.image_key, (height, width), max_px, reg.scale)
         fx, fy = hires.shape[1] / width, hires.shape[0] / height
         lowres_factor = min(1.0, LOWRES_PX / max(hires.shape[:2]))
-        from PIL import Image
-
-        lowres = np.asarray(
-            Image.fromarray(hires).resize(
-                (max(1, round(hires.shape[1] * lowres_factor)), max(1, round(hires.shape[0] * lowres_factor))),
-                Image.Resampling.BOX,
-            )
+        lowres = _box_resized(
+            hires, max(1, round(hires.shape[1] * lowres_factor)), max(1, round(hires.shape[0] * lowres_factor))
         )
         xy = np.empty((int(mask.sum()), 2))
         xy[np.searchsorted(np.flatnonzero(mask), reg.obs_index)] = reg.centers_px  # region order -> table order

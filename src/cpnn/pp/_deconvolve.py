@@ -25,7 +25,9 @@ from .._core import (
     check_int,
     check_number,
     check_obs_mask,
+    check_unexplained,
     check_unique_var,
+    composition_columns,
     dense_rows,
     get_table,
     in_reference_column,
@@ -330,18 +332,13 @@ def deconvolve(
     mask = check_obs_mask(adata, regions, argument="regions")
     if layer is not None:
         layer_matrix(adata, layer)  # an unknown layer is named before anything is computed
-    if unexplained not in (None, "flat", "learned"):
-        raise CpnnError(f"unexplained={unexplained!r}; use None, 'flat' or 'learned'.")
+    check_unexplained(unexplained)
     if unexplained and method != "nb":
         raise CpnnError(
             f"unexplained={unexplained!r} needs method='nb' (the component is part of its NB fit); "
             f"method={method!r} has none. Drop unexplained= or use method='nb'."
         )
-    if unexplained and UNEXPLAINED in types:
-        raise CpnnError(
-            f"varm[{prototypes_key!r}] has a cell type named {UNEXPLAINED!r}, the name of the unexplained component; "
-            "rename that type in the reference."
-        )
+    columns = composition_columns(types, unexplained, where=f"varm[{prototypes_key!r}]")
     if scaling_prior and method != "nb":
         raise CpnnError(
             f"scaling_prior={scaling_prior:g} applies to method='nb' only (a prior on its per-gene scaling); "
@@ -359,7 +356,6 @@ def deconvolve(
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         raise CpnnError("regions= selects no spot; pass region names, a mask or a (column, values) tuple that matches.")
-    columns = [*types, UNEXPLAINED] if unexplained else types
     units = composition_units(adata, prototypes_key)
     earlier_calls = _check_same_key(
         adata, key_added, rows, method, prototypes_key, columns, scaling_prior, layer, unexplained, units
@@ -510,7 +506,7 @@ def solve(
         )
         del block
 
-    columns = [*types, UNEXPLAINED] if unexplained else list(types)
+    columns = composition_columns(types, unexplained)
     w = np.full((len(rows), len(columns)), np.nan, dtype=np.float32)
     slowest = 0
     bar = tqdm(total=len(rows), desc="deconvolution", unit="spot", disable=not settings.progress_bar)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, to_uns
+from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, check_unexplained, to_uns
 from .._errors import CpnnError
 from ..models import HEADS, encoder_class, encoder_config
 from ..models.heads import Head
@@ -265,8 +265,7 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
                 "pass context_um=0 to switch the spatial context off."
             )
     head_cls = HEADS.get(head)
-    if o["unexplained"] not in (None, "flat", "learned"):
-        raise CpnnError(f"unexplained={o['unexplained']!r}; use None, 'flat' or 'learned'.")
+    check_unexplained(o["unexplained"])
     if o["unexplained"] and not head_cls.composition:
         raise CpnnError(
             f"unexplained={o['unexplained']!r} adds a component to a composition, but head={head!r} has none; "

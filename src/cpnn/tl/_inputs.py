@@ -26,6 +26,7 @@ from .._core import (
     UNEXPLAINED,
     check_key,
     check_obs_mask,
+    composition_columns,
     dist,
     panel_counts,
     panel_genes,
@@ -117,11 +118,7 @@ def model_prototypes(adata: AnnData, genes: list[str], config: FitConfig) -> tup
     protos, types = panel_prototypes(adata, genes, config.prototypes_key)
     if not config.unexplained:
         return protos, types
-    if UNEXPLAINED in types:
-        raise CpnnError(
-            f"varm[{config.prototypes_key!r}] has a cell type named {UNEXPLAINED!r}, the name of the unexplained "
-            "component; rename that type or drop unexplained=."
-        )
+    columns = composition_columns(types, config.unexplained, where=f"varm[{config.prototypes_key!r}]")
     if prototype_groups(adata, config.prototypes_key):
         raise CpnnError(
             f"unexplained={config.unexplained!r} needs prototypes of the shown cell types, but "
@@ -129,7 +126,7 @@ def model_prototypes(adata: AnnData, genes: list[str], config: FitConfig) -> tup
             "build them without groups, or drop unexplained=."
         )
     flat = np.full((1, protos.shape[1]), float(np.median(protos.sum(1))) / protos.shape[1], dtype=protos.dtype)
-    return np.vstack([protos, flat]), [*types, UNEXPLAINED]
+    return np.vstack([protos, flat]), columns
 
 
 def _reference_only(protos: np.ndarray, types: list[str]) -> tuple[np.ndarray, list[str]]:
