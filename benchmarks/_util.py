@@ -64,3 +64,16 @@ def previous_runs(csv: Path, *, resume: bool, key: tuple[str, ...]) -> tuple[lis
     """The rows of a resumable benchmark's ``csv`` (none unless ``resume``) and their ``key`` tuples (seed as int)."""
     rows = pd.read_csv(csv).to_dict("records") if resume and csv.exists() else []
     return rows, {tuple(int(r[k]) if k == "seed" else r[k] for k in key) for r in rows}
+
+
+def resumable_run(out: str | Path, *, resume: bool, key: tuple[str, ...]) -> tuple[Path, Path, list[dict], set[tuple]]:
+    """A resumable benchmark's start: the folder ``out`` made, cpnn quiet (no log lines, no progress bars), and
+    the rows of ``out/runs.csv`` with their ``key`` tuples (:func:`previous_runs`)."""
+    import cpnn as cp
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cp.settings.verbosity = 0
+    cp.settings.progress_bar = False
+    csv = out / "runs.csv"
+    return (out, csv, *previous_runs(csv, resume=resume, key=key))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, previous_runs, table
+from _util import mean_sd, resumable_run, table
 from her2st import nb_prototypes_and_panels
 
 import cpnn as cp
@@ -49,12 +49,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.verbosity = 0
-    cp.settings.progress_bar = False
-    csv = out / "runs.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("train", "panel", "variant", "seed"))
+    out, csv, rows, done = resumable_run(args.out, resume=args.resume, key=("train", "panel", "variant", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]

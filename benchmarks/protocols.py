@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, previous_runs, table
+from _util import mean_sd, resumable_run, table
 from her2st import agreement, low_tissue, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
@@ -89,12 +89,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.verbosity = 0
-    cp.settings.progress_bar = False
-    csv = out / "runs.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("encoder", "fold", "panel", "method", "seed"))
+    out, csv, rows, done = resumable_run(
+        args.out, resume=args.resume, key=("encoder", "fold", "panel", "method", "seed")
+    )
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]

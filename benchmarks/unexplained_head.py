@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, mean_sd, previous_runs, table
+from _util import Peak, mean_sd, resumable_run, table
 from her2st import agreement, low_tissue, to_stereoscope
 
 import cpnn as cp
@@ -39,12 +39,7 @@ def main() -> None:
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.verbosity = 0
-    cp.settings.progress_bar = False
-    csv = out / "runs.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("setting", "seed"))
+    out, csv, rows, done = resumable_run(args.out, resume=args.resume, key=("setting", "seed"))
 
     sdata = cp.datasets.her2st()
     table_ = sdata["table"]
