@@ -15,6 +15,10 @@ features after each slide's stain is mapped onto the usual Macenko reference
 (``encoder_kwargs={"stain": "macenko"}``, issue #42). Stain run:
     CPNN_DATA_DIR=../shared/data python benchmarks/protocols.py --out results/protocols_stain --panels top-250 \
         --encoders handcrafted nuclei "handcrafted + macenko" "nuclei + macenko" --methods "cpnn default" --resume
+``nuclei (segmented once)`` segments each section's tissue once (``encoder_kwargs={"segment": "once"}``,
+issue #39; the default segments ST's sparse patches each alone, with the features of ``nuclei``). Run:
+    CPNN_DATA_DIR=../shared/data python benchmarks/protocols.py --out results/protocols_once --panels top-250 \
+        --encoders nuclei "nuclei (segmented once)" --methods "cpnn default" --resume
 Methods: ``preset="paper"`` (the authors' recipe, composition
 loss against the training spots' NB deconvolution), ``preset="cpnn"`` (the shipped default, with
 the same targets), ``head="direct"`` and ``head="ridge"``; 3 seeds (ridge is deterministic: one).
@@ -56,13 +60,16 @@ ENCODERS = {
     # issue #42: each slide's stain mapped onto the usual Macenko reference before the encoder
     "handcrafted + macenko": {"encoder": "handcrafted", "encoder_kwargs": {"stain": "macenko"}},
     "nuclei + macenko": {"encoder": "nuclei", "encoder_kwargs": {"stain": "macenko"}},
+    # issue #39: the tissue segmented once per section (the default segments ST's sparse patches each alone)
+    "nuclei (segmented once)": {"encoder": "nuclei", "encoder_kwargs": {"segment": "once"}},
 }
 
 
 def _embed(sdata, name: str, seed: int = 0) -> str:
     """Embed every spot with encoder ``name``; a randomly initialised encoder is drawn with ``seed``."""
     random = "random" in name
-    key = "z_" + name.split()[0] + ("_macenko" if "macenko" in name else "") + (f"_{seed}" if random else "")
+    key = "z_" + name.split()[0] + ("_macenko" if "macenko" in name else "") + ("_once" if "once" in name else "")
+    key += f"_{seed}" if random else ""
     if key in sdata["table"].obsm:
         return key
     enc = ENCODERS[name].get("encoder", name)

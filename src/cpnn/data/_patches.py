@@ -100,6 +100,33 @@ def _read_window(array: Any, caches: dict, y0: int, y1: int, x0: int, x1: int) -
     return np.asarray(block.compute() if hasattr(block, "compute") else block)
 
 
+def read_box(region: RegionImage, caches: dict, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """A region image's pixels ``[y0:y1, x0:x1]`` (c, h, w) as uint8 (or float in [0, 1]), white outside the image.
+
+    ``caches``: per image, the decoded chunks neighbouring reads share (:class:`ChunkCache`).
+    """
+    arr = region.array
+    h, w = arr.shape[-2], arr.shape[-1]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    block = _read_window(arr, caches, cy0, cy1, cx0, cx1)
+    if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+        raise CpnnError(
+            f"Image {region.image_key!r} holds NaN or infinite pixels near spots of region {region.region!r}; "
+            "fill them (e.g. np.nan_to_num) first."
+        )
+    if block.dtype == np.uint8 and region.scale == 255.0 and block.shape[0] in (1, 3, 4):
+        block = block[:3] if block.shape[0] == 4 else np.repeat(block, 3, 0) if block.shape[0] == 1 else block
+        white = 255
+    else:
+        block, white = to_rgb_float(block, region.scale), 1.0
+    if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+        return block
+    # pad what lies outside the image with white (slide background)
+    padded = np.full((3, y1 - y0, x1 - x0), white, dtype=block.dtype)
+    padded[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block
+    return padded
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Blocks of spot patches, each block read with one bounding-box read of the image.
 
@@ -158,27 +185,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return torch.as_tensor(region.obs_index[sel]), torch.from_numpy(crops)
 
     def _window(self, region: RegionImage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """The image's pixels ``[y0:y1, x0:x1]`` as uint8 (or float in [0, 1]), white outside the image."""
-        arr = region.array
-        h, w = arr.shape[-2], arr.shape[-1]
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        block = _read_window(arr, self._caches, cy0, cy1, cx0, cx1)
-        if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
-            raise CpnnError(
-                f"Image {region.image_key!r} holds NaN or infinite pixels near spots of region {region.region!r}; "
-                "fill them (e.g. np.nan_to_num) first."
-            )
-        if block.dtype == np.uint8 and region.scale == 255.0 and block.shape[0] in (1, 3, 4):
-            block = block[:3] if block.shape[0] == 4 else np.repeat(block, 3, 0) if block.shape[0] == 1 else block
-            white = 255
-        else:
-            block, white = to_rgb_float(block, region.scale), 1.0
-        if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
-            return block
-        # pad what lies outside the image with white (slide background)
-        padded = np.full((3, y1 - y0, x1 - x0), white, dtype=block.dtype)
-        padded[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block
-        return padded
+        return read_box(region, self._caches, x0, y0, x1, y1)
 
 
 def model_input(patches: torch.Tensor, out_px: int, device: str = "cpu") -> torch.Tensor:

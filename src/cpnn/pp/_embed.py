@@ -36,6 +36,7 @@ from ..data import (
 from ..models import build_encoder, encoder_config
 from ..models.encoders import encoder_class, same_embedding
 from ._encode import embed_regions
+from ._found import store_found
 from ._store import disk_embeddings
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and the docs only
@@ -115,7 +116,12 @@ def embed(
     ``None``. Writes ``obsm[key_added]`` (spots x D, NaN for spots not embedded),
     ``uns["cpnn"]["embeddings"][key_added]`` (the encoder settings) and, for an encoder that
     measures something per spot, ``obs`` columns (``encoder="nuclei"``: ``obs["cpnn_n_nuclei"]``,
-    the nuclei detected in each spot's patch).
+    the nuclei detected in each spot's patch). An encoder that finds objects adds them per region
+    as a points element of ``data`` (``encoder="nuclei"``: ``sdata.points["cpnn_nuclei_<region>"]``,
+    one point per nucleus under the embedded patches, with area in um^2, eccentricity, solidity,
+    mean haematoxylin and a morphology ``label``; spatialdata-plot and napari-spatialdata draw it
+    over the image). Where patches overlap, ``obs["cpnn_n_nuclei"]`` counts the points whose
+    position lies in the spot's patch.
     """
     if is_collection(data):
         return _embed_collection(
@@ -142,22 +148,27 @@ def embed(
     start = logg.info(f"embedding {int(mask.sum())} spots with {config['encoder']}")
     dev = settings.resolve_device(device)
     regions = region_images(data, adata, mask, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    model = build_encoder(config)
+    found: dict[str, dict[str, np.ndarray]] = {}
     z = embed_regions(
         regions,
         int(mask.sum()),
         selection_positions(mask),
-        build_encoder(config),
+        model,
         patch_size_um=config["patch_size_um"],
         patch_px=config["patch_px"],
         device=dev,
         batch_size=batch_size,
         num_workers=settings.num_workers if num_workers is None else num_workers,
         stain=config.get("stain"),
+        elements=found,
     )
     store_embedding(adata, z, mask, config, key_added, {r.region: r.fingerprint for r in regions})
-    logg.info(
-        "    finished", time=start, deep=f"added\n    {key_added!r} (adata.obsm)\n    'embedding' (adata.uns['cpnn'])"
-    )
+    added = [f"{key_added!r} (adata.obsm)", "'embedding' (adata.uns['cpnn'])"]
+    if found:
+        what = model.region_element
+        added += [f"{n!r} (sdata.points)" for n in store_found(data, adata, regions, found, key=key_added, what=what)]
+    logg.info("    finished", time=start, deep="added\n    " + "\n    ".join(added))
 
 
 def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: int | None, **options: Any) -> None:

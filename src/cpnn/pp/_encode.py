@@ -16,6 +16,7 @@ from .._settings import settings
 from ..data import PatchDataset, RegionImage, model_input, patch_loader
 from ..data._content import embeddings_barely_vary
 from ..data._stain import Stain, estimate_stain, normalise_patches, thumbnail
+from ..data._windows import RegionReader
 
 
 @torch.no_grad()
@@ -33,12 +34,15 @@ def embed_regions(
     desc: str = "embedding",
     out: Any = None,
     stain: Mapping[str, Any] | None = None,
+    elements: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Embed the spots of located ``regions``; row ``rows[i]`` of the result is table row ``i`` (``n`` rows).
 
     ``out`` may be a preallocated array (e.g. a float16 memory map on disk) that receives the rows.
     ``stain``: the encoder configuration's stain settings; each region's stain is then estimated
     from a thumbnail of its image and its patches are re-coloured with the recorded reference.
+    ``elements``: receives, per region, the table of what an encoder that measures whole regions
+    found there (:attr:`cpnn.models.Encoder.region_dim`; the nuclei encoder's nuclei).
     """
     coarsest = getattr(encoder, "coarsest_image_um_per_px", None)
     coarse = [r for r in regions if coarsest is not None and r.um_per_px > coarsest * 1.05]
@@ -52,6 +56,7 @@ def embed_regions(
         )
     ds = PatchDataset(regions, patch_size_um=patch_size_um, out_px=patch_px, block_size=batch_size)
     sources: list[Stain] = []
+    reference: Stain | None = None
     region_of = np.zeros(n, dtype=np.int64)  # per result row: the region its spot lies in
     if stain is not None:
         reference = Stain.from_config(stain)
@@ -61,6 +66,20 @@ def embed_regions(
             except CpnnError as err:
                 raise CpnnError(f"stain normalisation, region {r.region!r} (image {r.image_key!r}): {err}") from None
             region_of[rows[r.obs_index]] = k
+    d = int(getattr(encoder, "region_dim", 0))
+    if d:  # features measured over whole regions (the nuclei encoder segments overlapping patches once)
+        out = np.zeros((n, int(encoder.out_dim)), dtype=np.float32) if out is None else out
+        for k, r in enumerate(tqdm(regions, desc=f"{desc} (regions)", disable=not settings.progress_bar)):
+            reader = RegionReader(
+                r,
+                patch_native=round(patch_size_um / r.um_per_px),
+                patch_px=patch_px,
+                stain=(sources[k], reference) if sources and reference is not None else None,
+            )
+            feats, found = encoder.measure_region(reader)
+            out[rows[r.obs_index], :d] = feats
+            if elements is not None:
+                elements[r.region] = found
     encoder = encoder.to(device).eval()
     channels_last = str(device).startswith("cuda")  # faster convolutions on CUDA; a no-op for the rest
     if channels_last:
@@ -73,10 +92,10 @@ def embed_regions(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            z = encoder(x).float().cpu().numpy()
+            z = (encoder.patch_part(x) if d else encoder(x)).float().cpu().numpy()
         if out is None:
             out = np.zeros((n, z.shape[1]), dtype=np.float32)
-        out[rows[idx.numpy()]] = z
+        out[rows[idx.numpy()], d:] = z
     if out is not None and embeddings_barely_vary(np.asarray(out[: min(len(out), 5000)])):
         logg.warning(
             f"the embeddings of {n} spots barely vary (images {sorted({r.image_key for r in regions})}): the encoder "

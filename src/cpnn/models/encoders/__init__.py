@@ -21,7 +21,7 @@ from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
 from ._hub_families import ConchEncoder, TransformersEncoder
 from ._module import ModuleEncoder, module_key
-from ._nuclei import NucleiEncoder
+from ._nuclei_encoder import NucleiEncoder
 from ._presets import PRESETS, Preset
 from ._timm import TimmEncoder, storable
 from ._weights import folder_config, weights_file
@@ -124,6 +124,9 @@ def encoder_config(
         "patch_size_um": float(patch_size_um),
         "patch_px": int(patch_px),
     }
+    version = encoder_class(name).feature_version
+    if version is not None:
+        config["feature_version"] = int(version)
     for key in ("mean", "std"):
         if key in own:
             values = [float(v) for v in own[key]]

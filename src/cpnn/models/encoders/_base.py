@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...data._windows import RegionReader
 
 
 class Encoder(nn.Module):
@@ -33,6 +37,16 @@ class Encoder(nn.Module):
         Coarsest image (micrometres per pixel) the encoder's features mean what they say on;
         embedding from a coarser one warns (patches upsampled from it hold no more detail), or
         ``None`` for no limit.
+    feature_version
+        Version of the features' definitions for an encoder without weights, recorded in the
+        embedding's identity (so that a cache made under older definitions is not read), or ``None``.
+    region_dim
+        Leading features the encoder measures over whole regions rather than patch by patch (the
+        nuclei encoder segments overlapping patches once): when above 0, embedding calls
+        :meth:`measure_region` once per region for them and :meth:`patch_part` per batch for the rest.
+    region_element
+        What :meth:`measure_region` finds (``"nuclei"``): :func:`cpnn.pp.embed` stores it per
+        region as the points element ``cpnn_<region_element>_<region>``.
     """
 
     name: ClassVar[str] = ""
@@ -41,12 +55,27 @@ class Encoder(nn.Module):
     input_um_per_px: ClassVar[float | None] = None
     obs_features: ClassVar[dict[str, tuple[int, float]]] = {}
     coarsest_image_um_per_px: ClassVar[float | None] = None
+    feature_version: ClassVar[int | None] = None
+    region_dim: ClassVar[int] = 0
+    region_element: ClassVar[str] = ""
     out_dim: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Encoder:
         """Build the encoder of an :func:`encoder_config` (name, weights, pretrained, patch geometry)."""
         raise NotImplementedError
+
+    def measure_region(self, reader: RegionReader) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The first :attr:`region_dim` features of every spot of one region (the region's spot order).
+
+        Returns the features and a table of what the encoder found (columns ``x``, ``y`` in image
+        pixels, then measurements), which embedding stores as a SpatialData points element.
+        """
+        raise NotImplementedError
+
+    def patch_part(self, x: torch.Tensor) -> torch.Tensor:
+        """The features after the first :attr:`region_dim` of a batch of patches (all of them by default)."""
+        return self(x)
 
 
 class Uint8Input(nn.Module):
