@@ -240,7 +240,9 @@ def test_the_nuclei_element_draws_with_spatialdata_plot(b4_tiles):
         cp.pp.embed(sdata, encoder="nuclei", table_key="cpnn_tiles", spots=mask)
     ax = plt.figure().gca()
     sub = sdata.subset(["B4_image", "cpnn_nuclei_cpnn_tiles_B4_image"], filter_tables=False)
-    sub.pl.render_points("cpnn_nuclei_cpnn_tiles_B4_image", color="label", size=2).pl.show(coordinate_systems="B4", ax=ax)
+    sub.pl.render_points("cpnn_nuclei_cpnn_tiles_B4_image", color="label", size=2).pl.show(
+        coordinate_systems="B4", ax=ax
+    )
     assert len(ax.collections) >= 1 and sum(len(c.get_offsets()) for c in ax.collections) > 100
     plt.close("all")
 
@@ -307,7 +309,9 @@ def test_grouped_features_equal_patch_features_spot_by_spot():
     }
     nn_um = rng.uniform(2, 30, len(spot))
     n_px = rng.integers(40_000, 50_176, m).astype(float)
-    counts = np.c_[rng.uniform(0, 1, m) * n_px, rng.uniform(0, 0.3, m) * n_px, rng.dirichlet(np.ones(10), m) * n_px[:, None]]
+    counts = np.c_[
+        rng.uniform(0, 1, m) * n_px, rng.uniform(0, 0.3, m) * n_px, rng.dirichlet(np.ones(10), m) * n_px[:, None]
+    ]
     counts[5, 0] = 0.001 * n_px[5]  # under 1 % tissue: no density
     perm = rng.permutation(len(spot))  # pairs in any order
     ours = grouped_features({k: v[perm] for k, v in nuc.items()}, nn_um[perm], spot[perm], n_px=n_px, counts=counts,

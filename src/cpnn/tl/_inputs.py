@@ -247,7 +247,8 @@ def model_inputs(
     """Embeddings of the ``mask`` spots, with their neighbourhood's mean appended when ``context_um`` is set.
 
     The neighbourhood is every spot of the same region within ``context_um`` micrometres, whether
-    or not it is selected (images only; no counts are used).
+    or not it is selected (images only; no counts are used); only those spots are embedded, not
+    the whole region (300 tiles of a 27,604-tile section: 300 and their neighbours).
     """
     kw = {
         "device": device,
@@ -263,9 +264,23 @@ def model_inputs(
     _, region_key, _ = table_regions(adata)
     regions = adata.obs[region_key].astype(str)
     around = regions.isin(set(regions[mask])).to_numpy()
-    z = spot_embeddings(data, adata, around, config, encoder, **kw)
     xy, label = spot_coordinates_um(data, adata, around, image_key=image_key, spot_diameter_um=spot_diameter_um)
-    return add_context(z, xy, label, float(context_um))[mask[around]]
+    near = within_reach(xy, label.astype(str), mask[around], float(context_um))
+    around[np.flatnonzero(around)[~near]] = False
+    z = spot_embeddings(data, adata, around, config, encoder, **kw)
+    return add_context(z, xy[near], label[near], float(context_um))[mask[around]]
+
+
+def within_reach(xy: np.ndarray, label: np.ndarray, selected: np.ndarray, radius_um: float) -> np.ndarray:
+    """The spots that are selected or lie within ``radius_um`` of a selected spot of the same region."""
+    from scipy.spatial import cKDTree
+
+    near = selected.copy()
+    for lab in np.unique(label[selected]):
+        same = label == lab
+        d, _ = cKDTree(xy[same & selected]).query(xy[same], distance_upper_bound=radius_um * (1 + 1e-6) + 1e-6)
+        near[same] |= np.isfinite(d)
+    return near
 
 
 def bag_embeddings(
