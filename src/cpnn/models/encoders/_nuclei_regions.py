@@ -8,8 +8,9 @@ cell its centroid lies in, so a nucleus cut by a window edge is counted once. A 
 features then come from the nuclei whose centroid lies in its box (nearest-neighbour distances
 measured over the whole region) and from summed-area tables of its cell's tissue mask, nuclear
 mask and LBP codes: the definitions of :func:`cpnn.models.encoders._nuclei.patch_features`, with
-three differences from segmenting each patch alone: the Otsu threshold is the cell's, nuclei cut
-by the patch edge count whole (by centroid), and the LBP codes quantise the cell's haematoxylin.
+four differences from segmenting each patch alone: the Otsu threshold and the LBP codes' 8-bit
+scale are each patch-sized square's, interpolated between squares (a patch alone has its own);
+nuclei cut by the patch edge count whole, by centroid; nearest neighbours may lie beyond the patch.
 
 Sparse patches (ST's 112 um patches at 200 um pitch) would segment more glass and stroma between
 spots than the patches hold; there each patch is segmented alone, as ``forward`` does.
