@@ -65,7 +65,6 @@ class NucleiEncoder(Encoder):
         self.segment = segment
         self.colour = HandcraftedEncoder()
         self.out_dim = self.region_dim + self.colour.out_dim
-        self.last_segment: dict[str, str] = {}  # region -> the mode its last measure_region used
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NucleiEncoder:
@@ -101,8 +100,7 @@ class NucleiEncoder(Encoder):
         See :mod:`cpnn.models.encoders._nuclei_regions`; ``segment`` (``encoder_kwargs``) forces
         ``"once"`` or ``"patch"``.
         """
-        feats, nuclei, mode = region_nuclei(reader, self.pixel_um, segment=self.segment)
-        self.last_segment[reader.region.region] = mode
+        feats, nuclei, _ = region_nuclei(reader, self.pixel_um, segment=self.segment)
         nuclei["label"] = morphology_labels(nuclei)
         return feats, nuclei
 
