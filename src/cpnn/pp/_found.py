@@ -44,8 +44,7 @@ def store_found(
         for column in frame.columns:
             if frame[column].dtype == object:
                 frame[column] = frame[column].astype("category")
-        if not len(frame):  # PointsModel needs at least one row to infer its schema
-            frame = frame.astype({c: float for c in ("x", "y")})
+        frame = frame.astype({"x": float, "y": float})  # a region without nuclei still gives float positions
         name = found_element(key, what, r.region)
         transformations = get_transformation(sdata.images[r.image_key], get_all=True)
         sdata.points[name] = PointsModel.parse(
