@@ -19,7 +19,6 @@ spots than the patches hold; there each patch is segmented alone, as ``forward``
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -139,14 +138,16 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def _group_quantiles(values: np.ndarray, group: np.ndarray, n: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
-    """``np.quantile(values[group == g], qs)`` for every group ``g`` with ``n[g]`` members (0 for empty groups).
+def _group_sorted(values: np.ndarray, group: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` sorted within each group (groups in order) and each group's first position."""
+    return values[np.lexsort((values, group))], np.cumsum(n) - n
 
-    The linear method, interpolated as numpy interpolates (from the nearer side), on one sort.
+
+def _group_quantiles(v: np.ndarray, start: np.ndarray, n: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """``np.quantile`` of every group of sorted values ``v`` (:func:`_group_sorted`) at ``qs`` (0 for empty groups).
+
+    The linear method, interpolated as numpy interpolates (from the nearer side).
     """
-    order = np.lexsort((values, group))
-    v = values[order]
-    start = np.cumsum(n) - n
     out = np.zeros((len(n), len(qs)))
     has = n > 0
     for i, q in enumerate(qs):
@@ -160,11 +161,8 @@ def _group_quantiles(values: np.ndarray, group: np.ndarray, n: np.ndarray, qs: t
     return out
 
 
-def _group_median(values: np.ndarray, group: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """``np.median`` of each group (the mean of the two middle values for an even count)."""
-    order = np.lexsort((values, group))
-    v = values[order]
-    start = np.cumsum(n) - n
+def _group_median(v: np.ndarray, start: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``np.median`` of every group of sorted values ``v`` (the mean of the two middle values for an even count)."""
     out = np.zeros(len(n))
     has = n > 0
     a = v[start[has] + (n[has] - 1) // 2]
@@ -196,14 +194,15 @@ def grouped_features(
     out[:, 0] = n / 100.0
     out[:, 1] = np.where(tissue_fraction >= 0.01, n / tissue_mm2, 0.0) / 1e4
     column = 2
+    ranked = {key: _group_sorted(nuc[key], spot, n) for key in ("area", "eccentricity", "solidity", "h")}
     for key, scale in (("area", 100.0), ("eccentricity", 1.0), ("solidity", 1.0), ("h", 1.0)):
-        out[:, column : column + 3] = _group_quantiles(nuc[key], spot, n, QUANTILES) / scale
+        out[:, column : column + 3] = _group_quantiles(*ranked[key], n, QUANTILES) / scale
         column += 3
     side = np.sqrt(n_px) * um_per_px / 10.0
-    nn = _group_quantiles(nn_um, spot, n, (0.1, 0.5)) / 10.0
+    nn = _group_quantiles(*_group_sorted(nn_um, spot, n), n, (0.1, 0.5)) / 10.0
     out[:, column : column + 2] = np.where((n >= 2)[:, None], nn, side[:, None])
     column += 2
-    dark = nuc["h"] >= _group_median(nuc["h"], spot, n)[spot]
+    dark = nuc["h"] >= _group_median(*ranked["h"], n)[spot]  # the same sort as h's quantiles
     shares = (
         (nuc["area"] < SMALL_UM2) & (nuc["eccentricity"] < ROUND_ECC) & dark,
         nuc["eccentricity"] > ELONGATED_ECC,
@@ -218,16 +217,18 @@ def grouped_features(
     return out.astype(np.float32)
 
 
-def segment_once(reader: RegionReader, um_per_px: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def segment_once(
+    reader: RegionReader, um_per_px: float, cells: list[Cell] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every spot's nuclear features from one segmentation of the cells its patches reach, and the nuclei.
 
-    Returns the features (spots x :data:`N_FEATURES`, the region's spot order) and the nucleus table (x, y in
+    ``cells``: :func:`plan_cells`' plan, when already made. Returns the features (spots x :data:`N_FEATURES`, the region's spot order) and the nucleus table (x, y in
     image pixels, area in um^2, eccentricity, solidity, mean haematoxylin).
     """
     from scipy.spatial import cKDTree
 
     s, p = reader.scale, reader.patch_px
-    cells = plan_cells(reader, um_per_px)
+    cells = plan_cells(reader, um_per_px) if cells is None else cells
     with ThreadPoolExecutor(_threads()) as pool:
         measured = list(pool.map(lambda c: _measure_cell(reader, c, um_per_px), cells))
     nuclei = {k: np.concatenate([m[0][k] for m in measured]) for k in NUCLEUS_COLUMNS}
@@ -295,10 +296,9 @@ def segment_patches(reader: RegionReader, um_per_px: float) -> tuple[np.ndarray,
     return feats, nuclei
 
 
-def pixels_read(reader: RegionReader, um_per_px: float) -> tuple[int, int]:
-    """Pixels (at the encoder's scale) segmenting once reads, and segmenting every patch alone reads."""
+def pixels_read(reader: RegionReader, cells: list[Cell]) -> tuple[int, int]:
+    """Pixels (at the encoder's scale) segmenting ``cells`` once reads, and segmenting every patch alone reads."""
     s = reader.scale
-    cells = plan_cells(reader, um_per_px)
     once = sum(round((c.box[2] - c.box[0]) * s) * round((c.box[3] - c.box[1]) * s) for c in cells)
     return once, len(reader.corners) * reader.patch_px**2
 
@@ -312,9 +312,12 @@ def region_nuclei(
     """
     if not len(reader.corners):
         return np.zeros((0, N_FEATURES), np.float32), {k: np.zeros(0) for k in NUCLEUS_COLUMNS}, segment
+    cells = plan_cells(reader, um_per_px) if segment != "patch" else []
     if segment == "auto":
-        once, alone = pixels_read(reader, um_per_px)
+        once, alone = pixels_read(reader, cells)
         segment = "once" if once < alone else "patch"
-    run: Callable = segment_once if segment == "once" else segment_patches
-    feats, nuclei = run(reader, um_per_px)
+    if segment == "once":
+        feats, nuclei = segment_once(reader, um_per_px, cells)
+    else:
+        feats, nuclei = segment_patches(reader, um_per_px)
     return feats, nuclei, segment
