@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import table
+from _util import fit_options, table
 from her2st import agreement, panels
 
 import cpnn as cp
@@ -53,12 +53,9 @@ def run(adata, fold, genes, kw: dict, stereo: pd.DataFrame, args) -> dict:
         adata,
         train=train,
         validation=val,
-        encoder="handcrafted",
-        embedding_key="z_h",
-        epochs=args.epochs,
-        patience=20,
-        seed=args.seed,
-        **kw,
+        **fit_options(
+            encoder="handcrafted", embedding_key="z_h", epochs=args.epochs, patience=20, seed=args.seed, **kw
+        ),
     )
     out = {"epochs": len(model.history)}
     for name, mask in (("val", val), ("test", test)):

@@ -29,8 +29,9 @@ import cpnn as cp
 def _fit(adata, train, val, preset: str, epochs: int) -> tuple[float, int]:
     t0 = time.perf_counter()
     cp.tl.fit(
-        adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=0, preset=preset,
-        composition_key="targets", epochs=epochs, patience=10 * epochs,
+        adata, train=train, validation=val, encoder="handcrafted", seed=0, preset=preset,
+        head_kwargs={"composition_key": "targets"}, data_kwargs={"embedding_key": "z_h"},
+        train_kwargs={"epochs": epochs, "patience": 10 * epochs},
     )  # fmt: skip
     return time.perf_counter() - t0, int(adata.uns["cpnn"]["fit"]["threads"])
 

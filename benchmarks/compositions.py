@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, mean_sd, previous_runs, table
-from her2st import agreement, panels, to_stereoscope
+from _util import Peak, Runs, fit_options, mean_sd, table
+from her2st import held_out_scores, panels, to_stereoscope
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, switched_off
@@ -107,8 +107,7 @@ def fold_part(args) -> pd.DataFrame:
     seeds = [args.seed] if args.quick else [args.seed + k for k in range(3)]
     if args.quick:
         folds = [(p, f) for p, f in folds if p == "LOPO" and f.attrs["test"] == ["B"]]
-    csv = Path(args.out) / "folds.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("protocol", "fold", "panel", "config", "seed"))
+    runs = Runs(args.out, resume=args.resume, key=("protocol", "fold", "panel", "config", "seed"), name="folds.csv")
     for proto, fold in folds:
         todo = [
             (panel, name, seed)
@@ -116,7 +115,7 @@ def fold_part(args) -> pd.DataFrame:
             for name, (_, _, markers) in CONFIGS.items()
             if not (markers and not panel.startswith("top"))
             for seed in seeds
-            if (proto, fold.name, panel, name, seed) not in done
+            if not runs.done(proto, fold.name, panel, name, seed)
         ]
         if not todo:
             continue
@@ -132,52 +131,31 @@ def fold_part(args) -> pd.DataFrame:
                 else:
                     cp.pp.select_genes(adata, genes=genes)
                 for seed in seeds:
-                    if (proto, fold.name, panel, name, seed) in done:
+                    if runs.done(proto, fold.name, panel, name, seed):
                         continue
                     t0 = time.perf_counter()
                     model = cp.tl.fit(
-                        adata,
-                        train=train,
-                        validation=val,
-                        encoder="handcrafted",
-                        embedding_key="z_h",
-                        epochs=args.epochs,
-                        patience=20,
-                        seed=seed,
-                        composition_key="targets" if supervised else None,
-                        **kw,
-                    )
-                    cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key="z_h")
-                    df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=test, groupby="section")
-                    cols = [
-                        c
-                        for c in df.columns
-                        if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")
-                    ]
+                        adata, train=train, validation=val,
+                        **fit_options(
+                            encoder="handcrafted", embedding_key="z_h", epochs=args.epochs, patience=20, seed=seed,
+                            composition_key="targets" if supervised else None, **kw,
+                        ),
+                    )  # fmt: skip
+                    scores = held_out_scores(adata, model, genes, test, stereo, embedding_key="z_h")
                     row = {
-                        "protocol": proto,
-                        "fold": fold.name,
-                        "panel": panel,
-                        "config": name,
-                        "seed": seed,
-                        "test_spearman": float(np.nanmean([df[c].mean() for c in cols])),
-                        "epochs": len(model.history),
-                        "seconds": time.perf_counter() - t0,
-                    }
+                        "protocol": proto, "fold": fold.name, "panel": panel, "config": name, "seed": seed,
+                        "test_spearman": scores.pop("spearman"), "epochs": len(model.history),
+                        "seconds": time.perf_counter() - t0, **scores,
+                    }  # fmt: skip
                     if model.has_composition:
                         props = adata.obsm["bench_proportions"]
-                        a = agreement(adata, props, stereo, test)
-                        row["agreement"] = float(np.nanmean(list(a.values())))
-                        row.update({f"r {k}": v for k, v in a.items()})
                         row["switched_off"] = len(switched_off(props.loc[test].to_numpy(), model.cell_types))
-                    rows.append(row)
-                    print(
+                    runs.add(
+                        row,
                         f"{proto} {fold.name} {panel} {name} seed {seed}: Spearman {row['test_spearman']:.3f} "
                         f"agreement {row.get('agreement', float('nan')):.2f} off {row.get('switched_off', '-')}",
-                        flush=True,
                     )
-                    pd.DataFrame(rows).to_csv(csv, index=False)
-    return pd.DataFrame(rows)
+    return runs.frame()
 
 
 def summary(runs: pd.DataFrame) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, table
+from _util import fit_options, mean_sd, table
 from her2st import agreement
 
 import cpnn as cp
@@ -59,8 +59,9 @@ def main() -> None:
             cp.pp.select_genes(sdata, genes=base)
         for seed in range(args.seeds):
             model = cp.tl.fit(
-                sdata, train=TRAIN, validation=VALIDATION, encoder="handcrafted", epochs=args.epochs, seed=seed, **kw
-            )
+                sdata, train=TRAIN, validation=VALIDATION,
+                **fit_options(encoder="handcrafted", epochs=args.epochs, seed=seed, **kw),
+            )  # fmt: skip
             cp.tl.predict(sdata, model, regions=[TEST])
             df = cp.tl.evaluate(sdata, genes=[g for g in base if g in model.genes], spots=test, groupby="section")
             props = t.obsm["cpnn_proportions"]

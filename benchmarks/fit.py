@@ -149,7 +149,7 @@ def main() -> None:
     adata.obsm["cpnn_embedding"] = np.random.default_rng(0).normal(size=(adata.n_obs, 512)).astype(np.float32)
     adata.uns["cpnn"]["embeddings"] = {"cpnn_embedding": {"config": config, "dim": 512}}
     with Peak() as p:
-        model = cp.tl.fit(adata, epochs=args.epochs, device=device)
+        model = cp.tl.fit(adata, train_kwargs={"epochs": args.epochs}, device=device)
     rows.append(
         {
             "step": f"cpnn head, {args.epochs} epochs on cached embeddings ({adata.n_obs} spots x {len(model.genes)} genes)",

@@ -162,7 +162,13 @@ def head_fit(device: str, quick: bool, ddp: bool = False):
     cp.pp.build_prototypes(a, pd.DataFrame(protos.T, index=a.var_names, columns=[f"t{i}" for i in range(k)]))
     epochs = 3 if quick else 20
     t0 = time.perf_counter()
-    cp.tl.fit(a, encoder="handcrafted", epochs=epochs, device=device, context_um=0, batch_size=1024)
+    cp.tl.fit(
+        a,
+        encoder="handcrafted",
+        device=device,
+        train_kwargs={"epochs": epochs, "batch_size": 1024},
+        data_kwargs={"context_um": 0},
+    )
     rate = epochs / (time.perf_counter() - t0)
     if ddp:
         from cpnn._core import dist

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, mean_sd, table
+from _util import Peak, fit_options, mean_sd, table
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, lognorm
@@ -146,6 +146,22 @@ def agreement(adata, props: pd.DataFrame, stereo: pd.DataFrame, test: np.ndarray
     return out
 
 
+def held_out_scores(adata, model, genes, test, stereo: pd.DataFrame, *, embedding_key: str) -> dict:
+    """A fold's held-out scores: mean over test sections of the mean per-gene Spearman; agreement with stereoscope.
+
+    ``agreement``: mean over types of :func:`agreement` (and ``"r <type>"`` each), cpnn heads only.
+    """
+    cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=embedding_key)
+    df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=test, groupby="section")
+    cols = [c for c in df.columns if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")]
+    out = {"spearman": float(np.nanmean([df[c].mean() for c in cols]))}
+    if model.has_composition:
+        a = agreement(adata, adata.obsm["bench_proportions"], stereo, test)
+        out["agreement"] = float(np.nanmean(list(a.values())))
+        out.update({f"r {k}": v for k, v in a.items()})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/her2st", help="results folder (CSVs, figure, tables.md)")
@@ -234,11 +250,13 @@ def main() -> None:
                                 adata,
                                 train=train,
                                 validation=val,
-                                prototypes_key=PROTO_KEYS.get(pset, "cpnn_prototypes"),
-                                embedding_key=zkey,
-                                **kw,
-                                **hkw,
-                                **fit_kw,
+                                **fit_options(
+                                    prototypes_key=PROTO_KEYS.get(pset, "cpnn_prototypes"),
+                                    embedding_key=zkey,
+                                    **kw,
+                                    **hkw,
+                                    **fit_kw,
+                                ),
                             )
                             cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=zkey)
                         record(where, method, test, genes, p, 0 if method == "ridge" else len(model.history))
@@ -264,17 +282,19 @@ def main() -> None:
                             sdata,
                             train=train,
                             validation=val,
-                            encoder=args.encoder,
-                            encoder_weights=args.weights,
                             finetune=True,
-                            patch_px=args.finetune_px,
-                            prototypes_key=PROTO_KEYS.get(pset, "cpnn_prototypes"),
-                            epochs=args.finetune_epochs,
-                            batch_size=64,
-                            patience=args.finetune_epochs,
-                            seed=args.seed,
-                            preset="paper",
-                            **hkw,
+                            **fit_options(
+                                encoder=args.encoder,
+                                encoder_weights=args.weights,
+                                patch_px=args.finetune_px,
+                                prototypes_key=PROTO_KEYS.get(pset, "cpnn_prototypes"),
+                                epochs=args.finetune_epochs,
+                                batch_size=64,
+                                patience=args.finetune_epochs,
+                                seed=args.seed,
+                                preset="paper",
+                                **hkw,
+                            ),
                         )
                         cp.tl.predict(sdata, model, regions=test, key_added="bench")
                     record(where, method, test, genes, p, len(model.history))

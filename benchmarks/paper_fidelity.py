@@ -27,16 +27,14 @@ same inputs and folds, 3 seeds); their code is not run here.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, previous_runs, table
+from _util import Runs, experiment_args, fit_options, mean_sd, table
 from her2st import agreement, nb_prototypes_and_panels
 
 import cpnn as cp
@@ -61,17 +59,10 @@ CONFIGS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/paper_fidelity")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = experiment_args(__doc__, out="results/paper_fidelity", seeds=3)
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help=f"subset of {list(CONFIGS)}")
-    ap.add_argument("--resume", action="store_true", help="keep the runs in <out>/runs.csv, do the rest")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.progress_bar = False
-    csv = out / "runs.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("test", "config", "seed"))
+    runs = Runs(args.out, resume=args.resume, key=("test", "config", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
@@ -90,15 +81,16 @@ def main() -> None:
             # the fold's composition targets: NB deconvolution of the training spots only
             cp.pp.deconvolve(adata, regions=train, key_added="targets", seed=seed)
             for name in args.configs:
-                if (test, name, seed) in done:
+                if runs.done(test, name, seed):
                     continue
                 kw = CONFIGS[name]
                 if kw.get("preset") == "paper" and kw.get("targets") != "given":
                     kw = {**kw, "composition_key": "targets"}  # the same targets the automatic path would make
                 t0 = time.perf_counter()
                 model = cp.tl.fit(
-                    adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=seed, **kw
-                )
+                    adata, train=train, validation=val,
+                    **fit_options(encoder="handcrafted", embedding_key="z_h", seed=seed, **kw),
+                )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 cp.tl.predict(adata, model, regions=held, key_added="bench", embedding_key="z_h")
                 df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=held, groupby="section")
@@ -114,14 +106,11 @@ def main() -> None:
                 if model.has_composition:
                     a = agreement(adata, adata.obsm["bench_proportions"], stereo, held)
                     row["agreement"] = float(np.nanmean(list(a.values())))
-                rows.append(row)
-                print(
+                runs.add(
+                    row,
                     f"{test} {name} seed {seed}: Spearman {row['spearman']:.3f}, {row['epochs']} epochs "
                     f"(best {row['best_epoch']}), {seconds:.0f} s",
-                    flush=True,
                 )
-                pd.DataFrame(rows).to_csv(csv, index=False)
-    runs = pd.DataFrame(rows)
     lines = []
     for test, (train_secs, val_sec) in FOLDS.items():
         out_rows = [
@@ -130,25 +119,23 @@ def main() -> None:
                 "test Spearman (+- sd over seeds)": REFERENCE[test],
             }
         ]
-        for name in CONFIGS:
-            g = runs[(runs["test"] == test) & (runs["config"] == name)]
-            if g.empty:
-                continue
-            r = {
-                "configuration": name,
-                "test Spearman (+- sd over seeds)": mean_sd(g["spearman"]),
-                "epochs (best)": f"{g['epochs'].mean():.0f} ({g['best_epoch'].mean():.0f})",
-                "seconds": f"{g['seconds'].mean():.0f}",
-                "stereoscope agreement": mean_sd(g["agreement"], 2)
-                if g.get("agreement") is not None and g["agreement"].notna().any()
-                else "-",
-                "seeds": len(g),
-            }
-            out_rows.append(r)
+        out_rows += runs.summary(
+            "config",
+            CONFIGS,
+            {
+                "configuration": lambda g: g["config"].iloc[0],
+                "test Spearman (+- sd over seeds)": lambda g: mean_sd(g["spearman"]),
+                "epochs (best)": lambda g: f"{g['epochs'].mean():.0f} ({g['best_epoch'].mean():.0f})",
+                "seconds": lambda g: f"{g['seconds'].mean():.0f}",
+                "stereoscope agreement": lambda g: (
+                    mean_sd(g["agreement"], 2) if "agreement" in g and g["agreement"].notna().any() else "-"
+                ),
+                "seeds": len,
+            },
+            where={"test": test},
+        )
         lines += [f"### train {'-'.join(train_secs)}, validate {val_sec}, test {test}", "", table(out_rows), ""]
-    text = "\n".join(lines)
-    (out / "tables.md").write_text(text)
-    print(text)
+    runs.write("\n".join(lines))
 
 
 if __name__ == "__main__":

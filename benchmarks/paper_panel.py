@@ -16,7 +16,6 @@ lower-expressed genes are predicted badly or also spoil the genes both panels sh
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, resumable_run, table
+from _util import Runs, experiment_args, fit_options, mean_sd, table
 from her2st import nb_prototypes_and_panels
 
 import cpnn as cp
@@ -44,12 +43,8 @@ VARIANTS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/paper_panel")
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--resume", action="store_true")
-    args = ap.parse_args()
-    out, csv, rows, done = resumable_run(args.out, resume=args.resume, key=("train", "panel", "variant", "seed"))
+    args = experiment_args(__doc__, out="results/paper_panel", seeds=1).parse_args()
+    runs = Runs(args.out, resume=args.resume, key=("train", "panel", "variant", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
@@ -65,12 +60,15 @@ def main() -> None:
             for panel, genes in panels.items():
                 cp.pp.select_genes(adata, genes=genes)
                 for name, kw in VARIANTS.items():
-                    if (fold, panel, name, seed) in done:
+                    if runs.done(fold, panel, name, seed):
                         continue
                     t0 = time.perf_counter()
                     model = cp.tl.fit(
-                        adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h",
-                        seed=seed, composition_key="targets", **{**PAPER, **kw},
+                        adata, train=train, validation=val,
+                        **fit_options(
+                            encoder="handcrafted", embedding_key="z_h", seed=seed, composition_key="targets",
+                            **{**PAPER, **kw},
+                        ),
                     )  # fmt: skip
                     seconds = time.perf_counter() - t0
                     cp.tl.predict(adata, model, regions=val, key_added="pp", embedding_key="z_h")
@@ -88,16 +86,12 @@ def main() -> None:
                         "best_epoch": int(fit["best_epoch"]),
                         "seconds": seconds,
                     }
-                    rows.append(row)
-                    print(
+                    runs.add(
+                        row,
                         f"{fold} {panel} {name} seed {seed}: validation {row['validation_spearman']:.3f} "
                         f"(top-250 genes {row['top-250 genes']:.3f}), {row['epochs']} epochs, {seconds:.0f} s",
-                        flush=True,
                     )
-                    pd.DataFrame(rows).to_csv(csv, index=False)
-    text = summary(pd.DataFrame(rows), n_shared=len(shared & set(panels["HisToGene-727"])))
-    (out / "tables.md").write_text(text)
-    print(text)
+    runs.write(summary(runs.frame(), n_shared=len(shared & set(panels["HisToGene-727"]))))
 
 
 def summary(runs: pd.DataFrame, *, n_shared: int) -> str:

@@ -33,17 +33,15 @@ next to stereoscope's. ``<out>/runs.csv`` holds every run; ``<out>/tables.md`` t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, resumable_run, table
-from her2st import agreement, low_tissue, nb_prototypes_and_panels, to_stereoscope
+from _util import Runs, experiment_args, fit_options, mean_sd, table
+from her2st import held_out_scores, low_tissue, nb_prototypes_and_panels, to_stereoscope
 
 import cpnn as cp
 
@@ -87,18 +85,13 @@ def _embed(sdata, name: str, seed: int = 0) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/protocols")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = experiment_args(__doc__, out="results/protocols", seeds=3)
     ap.add_argument("--folds", nargs="*", default=None, help="fold names (e.g. section=B4 patient=B); default all")
     ap.add_argument("--panels", nargs="*", default=None, help="panel names (top-250, HisToGene-727); default both")
     ap.add_argument("--encoders", nargs="*", default=list(ENCODERS))
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out, csv, rows, done = resumable_run(
-        args.out, resume=args.resume, key=("encoder", "fold", "panel", "method", "seed")
-    )
+    runs = Runs(args.out, resume=args.resume, key=("encoder", "fold", "panel", "method", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
@@ -123,7 +116,7 @@ def main() -> None:
                     for method in args.methods:
                         if method == "ridge" and seed > 0:
                             continue  # closed form: no seed
-                        if (enc_name, fold.name, panel, method, seed) in done:
+                        if runs.done(enc_name, fold.name, panel, method, seed):
                             continue
                         if targets not in adata.obsm:  # the fold's targets: the training spots only
                             cp.pp.deconvolve(adata, regions=train, key_added=targets, seed=seed)
@@ -135,17 +128,14 @@ def main() -> None:
                         key = _embed(sdata, enc_name, seed) if "random" in enc_name else keys[enc_name]
                         t0 = time.perf_counter()
                         model = cp.tl.fit(
-                            adata, train=train, validation=val, encoder=enc, embedding_key=key,
-                            encoder_kwargs=ENCODERS[enc_name].get("encoder_kwargs"), seed=seed, **kw,
+                            adata, train=train, validation=val,
+                            **fit_options(
+                                encoder=enc, embedding_key=key, encoder_kwargs=ENCODERS[enc_name].get("encoder_kwargs"),
+                                seed=seed, **kw,
+                            ),
                         )  # fmt: skip
                         seconds = time.perf_counter() - t0
-                        cp.tl.predict(adata, model, regions=test, key_added="bench", embedding_key=key)
-                        df = cp.tl.evaluate(adata, layer="bench", genes=genes, spots=test, groupby="section")
-                        cols = [
-                            c
-                            for c in df.columns
-                            if c.startswith("spearman_") and c not in ("spearman_mean", "spearman_pooled")
-                        ]
+                        scores = held_out_scores(adata, model, genes, test, stereo, embedding_key=key)
                         row = {
                             "encoder": enc_name,
                             "protocol": "LOPO" if fold.name.startswith("patient") else "LOSO",
@@ -153,36 +143,28 @@ def main() -> None:
                             "panel": panel,
                             "method": method,
                             "seed": seed,
-                            "spearman": float(np.nanmean([df[c].mean() for c in cols])),
+                            "spearman": scores.pop("spearman"),
                             "epochs": len(model.history),
                             "still_improving_at_cap": bool(
                                 adata.uns["cpnn"]["fit"].get("still_improving_at_cap", False)
                             ),
                             "seconds": seconds,
+                            **scores,
                         }
-                        if model.has_composition:
-                            props = adata.obsm["bench_proportions"]
-                            a = agreement(adata, props, stereo, test)
-                            row["agreement"] = float(np.nanmean(list(a.values())))
-                            row.update({f"r {k}": v for k, v in a.items()})
-                            fat = test & low & stereo.notna().all(1).to_numpy()
-                            if fat.any():
-                                mapped = to_stereoscope(props.loc[fat])
-                                row["low-tissue spots"] = int(fat.sum())
-                                row["epithelial on low-tissue spots"] = float(mapped["Epithelial"].mean())
-                                row["stereoscope epithelial on low-tissue spots"] = float(
-                                    stereo.loc[fat, "Epithelial"].mean()
-                                )
-                        rows.append(row)
-                        print(
+                        fat = test & low & stereo.notna().all(1).to_numpy()
+                        if model.has_composition and fat.any():
+                            mapped = to_stereoscope(adata.obsm["bench_proportions"].loc[fat])
+                            row["low-tissue spots"] = int(fat.sum())
+                            row["epithelial on low-tissue spots"] = float(mapped["Epithelial"].mean())
+                            row["stereoscope epithelial on low-tissue spots"] = float(
+                                stereo.loc[fat, "Epithelial"].mean()
+                            )
+                        runs.add(
+                            row,
                             f"{enc_name} {fold.name} {panel} {method} seed {seed}: Spearman {row['spearman']:.3f} "
                             f"agreement {row.get('agreement', float('nan')):.2f} ({seconds:.0f} s)",
-                            flush=True,
                         )
-                        pd.DataFrame(rows).to_csv(csv, index=False)
-    text = "\n".join(summary(pd.DataFrame(rows)))
-    (out / "tables.md").write_text(text)
-    print(text)
+    runs.write("\n".join(summary(runs.frame())))
 
 
 def summary(runs: pd.DataFrame) -> list[str]:

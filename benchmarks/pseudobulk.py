@@ -32,7 +32,7 @@ from scipy import sparse
 from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, previous_runs, table
+from _util import Peak, fit_options, previous_runs, table
 
 import cpnn as cp
 from cpnn._core import columnwise_pearson, columnwise_spearman, lognorm
@@ -167,12 +167,8 @@ def main() -> None:
                         slides=sdata,
                         train=train,
                         validation=val,
-                        head=head,
                         preset=preset,
-                        epochs=args.epochs,
-                        max_patches=args.max_patches,
-                        seed=seed,
-                        **enc,
+                        **fit_options(head, epochs=args.epochs, max_patches=args.max_patches, seed=seed, **enc),
                     )
                     cp.tl.predict(bulk, model, slides=sdata, regions=test, key_added="bench")
                 pred = bulk[test, genes].layers["bench"].toarray()

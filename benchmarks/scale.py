@@ -33,7 +33,10 @@ from _util import Peak, table
 
 import cpnn as cp
 
-KW = {"encoder": "handcrafted", "patch_size_um": 32, "patch_px": 32, "seed": 0, "context_um": 0, "epochs": 5}
+KW = {
+    "encoder": "handcrafted", "encoder_kwargs": {"patch_size_um": 32, "patch_px": 32}, "seed": 0,
+    "data_kwargs": {"context_um": 0}, "train_kwargs": {"epochs": 5},
+}  # fmt: skip
 COLOURS = np.array(
     [[200, 60, 70], [70, 190, 80], [80, 90, 210], [220, 180, 60], [150, 60, 180], [60, 180, 190], [230, 120, 40],
      [120, 120, 120], [240, 170, 200]], float)  # fmt: skip
@@ -132,7 +135,12 @@ def main() -> None:
         with Peak() as p_embed:
             cp.pp.embed(paths, encoder="handcrafted", patch_size_um=32, patch_px=32)
         with Peak() as p_fit:
-            model = cp.tl.fit(paths, train=train[:-1], validation=train[-1:], panel=panel, **KW)
+            model = cp.tl.fit(
+                paths,
+                train=train[:-1],
+                validation=train[-1:],
+                **{**KW, "data_kwargs": {"context_um": 0, "panel": panel}},
+            )
         with Peak() as p_pred:
             cp.tl.predict(paths, model, samples=test)
         rows.append({"samples": n, "spots": n * 1024, "embed s": p_embed.seconds, "embed peak MiB": p_embed.added,
@@ -194,8 +202,9 @@ def ddp_worker(config_path: str, key: str) -> None:
     cp.settings.progress_bar = False
     panel = ad.read_h5ad(cfg["panel"])
     model = cp.tl.fit(
-        cfg["paths"], train=cfg["train"], validation=cfg["val"], panel=panel, batch_size=256, **{**KW, "epochs": 10}
-    )
+        cfg["paths"], train=cfg["train"], validation=cfg["val"],
+        **{**KW, "data_kwargs": {"context_um": 0, "panel": panel}, "train_kwargs": {"epochs": 10, "batch_size": 256}},
+    )  # fmt: skip
     from cpnn._core import dist
 
     if dist.is_main():

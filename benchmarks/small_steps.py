@@ -35,8 +35,9 @@ def main() -> None:
     cp.settings.n_jobs = -1  # every core in both runs: the optimiser is what differs
     _, adata, train, val = head_training_inputs()
     kw = dict(
-        train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=0, preset="paper",
-        composition_key="targets", epochs=args.epochs, patience=10 * args.epochs,
+        train=train, validation=val, encoder="handcrafted", seed=0, preset="paper",
+        head_kwargs={"composition_key": "targets"}, data_kwargs={"embedding_key": "z_h"},
+        train_kwargs={"epochs": args.epochs, "patience": 10 * args.epochs},
     )  # fmt: skip
     real = torch.optim.AdamW
     rows, histories = [], {}

@@ -27,15 +27,12 @@ the sd of the fitted ``log s_g``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import mean_sd, previous_runs, table
+from _util import Runs, experiment_args, fit_options, selection_row, selection_summary, side_scores, table
 from deconvolution import agreement
 from her2st import nb_prototypes_and_panels, to_stereoscope
 
@@ -83,23 +80,14 @@ def prior_part() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/target_choice")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap = experiment_args(__doc__, out="results/target_choice", seeds=2)
     ap.add_argument("--part", choices=("prior", "targets", "all"), default="all")
-    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cp.settings.progress_bar = False
+    runs = Runs(args.out, resume=args.resume, key=("test", "config", "seed"))
     if args.part in ("prior", "all"):
-        text = prior_part()
-        (out / "prior.md").write_text(text + "\n")
-        print(text)
+        runs.write(prior_part() + "\n", "prior.md")
     if args.part == "prior":
         return
-    csv = out / "runs.csv"
-    rows, done = previous_runs(csv, resume=args.resume, key=("test", "config", "seed"))
 
     sdata = cp.datasets.her2st()
     adata = sdata["table"]
@@ -113,7 +101,7 @@ def main() -> None:
         held = (section == test).to_numpy()
         for seed in range(args.seeds):
             for name, (dec_kw, fit_kw, suffix) in CANDIDATES.items():
-                if (test, name, seed) in done:
+                if runs.done(test, name, seed):
                     continue
                 adata.obsm.pop("targets", None)
                 adata.uns["cpnn"].get("deconvolution", {}).pop("targets", None)
@@ -125,57 +113,26 @@ def main() -> None:
                 l1 = float((mapped[ref.columns].mean() - ref.mean()).abs().sum())
                 t0 = time.perf_counter()
                 model = cp.tl.fit(
-                    adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=seed,
-                    preset="cpnn", composition_key=key, **fit_kw,
+                    adata, train=train, validation=val, preset="cpnn",
+                    **fit_options(encoder="handcrafted", embedding_key="z_h", seed=seed, composition_key=key, **fit_kw),
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0
-                scores = {}
-                for side, mask in (("validation", val), ("test", held)):
-                    cp.tl.predict(adata, model, regions=mask, key_added="sel", embedding_key="z_h")
-                    df = cp.tl.evaluate(adata, layer="sel", genes=genes, spots=mask)
-                    scores[side] = float(df["spearman_pooled"].mean())  # one section: pooled = per section
-                row = {
-                    "test": test,
-                    "config": name,
-                    "seed": seed,
-                    "validation_spearman": scores["validation"],
-                    "test_spearman": scores["test"],
+                scores = side_scores(adata, model, genes, {"validation": val, "test": held}, embedding_key="z_h")
+                targets = {
                     "targets_l1_to_stereoscope": l1,
                     "targets_agreement": agreement(props, ref)["mean over types"],
                     "targets_endothelial": float(props["Endothelial"].mean()),
                     "targets_epithelial": float(props["Cancer Epithelial"].mean()),
-                    "epochs": len(model.history),
-                    "seconds": seconds,
                 }
-                rows.append(row)
-                print(
-                    f"{test} {name} seed {seed}: validation {row['validation_spearman']:.3f}, test "
-                    f"{row['test_spearman']:.3f}, targets L1 {l1:.3f}, {row['epochs']} epochs, {seconds:.0f} s",
-                    flush=True,
-                )
-                pd.DataFrame(rows).to_csv(csv, index=False)
-    runs = pd.DataFrame(rows)
-    summary = []
-    for name in CANDIDATES:
-        g = runs[runs["config"] == name]
-        if g.empty:
-            continue
-        summary.append(
-            {
-                "targets": name,
-                "validation Spearman (C6; chooses)": mean_sd(g["validation_spearman"]),
-                "test Spearman (B4 and C2; reported)": mean_sd(g["test_spearman"]),
-                "targets' L1 to stereoscope shares": f"{g['targets_l1_to_stereoscope'].mean():.2f}",
-                "targets' agreement": f"{g['targets_agreement'].mean():.2f}",
-                "Endothelial / Cancer Epithelial": f"{g['targets_endothelial'].mean():.2f} / "
-                f"{g['targets_epithelial'].mean():.2f}",
-                "runs": len(g),
-            }
-        )
-    best = max(summary, key=lambda r: float(r["validation Spearman (C6; chooses)"].split()[0])) if summary else None
-    text = table(summary) + (f"\n\nChosen on validation: {best['targets']}\n" if best else "\n")
-    (out / "tables.md").write_text(text)
-    print(text)
+                runs.add(*selection_row(test, name, seed, scores, model, seconds, **targets))
+    more = {
+        "targets' L1 to stereoscope shares": lambda g: f"{g['targets_l1_to_stereoscope'].mean():.2f}",
+        "targets' agreement": lambda g: f"{g['targets_agreement'].mean():.2f}",
+        "Endothelial / Cancer Epithelial": lambda g: (
+            f"{g['targets_endothelial'].mean():.2f} / {g['targets_epithelial'].mean():.2f}"
+        ),
+    }
+    runs.write(selection_summary(runs, CANDIDATES, "targets", more))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 model = cp.tl.fit(
-                    adata, train=train, validation=val, encoder="handcrafted", embedding_key="z_h", seed=0,
-                    preset=preset, composition_key="targets",
+                    adata, train=train, validation=val, encoder="handcrafted", seed=0, preset=preset,
+                    head_kwargs={"composition_key": "targets"}, data_kwargs={"embedding_key": "z_h"},
                 )  # fmt: skip
                 times.append(time.perf_counter() - t0)
                 epochs.append(len(model.history))

@@ -15,15 +15,13 @@ nuclei encoder's reading) the epithelial share next to stereoscope's and the une
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import Peak, mean_sd, resumable_run, table
+from _util import Peak, Runs, experiment_args, mean_sd, table
 from her2st import agreement, low_tissue, to_stereoscope
 
 import cpnn as cp
@@ -33,13 +31,10 @@ SETTINGS = {"none": None, "flat": "flat", "learned": "learned"}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/unexplained_head")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = experiment_args(__doc__, out="results/unexplained_head", seeds=3)
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
-    ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
-    out, csv, rows, done = resumable_run(args.out, resume=args.resume, key=("setting", "seed"))
+    runs = Runs(args.out, resume=args.resume, key=("setting", "seed"))
 
     sdata = cp.datasets.her2st()
     table_ = sdata["table"]
@@ -54,12 +49,12 @@ def main() -> None:
     test = (table_.obs["section"] == TEST).to_numpy()
     for seed in range(args.seeds):
         for name in args.settings:
-            if (name, seed) in done:
+            if runs.done(name, seed):
                 continue
             key = f"u_{name}"
             with Peak() as p:
                 model = cp.tl.fit(sdata, train=TRAIN, validation=VALIDATION, encoder="handcrafted", seed=seed,
-                                  unexplained=SETTINGS[name], key_added=key)  # fmt: skip
+                                  head_kwargs={"unexplained": SETTINGS[name]}, key_added=key)  # fmt: skip
                 cp.tl.predict(sdata, model, regions=[*VALIDATION, TEST], key_added=key)
             df = cp.tl.evaluate(sdata, layer=key, genes=genes, groupby="section")
             props = table_.obsm[f"{key}_proportions"]
@@ -77,10 +72,8 @@ def main() -> None:
                 "epochs": len(model.history),
                 "seconds": p.seconds,
             }
-            rows.append(row)
-            pd.DataFrame(rows).to_csv(csv, index=False)
-            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    res = pd.DataFrame(rows)
+            runs.add(row, str({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+    res = runs.frame()
     cols = ["C6 Spearman", "C6 agreement", "B4 Spearman", "B4 agreement", "B4 fat epithelial", "B4 fat unexplained",
             "B4 unexplained"]  # fmt: skip
     summary = [
@@ -93,8 +86,7 @@ def main() -> None:
         "",
         table(summary),
     ]
-    (out / "tables.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    runs.write("\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

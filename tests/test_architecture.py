@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,39 +101,88 @@ def test_toy_head_and_encoder_fit_predict_save_load(synthetic, toys, tmp_path):
         cp.tl.fit(sdata, head="toy_linear", encoder="toy_mean_colour", finetune=True, **KW)
 
 
-def test_a_toy_input_kind_plugs_in_from_outside(synthetic, tmp_path):
-    """28: a new input kind is one Level and one builder, registered from outside the package.
+def test_a_head_knob_is_one_field_of_the_heads_own_record(synthetic, tmp_path):
+    """#40: a head's option is declared once, in its own Options record (the head's file); fit routes it."""
+    from dataclasses import dataclass
 
-    The toy reads each spot's embedding from a memory-mapped ``.npy`` file (embeddings computed
-    by another pipeline) instead of ``obsm``; the fit must equal the built-in spot level's.
+    @dataclass(frozen=True)
+    class GainOptions(cp.models.HeadOptions):
+        gain: float = cp.models.option(1.0, "Multiply the predicted log expression by this.", low=0.0)
+
+    class Scaled(cp.models.DirectHead):
+        Options = GainOptions
+
+        @classmethod
+        def from_config(cls, config, in_dim, prototypes):
+            head = cls(in_dim, len(config["genes"]), hidden=(8,))
+            head.gain = config["gain"]
+            return head
+
+        def forward(self, z):
+            return self.outputs(self.gain * self.mlp(self.standardise(z)).float())
+
+    cp.models.register_head("toy_gain")(Scaled)
+    sdata, _ = synthetic
+    kw = {"encoder": "handcrafted", "train": ["S1"], "encoder_kwargs": {"patch_size_um": 32, "patch_px": 32}}
+    try:
+        model = cp.tl.fit(sdata, head="toy_gain", head_kwargs={"gain": 0.0}, train_kwargs={"epochs": 2}, **kw)
+        assert model.config.head_options == GainOptions(gain=0.0) and model.head.gain == 0.0
+        cp.tl.predict(sdata, model, regions=["S3"], key_added="gain0")
+        layer = sdata["table"][sdata["table"].obs["section"] == "S3"].layers["gain0"].toarray()
+        assert np.allclose(layer[:, layer.sum(0) > 0], layer[0, layer.sum(0) > 0])  # gain 0: every spot alike
+        model.save(tmp_path / "gain.pt")
+        assert cp.CPNN.load(tmp_path / "gain.pt").head.gain == 0.0
+        with pytest.warns(FutureWarning, match="gain= -> head_kwargs="):
+            flat = cp.tl.fit(sdata, head="toy_gain", gain=0.5, train_kwargs={"epochs": 1}, **kw)
+        assert flat.config["gain"] == 0.5
+        with pytest.raises(cp.CpnnError, match=r"gain=-1.0 must be"):
+            cp.tl.fit(sdata, head="toy_gain", head_kwargs={"gain": -1.0}, **kw)
+    finally:
+        cp.models.HEADS.remove("toy_gain")
+
+
+def test_an_input_kind_plugs_in_from_outside_in_one_file(synthetic, tmp_path):
+    """#40: a new input kind is one class in one file, registered with cp.tl.register_input_kind.
+
+    The kind (tests/plugins/memmap_kind.py) reads each spot's embedding from a memory-mapped
+    ``.npy`` file (embeddings another pipeline computed) instead of ``obsm``, using only cpnn's
+    public names; fit and predict through it must equal the built-in spots kind's.
     """
-    from cpnn.tl import _inputs, _levels
+    import ast
 
+    source = Path(__file__).parent / "plugins" / "memmap_kind.py"
+    private = [
+        n.module for n in ast.walk(ast.parse(source.read_text()))
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("cpnn") and "._" in n.module
+    ]  # fmt: skip
+    assert not private and "cp._" not in source.read_text()
+    sys.path.insert(0, str(source.parent))
+    try:
+        import memmap_kind
+    finally:
+        sys.path.remove(str(source.parent))
     sdata, _ = synthetic
     table = sdata["table"]
     cp.pp.embed(sdata, encoder="handcrafted", **KW)
     np.save(tmp_path / "z.npy", np.asarray(table.obsm["cpnn_embedding"], dtype=np.float32))
-    calls = []
-
-    def memmap_inputs(data, adata, config, split, encoder, **_):
-        calls.append(config.level)
-        z = np.load(tmp_path / "z.npy", mmap_mode="r")
-        x_va = torch.as_tensor(np.array(z[split.validation])) if split.validation.any() else None
-        train, val = _inputs._spot_datasets(split, torch.as_tensor(np.array(z[split.train])), x_va)
-        return _inputs.Inputs(train, val, z.shape[1], nn.Identity(), config.encoder_config)
-
-    _levels.LEVELS["toy_memmap"] = _levels.Level("toy_memmap", "spots", bags=False, builder="toy_memmap")
-    _inputs.BUILDERS["toy_memmap"] = memmap_inputs
+    data = memmap_kind.MemmapSpots(sdata, tmp_path / "z.npy")
+    kw = {
+        "encoder": "handcrafted", "train": ["S1"], "validation": ["S2"], "train_kwargs": {"epochs": 5},
+        "data_kwargs": {"context_um": 0}, "encoder_kwargs": {"patch_size_um": 32, "patch_px": 32},
+    }  # fmt: skip
     try:
-        kw = {"encoder": "handcrafted", "train": ["S1"], "validation": ["S2"], "epochs": 5, **NO_CONTEXT, **KW}
-        toy = cp.tl.fit(sdata, level="toy_memmap", key_added="toy_in", **kw)
+        assert cp.tl.kind_for(data, level="spot").name == "memmap"
+        toy = cp.tl.fit(data, key_added="toy_in", **kw)
+        cp.tl.predict(data, toy, regions=["S3"], key_added="through_kind")
         built_in = cp.tl.fit(sdata, key_added="built_in", **kw)
+        cp.tl.predict(sdata, built_in, regions=["S3"], key_added="built_in")
     finally:
-        del _levels.LEVELS["toy_memmap"], _inputs.BUILDERS["toy_memmap"]
-    assert calls == ["toy_memmap"] and toy.level == "toy_memmap"
+        cp.tl.INPUT_KINDS.remove("memmap")
     assert toy.history == built_in.history  # the same rows, the same numbers, through the new kind
-    with pytest.raises(cp.CpnnError, match=r"level='toy_memmap'; use one of \['spot', 'slide'\]"):
-        cp.tl.fit(sdata, level="toy_memmap", **kw)  # unregistered again
+    np.testing.assert_array_equal(table.layers["through_kind"].toarray(), table.layers["built_in"].toarray())
+    assert table.uns["cpnn"]["fits"]["toy_in"]["n_train"] == int((table.obs["section"] == "S1").sum())
+    with pytest.raises(cp.CpnnError, match="No input kind reads a MemmapSpots"):
+        cp.tl.fit(data, **kw)  # unregistered again
 
 
 def test_unknown_names_list_the_registry(synthetic):

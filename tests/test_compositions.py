@@ -329,7 +329,7 @@ def test_an_unexplained_component_takes_expression_no_type_explains():
     assert np.allclose(adata.uns["cpnn"]["deconvolution"]["flat"]["unexplained_profile"], 1 / len(info["genes"]))
     with pytest.raises(cp.CpnnError, match="unexplained='flat' needs method='nb'"):
         cp.pp.deconvolve(adata, method="nnls", unexplained="flat")
-    with pytest.raises(cp.CpnnError, match="use None, 'flat' or 'learned'"):
+    with pytest.raises(cp.CpnnError, match=r"use one of \[None, 'flat', 'learned'\]"):
         cp.pp.deconvolve(adata, unexplained=True)
     for other in (None, "flat"):  # one key, one setting
         with pytest.raises(cp.CpnnError, match="One key"):
@@ -402,7 +402,7 @@ def test_the_head_learns_an_unexplained_component_for_tissue_the_reference_lacks
     assert cp.tl.fit(sdata, train=["S1"], **{**kw, "epochs": 2}).cell_types == ["t0", "t1"]
     with pytest.raises(cp.CpnnError, match="head='direct' has none"):
         cp.tl.fit(sdata, train=["S1"], head="direct", unexplained="flat", **kw)
-    with pytest.raises(cp.CpnnError, match="use None, 'flat' or 'learned'"):
+    with pytest.raises(cp.CpnnError, match=r"use one of \[None, 'flat', 'learned'\]"):
         cp.tl.fit(sdata, train=["S1"], unexplained=True, **kw)
     cp.pp.deconvolve(sdata, regions=["S1"], key_added="plain_targets")
     with pytest.raises(cp.CpnnError, match="no 'unexplained' column"):

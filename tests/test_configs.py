@@ -38,8 +38,9 @@ def _composition_r(table, key) -> float:
 def test_paper_preset_is_the_published_model(synthetic, tmp_path):
     sdata, _ = synthetic
     table = sdata["table"]
-    published = {"residual": 0.0, "context_um": None, "loss": "nb", "comp_reg": 1e3}
-    assert {k: PRESETS["paper"][k] for k in published} == published
+    published = {"residual": 0.0, "loss": "nb", "comp_reg": 1e3}
+    assert {k: PRESETS["paper"]["head"][k] for k in published} == published
+    assert PRESETS["paper"]["data"] == {"context_um": None}
     model = _fit_predict(sdata, "paper", preset="paper")
     c = model.config
     assert (c["residual"], c["context_um"], c["loss"], c["preset"]) == (0.0, None, "nb", "paper")
@@ -50,8 +51,8 @@ def test_paper_preset_is_the_published_model(synthetic, tmp_path):
     assert other.config["loss"] == "mse" and other.config["preset"] == "paper"
     # the default preset differs from the paper, and its spatial context is left out where it cannot apply
     default = cp.tl.fit(sdata, train=["S1"], epochs=2, **KW)
-    assert default.config["preset"] == "cpnn" and default.config["loss"] == PRESETS["cpnn"]["loss"]
-    assert default.config["context_um"] == PRESETS["cpnn"]["context_um"]
+    assert default.config["preset"] == "cpnn" and default.config["loss"] == cp.models.CPNNOptions().loss == "mse"
+    assert default.config["context_um"] == cp.tl.DataOptions().context_um == 150.0
     assert (default.config["comp_reg"], c["comp_reg"]) == (1e4, 1e3)
     assert PRESETS["cpnn"] != PRESETS["paper"]
     off = cp.tl.fit(sdata, train=["S1"], epochs=2, context_um=0, **KW)
@@ -111,7 +112,7 @@ def test_spatial_context_and_mse_loss(synthetic):
 def test_context_embeds_only_the_reach_of_the_predicted_spots(synthetic):
     """#39: predicting 5 spots with a spatial context reads their neighbours, not the whole region, with
     the same result (300 dense tiles of B4: 910 tiles embedded instead of 27,604; 131 s -> 7 s)."""
-    from cpnn.tl._inputs import within_reach
+    from cpnn.pp._embed import within_reach
 
     sdata, _ = synthetic
     table = sdata["table"]
@@ -144,16 +145,76 @@ def test_fine_prototypes_summed_to_groups(synthetic):
         cp.pp.build_prototypes(sdata, profiles, groups={"t0": "AB"}, key_added="bad")
 
 
-def test_each_fit_option_is_written_once_in_the_signature_and_once_in_fitconfig():
-    """#28: an option of fit is a FitConfig field (or says where the data is / how to run, or builds the encoder)."""
+def test_each_option_is_one_field_of_the_record_its_consumer_reads():
+    """#40: fit takes at most 20 parameters, no locals(); every other option is one field of one record."""
+    import ast
     import inspect
-    from dataclasses import fields
+    from pathlib import Path
 
-    from cpnn.tl._config import DERIVED, ENCODER_OPTIONS, RUN_OPTIONS, FitConfig
+    from cpnn.tl._config import records
 
-    params = set(inspect.signature(cp.tl.fit).parameters)
-    names = {f.name for f in fields(FitConfig)}
-    others = set(RUN_OPTIONS) | set(ENCODER_OPTIONS) | {"slides"}
-    assert params - names - others == set(), "fit options with no FitConfig field"
-    assert names - set(DERIVED) - params == set(), "FitConfig fields that are no fit option"
-    assert not (set(RUN_OPTIONS) | set(ENCODER_OPTIONS)) & names
+    params = inspect.signature(cp.tl.fit).parameters
+    assert len(params) <= 20
+    assert not [p for p in inspect.signature(cp.tl.predict).parameters if p.startswith("_")]
+    groups = {h: records(h) for h in cp.models.HEADS}
+    owners: dict[str, set] = {}
+    for recs in groups.values():
+        for group, rec in recs.items():
+            for name in rec.names():
+                owners.setdefault(name, set()).add(group)
+    assert all(len(g) == 1 for g in owners.values()), {n: g for n, g in owners.items() if len(g) > 1}
+    assert not set(owners) & set(params), "an option both in fit's signature and in a record"
+    tl = Path(cp.__file__).parent / "tl"
+    calls = [
+        f"{p.name}:{n.lineno}" for p in tl.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "locals"
+    ]  # fmt: skip
+    assert not calls
+    # the docstring documents every field, each once
+    doc = cp.tl.fit.__doc__
+    for name in owners:
+        if name not in ("encoder_weights",):
+            assert doc.count(f"``{name}`` (") == 1, name
+
+
+def test_flat_keywords_still_work_with_a_future_warning(synthetic):
+    """#40: fit(epochs=3, comp_reg=0) is fit(train_kwargs={"epochs": 3}, head_kwargs={"comp_reg": 0}), warned."""
+    sdata, _ = synthetic
+    kw = {"encoder": "handcrafted", "train": ["S1"], "seed": 0}
+    with pytest.warns(FutureWarning, match=r"epochs=, lr= -> train_kwargs=.*comp_reg= -> head_kwargs=.*until cpnn 0.5"):
+        old = cp.tl.fit(sdata, epochs=3, lr=3e-3, comp_reg=0, context_um=0, patch_size_um=32, patch_px=32, **kw)
+    new = cp.tl.fit(
+        sdata, train_kwargs={"epochs": 3, "lr": 3e-3}, head_kwargs={"comp_reg": 0}, data_kwargs={"context_um": 0},
+        encoder_kwargs={"patch_size_um": 32, "patch_px": 32}, **kw,
+    )  # fmt: skip
+    assert old.config == new.config and old.history == new.history
+    assert new.config.training.epochs == 3 and new.config["comp_reg"] == 0
+    with pytest.raises(CpnnError, match=r"passed both flat and in train_kwargs="):
+        cp.tl.fit(sdata, epochs=3, train_kwargs={"epochs": 4}, **kw)
+    with pytest.raises(CpnnError, match=r"head_kwargs= has no option \['epochs'\]; its options are"):
+        cp.tl.fit(sdata, head_kwargs={"epochs": 4}, **kw)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        cp.tl.fit(sdata, epoch=3, **kw)
+    with pytest.raises(CpnnError, match=r"loss='poisson'; use one of \['nb', 'mse'\]"):
+        cp.tl.fit(sdata, head_kwargs={"loss": "poisson"}, **kw)
+
+
+def test_a_preset_is_a_partial_over_the_records():
+    """#40: the paper preset sets fields of the head, training and data records; the user's value wins."""
+    from cpnn.tl._config import resolve_config
+
+    base = {
+        "head": "cpnn", "encoder": "handcrafted", "encoder_kwargs": None, "finetune": False, "data_kwargs": None,
+        "level": None, "slides": None, "seed": 0, "flat": {},
+    }  # fmt: skip
+    paper = resolve_config(preset="paper", head_kwargs=None, train_kwargs={"lr": 0.5}, **base)
+    assert paper.training.batch_size == 8 and paper.training.precision == "fp32" and paper.training.lr == 0.5
+    assert paper.head_options.loss == "nb" and paper.head_options.init == "xavier" and paper.data.context_um is None
+    default = resolve_config(preset="cpnn", head_kwargs=None, train_kwargs=None, **base)
+    assert default.head_options == cp.models.CPNNOptions() and default.training == cp.tl.TrainOptions()
+    direct = resolve_config(preset="paper", head_kwargs=None, train_kwargs=None, **{**base, "head": "direct"})
+    assert direct.head_options == cp.models.MLPOptions(init="xavier")  # the paper's loss is not the direct head's
+    # an old model file's missing options take the values it was trained with (explicit migration)
+    old = cp.tl.FitConfig.from_dict({"head": "cpnn", "genes": ["g"], "cell_types": ["t"]})
+    assert old.preset == "paper" and old.training.epochs == 300 and old.head_options.loss == "nb"
+    assert old.data.context_um is None and old.head_options.targets == "given"

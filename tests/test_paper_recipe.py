@@ -38,7 +38,7 @@ def test_paper_resolves_to_the_reference_recipe(planted):
         "xavier",
         "scaling",
     )
-    assert PRESETS["paper"]["epochs"] == 1000 and c["epochs"] == 3  # explicit options override the preset
+    assert PRESETS["paper"]["train"]["epochs"] == 1000 and c["epochs"] == 3  # explicit options override the preset
     assert torch.all(model.head.standardise.mean == 0) and torch.all(model.head.standardise.std == 1)
     # the training spots were deconvolved for the composition loss, and nothing else
     assert c["composition_key"] == "cpnn_targets" and c["comp_reg"] == 1e3
@@ -48,11 +48,11 @@ def test_paper_resolves_to_the_reference_recipe(planted):
     # the default preset keeps its own recipe, and explicit options override either
     default = cp.tl.fit(planted, train=["S1"], epochs=2, **KW)
     d = default.config
-    cpnn = PRESETS["cpnn"]
+    assert PRESETS["cpnn"] == {}  # the records' defaults
     assert (d["standardise"], d["batch_size"], d["lr"], d["init"]) == (
-        cpnn["standardise"],
-        cpnn["batch_size"],
-        cpnn["lr"],
+        cp.models.CPNNOptions().standardise,
+        cp.tl.TrainOptions().batch_size,
+        cp.tl.TrainOptions().lr,
         "torch",
     )
     assert d["composition_key"] == "cpnn_targets"  # the default supervises the composition too
@@ -165,7 +165,7 @@ def test_raw_features_on_a_saturating_scale_are_reported(cpnn_log):
     _check_raw_scale(torch.rand(50, 8))  # unit scale: silent
     assert "standardise" not in cpnn_log()
     _check_raw_scale(torch.rand(50, 8) * 1000)
-    assert "standardise=True" in cpnn_log()
+    assert "head_kwargs={'standardise': True}" in cpnn_log()
 
 
 def test_the_paper_preset_trains_in_float32_and_the_default_in_bf16():
@@ -173,8 +173,9 @@ def test_the_paper_preset_trains_in_float32_and_the_default_in_bf16():
     from cpnn._core import autocast
     from cpnn.tl._config import PRESETS, FitConfig
 
-    assert PRESETS["paper"]["precision"] == "fp32" and PRESETS["cpnn"]["precision"] == "bf16"
-    assert FitConfig().precision == "bf16"  # model files written before the field trained with bf16 on CUDA
+    assert PRESETS["paper"]["train"]["precision"] == "fp32" and cp.tl.TrainOptions().precision == "bf16"
+    # model files written before the field trained with bf16 on CUDA
+    assert FitConfig.from_dict({"head": "cpnn"}).training.precision == "bf16"
     assert not isinstance(autocast("cuda", enabled=False), torch.autocast)
     with warnings.catch_warnings():  # torch says autocast is disabled where CUDA is absent
         warnings.simplefilter("ignore", UserWarning)

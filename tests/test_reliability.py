@@ -340,10 +340,10 @@ def test_training_at_its_cap_or_at_its_start_is_reported(cpnn_log):
     s = _world()
     cp.tl.fit(s, train=["S1"], validation=["S2"], **{**CPNN_FIT, "epochs": 3})
     warnings_ = s["table"].uns["cpnn"]["fit"]["warnings"]
-    assert any("stopped at its cap" in w for w in warnings_) and "raise epochs" in cpnn_log().lower()
+    assert any("stopped at its cap" in w for w in warnings_) and "raise train_kwargs={'epochs'" in cpnn_log().lower()
     early = TrainResult(best_epoch=2, history=[{"epoch": e} for e in range(1, 33)], stop_reason="early stopping")
     (note,) = training_warnings(early, epochs=300, validated=True)
-    assert "lowest at epoch 2" in note and "lr=" in note
+    assert "lowest at epoch 2" in note and "train_kwargs={'lr'" in note
     assert training_warnings(early, epochs=300, validated=False) == []
 
 
@@ -354,7 +354,7 @@ def test_a_run_still_improving_within_its_patience_at_the_cap_is_not_converged()
     history = [{"epoch": e} for e in range(1, 301)]
     cut = TrainResult(best_epoch=285, history=history)  # 15 epochs without improvement, patience 30
     (note,) = training_warnings(cut, epochs=300, validated=True, patience=30)
-    assert "still improving" in note and "best epoch 285 of 300" in note and "epochs=" in note
+    assert "still improving" in note and "best epoch 285 of 300" in note and "train_kwargs={'epochs'" in note
     settled = TrainResult(best_epoch=250, history=history)  # 50 epochs without improvement: converged
     assert training_warnings(settled, epochs=300, validated=True, patience=30) == []
     stopped = TrainResult(best_epoch=100, history=history[:130], stopped_early=True, stop_reason="early stopping")

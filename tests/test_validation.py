@@ -298,7 +298,7 @@ CASES = [
     (
         "composition targets from normalised values (default preset)",
         lambda w: cp.tl.fit(_lognormed(w), encoder="handcrafted", patch_size_um=32, patch_px=32),
-        "comp_reg=0",
+        "'comp_reg': 0",
     ),
     (
         "NB loss on normalised values",

@@ -452,7 +452,7 @@ def test_a_context_learned_on_other_bins_is_reported_at_prediction(cpnn_log):
     assert "context" not in cpnn_log()
     cp.tl.predict(sdata, model, table_key="square_016um")
     assert "learned on 32 um bins, but table 'square_016um' holds 16 um bins" in cpnn_log()
-    assert "context_um=0" in cpnn_log()
+    assert "data_kwargs={'context_um': 0}" in cpnn_log()
 
 
 def test_aggregate_bins_refuses_a_table_mixing_bin_sizes():

@@ -27,6 +27,11 @@ def spot_level(sdata: SpatialData, reference: AnnData) -> pd.DataFrame:
     cp.pp.embed(sdata, encoder="handcrafted")
     model: cp.CPNN = cp.tl.fit(sdata, train=["C1", "C2"], validation=("section", ["C6"]), encoder="handcrafted")
     model.save(Path("model"))
+    paper = cp.tl.fit(
+        sdata, preset="paper", head_kwargs={"unexplained": "flat"}, train_kwargs={"epochs": 50},
+        data_kwargs={"context_um": 0}, encoder_kwargs={"patch_size_um": 56.0},
+    )  # fmt: skip
+    assert paper.config.training.epochs == 50 and cp.tl.kind_for(sdata, level="spot").name
     cp.tl.predict(sdata, model, regions="B4")
     folds: list[pd.Series] = cp.tl.split(table, by="patient")
     assert folds

@@ -181,8 +181,9 @@ def run_demo(args: argparse.Namespace) -> int:
         t_seed = time.time()
         # composition targets: the training spots' own counts, deconvolved with the same prototypes
         model = cp.tl.fit(
-            sdata, train=TRAIN, validation=VALIDATION, encoder=args.encoder, epochs=args.epochs, seed=seed
-        )
+            sdata, train=TRAIN, validation=VALIDATION, encoder=args.encoder, seed=seed,
+            train_kwargs={} if args.epochs is None else {"epochs": args.epochs},
+        )  # fmt: skip
         fit = table.uns["cpnn"]["fit"]
         if fit["stop_reason"] == "interrupted":  # Ctrl-C: no score, no later seed, no outputs under the usual names
             _step(f"seed {seed}: training interrupted after {len(model.history)} epochs; no outputs written", t0)

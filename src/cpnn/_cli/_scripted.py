@@ -103,16 +103,15 @@ def run_fit(args: argparse.Namespace) -> int:
         head=args.head,
         preset=args.preset,
         encoder=args.encoder,
-        encoder_weights=args.encoder_weights,
-        patch_size_um=args.patch_size_um,
-        patch_px=args.patch_px,
-        epochs=args.epochs,
+        encoder_kwargs={
+            "encoder_weights": args.encoder_weights, "patch_size_um": args.patch_size_um, "patch_px": args.patch_px,
+        },
+        train_kwargs={} if args.epochs is None else {"epochs": args.epochs},
+        data_kwargs={"spot_diameter_um": args.spot_diameter_um, "table_key": args.table_key},
         seed=args.seed,
-        spot_diameter_um=args.spot_diameter_um,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
-        table_key=args.table_key,
-    )
+    )  # fmt: skip
     interrupted = sdata[args.table_key].uns["cpnn"]["fit"].get("stop_reason") == "interrupted"
     if interrupted:  # Ctrl-C: never under the name of a finished model, and a failing exit status
         out = out.with_name(f"{out.stem}.partial{out.suffix}")

@@ -29,6 +29,7 @@ from ._keys import (
     valid_name,
 )
 from ._metrics import per_gene_metrics, resolve_groupby
+from ._options import Options, option, options_doc
 from ._panel import (
     OFF_SHARE,
     dense_rows,
@@ -93,6 +94,7 @@ __all__ = [
     "TILES",
     "UNEXPLAINED",
     "UNS",
+    "Options",
     "Rows",
     "Sample",
     "Samples",
@@ -128,6 +130,8 @@ __all__ = [
     "model_column",
     "nanmean",
     "near_constant",
+    "option",
+    "options_doc",
     "panel_counts",
     "panel_genes",
     "panel_prototypes",

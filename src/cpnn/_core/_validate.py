@@ -195,7 +195,7 @@ def region_columns(adata: AnnData) -> list[str]:
 def check_unexplained(value: Any) -> None:
     """Refuse an ``unexplained=`` setting other than ``None``, ``"flat"`` or ``"learned"``."""
     if value not in (None, "flat", "learned"):
-        raise CpnnError(f"unexplained={value!r}; use None, 'flat' or 'learned'.")
+        raise CpnnError(f"unexplained={value!r}; use one of [None, 'flat', 'learned'].")
 
 
 def composition_columns(types: Sequence[str], unexplained: str | None, *, where: str = "the prototypes") -> list[str]:

@@ -7,6 +7,7 @@ from ._datasets import BagDataset, Batch, SpotDataset
 from ._patches import PatchDataset, model_input, patch_loader, spot_patches, to_rgb_float
 from ._regions import RegionImage, image_levels, region_images, table_regions
 from ._samplers import PermutationSampler, RankBatchSampler, batch_loader
+from ._shards import Shard, ShardDataset
 
 __all__ = [
     "BagDataset",
@@ -16,6 +17,8 @@ __all__ = [
     "PermutationSampler",
     "RankBatchSampler",
     "RegionImage",
+    "Shard",
+    "ShardDataset",
     "SlideBag",
     "SpotDataset",
     "add_context",

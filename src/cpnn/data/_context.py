@@ -32,7 +32,7 @@ def spot_coordinates_um(
     if "spatial" not in adata.obsm or not set(regions) <= set(scale):
         raise CpnnError(
             "context_um needs the spots' positions in micrometres: pass the SpatialData (with images), keep "
-            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table, or pass context_um=0."
+            "obsm['spatial'] and uns['cpnn_spatial']['um_per_px'][region] in the table, or pass data_kwargs={'context_um': 0} to cp.tl.fit."
         )
     coords = np.asarray(adata.obsm["spatial"], float)[mask]
     return coords * np.array([float(scale[r]) for r in regions])[:, None], regions

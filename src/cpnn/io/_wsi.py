@@ -26,7 +26,7 @@ class NoPixelSizeError(CpnnError):
     """A slide file that records no pixel size (callers that read files for the user add their own advice)."""
 
 
-def is_wsi_path(value: Any) -> bool:
+def is_wsi_path(value: object) -> bool:
     """Whether ``value`` names a whole-slide image file (by its suffix), not a SpatialData zarr store."""
     if not isinstance(value, str | os.PathLike):
         return False

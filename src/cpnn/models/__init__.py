@@ -9,14 +9,17 @@ Add a head or an encoder family with one class and one line::
     class MyEncoder(cp.models.Encoder): ...
 """
 
+from .._core import Options, option
 from ._losses import gene_softmax_mse, nb_log_prob
 from ._nb_regression import NBRegressionResult, fit_nb_regression
+from ._registry import Registry
 from .encoders import (
     ENCODERS,
     HANDCRAFTED,
     NUCLEI,
     PRESETS,
     Encoder,
+    EncoderOptions,
     HandcraftedEncoder,
     ModuleEncoder,
     NucleiEncoder,
@@ -29,7 +32,20 @@ from .encoders import (
     make_encoder,
     register_encoder,
 )
-from .heads import HEADS, CPNNHead, DirectHead, Head, LogNormHead, RidgeHead, SlideHead, Standardise, register_head
+from .heads import (
+    HEADS,
+    CPNNHead,
+    CPNNOptions,
+    DirectHead,
+    Head,
+    HeadOptions,
+    LogNormHead,
+    MLPOptions,
+    RidgeHead,
+    SlideHead,
+    Standardise,
+    register_head,
+)
 
 __all__ = [
     "ENCODERS",
@@ -38,14 +54,20 @@ __all__ = [
     "NUCLEI",
     "PRESETS",
     "CPNNHead",
+    "CPNNOptions",
     "DirectHead",
     "Encoder",
+    "EncoderOptions",
     "HandcraftedEncoder",
     "Head",
+    "HeadOptions",
     "LogNormHead",
+    "MLPOptions",
     "ModuleEncoder",
     "NBRegressionResult",
     "NucleiEncoder",
+    "Options",
+    "Registry",
     "RidgeHead",
     "SlideHead",
     "Standardise",
@@ -59,6 +81,7 @@ __all__ = [
     "gene_softmax_mse",
     "make_encoder",
     "nb_log_prob",
+    "option",
     "register_encoder",
     "register_head",
 ]

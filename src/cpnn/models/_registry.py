@@ -19,11 +19,14 @@ class Registry(Generic[T]):
         What is registered, for messages (``"head"``).
     argument
         The option that names a member (``"head"`` of :func:`cpnn.tl.fit`).
+    register
+        The function that registers one, for messages (default ``cpnn.models.register_<kind>``).
     """
 
-    def __init__(self, kind: str, argument: str) -> None:
+    def __init__(self, kind: str, argument: str, register: str | None = None) -> None:
         self.kind = kind
         self.argument = argument
+        self.register_name = register or f"cpnn.models.register_{kind}"
         self._members: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -43,7 +46,7 @@ class Registry(Generic[T]):
         if name not in self._members:
             raise CpnnError(
                 f"{self.argument}={name!r} is not a registered {self.kind}; choose one of {self.names()} "
-                f"or register one with cpnn.models.register_{self.kind}."
+                f"or register one with {self.register_name}."
             )
         return self._members[name]
 

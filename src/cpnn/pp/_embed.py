@@ -29,11 +29,13 @@ from .._errors import CpnnError
 from .._settings import settings
 from ..data import (
     Collection,
+    add_context,
     is_collection,
     region_images,
+    spot_coordinates_um,
     table_regions,
 )
-from ..models import build_encoder, encoder_config
+from ..models import EncoderOptions, build_encoder
 from ..models.encoders import encoder_class, same_embedding
 from ._encode import embed_regions
 from ._found import store_found
@@ -133,15 +135,9 @@ def embed(
         raise CpnnError("data must be a SpatialData with images to embed patches; got an AnnData or other object.")
     adata = get_table(data, table_key)
     mask = check_obs_mask(adata, spots, argument="spots")
-    config = encoder_config(
-        encoder,
-        weights=encoder_weights,
-        pretrained=pretrained,
-        seed=check_int("seed", seed, minimum=0),
-        patch_size_um=check_number("patch_size_um", patch_size_um, low=0.0, strict=True),
-        patch_px=None if patch_px is None else check_int("patch_px", patch_px),
-        kwargs=encoder_kwargs,
-    )
+    config = EncoderOptions.make(
+        encoder_weights=encoder_weights, pretrained=pretrained, patch_size_um=patch_size_um, patch_px=patch_px
+    ).spec(encoder, seed=check_int("seed", seed, minimum=0), kwargs=encoder_kwargs)
     check_int("batch_size", batch_size)
     if spot_diameter_um is not None:
         check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
@@ -174,14 +170,8 @@ def embed(
 def _embed_collection(data: Any, *, table_key: str, device: str, num_workers: int | None, **options: Any) -> None:
     """Every sample of a collection into the disk cache, each process taking its share of the samples."""
     coll = Collection(data, table_key=table_key)
-    config = encoder_config(
-        options["encoder"],
-        weights=options["encoder_weights"],
-        pretrained=options["pretrained"],
-        seed=check_int("seed", options["seed"], minimum=0),
-        patch_size_um=check_number("patch_size_um", options["patch_size_um"], low=0.0, strict=True),
-        patch_px=None if options["patch_px"] is None else check_int("patch_px", options["patch_px"]),
-        kwargs=options["encoder_kwargs"],
+    config = EncoderOptions.make({k: options[k] for k in EncoderOptions.names()}).spec(
+        options["encoder"], seed=check_int("seed", options["seed"], minimum=0), kwargs=options["encoder_kwargs"]
     )
     dev = dist.setup(settings.resolve_device(device), timeout_s=settings.dist_timeout_s)
     encoder = build_encoder(config)
@@ -328,3 +318,62 @@ def spot_embeddings(
     )
     store_embedding(adata, z, mask, config, key, sources)
     return z
+
+
+def cached_embeddings(
+    data: AnnData | SpatialData,
+    adata: AnnData,
+    config: dict,
+    encoder: torch.nn.Module | None,
+    *,
+    spots: np.ndarray | None = None,
+    cache: str = "obsm",
+    context_um: float | None = None,
+    device: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    image_key: str | None = None,
+    spot_diameter_um: float | None = None,
+    key: str = EMBEDDING,
+) -> np.ndarray:
+    """The one way into the embedding cache: the embeddings of ``spots`` for the encoder spec ``config``.
+
+    ``cache="obsm"`` reads and fills ``obsm[key]`` (valid while the encoder spec and each region's
+    image content, spot geometry and scale match); ``cache="disk"`` embeds every spot of the table
+    once into the disk cache and, with ``spots=None``, returns all rows as the read-only float16
+    memory map (a collection's samples, streamed). ``context_um``: each spot's embedding with the
+    mean embedding of its region's spots within this radius appended (every spot in reach, selected
+    or not, is embedded; not the whole region).
+    """
+    if cache == "disk" and spots is None:
+        return disk_embeddings(
+            data, adata, config, encoder, device=device, batch_size=batch_size, num_workers=num_workers,
+            image_key=image_key, spot_diameter_um=spot_diameter_um,
+        )  # fmt: skip
+    mask = np.ones(adata.n_obs, bool) if spots is None else spots
+    kw = {
+        "device": device, "batch_size": batch_size, "num_workers": num_workers, "image_key": image_key,
+        "spot_diameter_um": spot_diameter_um, "key": key, "cache": cache,
+    }  # fmt: skip
+    if not context_um:
+        return spot_embeddings(data, adata, mask, config, encoder, **kw)
+    _, region_key, _ = table_regions(adata)
+    regions = adata.obs[region_key].astype(str)
+    around = regions.isin(set(regions[mask])).to_numpy()
+    xy, label = spot_coordinates_um(data, adata, around, image_key=image_key, spot_diameter_um=spot_diameter_um)
+    near = within_reach(xy, label.astype(str), mask[around], float(context_um))
+    around[np.flatnonzero(around)[~near]] = False
+    z = spot_embeddings(data, adata, around, config, encoder, **kw)
+    return add_context(z, xy[near], label[near], float(context_um))[mask[around]]
+
+
+def within_reach(xy: np.ndarray, label: np.ndarray, selected: np.ndarray, radius_um: float) -> np.ndarray:
+    """The spots that are selected or lie within ``radius_um`` of a selected spot of the same region."""
+    from scipy.spatial import cKDTree
+
+    near = selected.copy()
+    for lab in np.unique(label[selected]):
+        same = label == lab
+        d, _ = cKDTree(xy[same & selected]).query(xy[same], distance_upper_bound=radius_um * (1 + 1e-6) + 1e-6)
+        near[same] |= np.isfinite(d)
+    return near

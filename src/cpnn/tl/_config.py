@@ -1,133 +1,108 @@
-"""The one record of a fit's settings: options resolved and validated once, presets applied, data facts added.
+"""The one record of a fit's settings, made of the options records their consumers own.
 
-The same :class:`FitConfig` is stored in ``uns["cpnn"]["fit"]``, hashed into the checkpoint
-fingerprint and kept as :attr:`cpnn.CPNN.config`.
+Each option is a field of one record: the head's own (:attr:`cpnn.models.Head.Options`, found
+through the head registry), training (:class:`~cpnn.tl._train.TrainOptions`, which
+:func:`~cpnn.tl._train.run_training` takes whole), the data (:class:`~cpnn.tl._inputs.DataOptions`,
+which the input kinds read) and the encoder (:class:`cpnn.models.EncoderOptions`, resolved once into
+the encoder spec). A preset is a named partial over those records. The :class:`FitConfig` holding
+them is stored flat in ``uns["cpnn"]["fit"]`` and in model files (every field name is unique
+across the records), hashed into the checkpoint fingerprint and kept as :attr:`cpnn.CPNN.config`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from torch import nn
 
-from .._core import EMBEDDING, PROTOTYPES, TILES, check_int, check_number, check_unexplained, to_uns
+from .._core import check_int, options_doc, to_uns
 from .._errors import CpnnError
-from ..models import HEADS, encoder_class, encoder_config
-from ..models.heads import Head
+from ..models import HEADS, EncoderOptions, encoder_class
+from ..models.heads import Head, HeadOptions
+from ._data_options import DataOptions
 from ._levels import LEVELS, Level, get_level
+from ._train import TrainOptions
 
-#: Configurations of :func:`cpnn.tl.fit` (explicit options override them). ``"paper"`` is the authors'
-#: model *and* training recipe, as their code runs it (docs/concepts.md, "How the network is trained").
-PRESETS: dict[str, dict[str, Any]] = {
+#: Configurations of :func:`cpnn.tl.fit`: partials over the options records (``"head"``: the head's
+#: own options, applied where the head has them; ``"train"``, ``"data"``). ``"cpnn"`` is the records'
+#: defaults; ``"paper"`` is the authors' model *and* training recipe, as their code runs it
+#: (docs/concepts.md, "How the network is trained"). Options passed to ``fit`` override the preset.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "residual": 0.0,
-        "context_um": None,
-        "loss": "nb",
-        "comp_reg": 1e3,
-        # the recipe around the model: raw features, 8 bags (spots) a step, 1000 epochs at most,
-        # xavier-normal MLP, log-dispersion ~ N(0, 1), alpha from the deconvolution's gene scaling,
-        # composition loss against a deconvolution of the training spots (made when none is given)
-        "standardise": False,
-        "batch_size": 8,
-        "lr": 1e-3,
-        "epochs": 1000,
-        "patience": 30,
-        "init": "xavier",
-        "alpha_init": "scaling",
-        "targets": "deconvolve",
-        # the authors' code trains in float32 on CUDA (no autocast)
-        "precision": "fp32",
+        # NB loss, no residual; raw features, xavier-normal MLP with log-dispersion ~ N(0, 1), alpha from
+        # the deconvolution's gene scaling, the composition loss against a deconvolution of the training spots
+        "head": {
+            "loss": "nb",
+            "comp_reg": 1e3,
+            "residual": 0.0,
+            "standardise": False,
+            "init": "xavier",
+            "alpha_init": "scaling",
+            "targets": "deconvolve",
+        },
+        # 8 bags (spots) a step, 1000 epochs at most, in float32 on CUDA (no autocast)
+        "train": {"batch_size": 8, "lr": 1e-3, "epochs": 1000, "patience": 30, "precision": "fp32"},
+        "data": {"context_um": None},
     },
-    # the squared-error loss sums over the panel's log-scale genes, so the composition loss needs
-    # ten times the paper's weight to be felt (docs/benchmarks.md, "Compositions you can trust")
-    "cpnn": {
-        "residual": 0.0,
-        "context_um": 150.0,
-        "loss": "mse",
-        "comp_reg": 1e4,
-        # the step budget chosen on validation sections only (benchmarks/default_selection.py):
-        # raw features, 256 spots a step at lr 3e-3, stopped by patience well before the cap
-        "standardise": False,
-        "batch_size": 256,
-        "lr": 3e-3,
-        "epochs": 1000,
-        "patience": 30,
-        "init": "torch",
-        "alpha_init": "one",
-        # the composition loss on by default, as in the paper: no cell type switched off (docs/benchmarks.md)
-        "targets": "deconvolve",
-        "precision": "bf16",  # bf16 autocast on CUDA (no effect on the CPU)
-    },
+    # the records' defaults: squared error on log-scale genes with ten times the paper's composition
+    # weight (docs/benchmarks.md, "Compositions you can trust"); a 150 um spatial context; 256 spots a
+    # step at lr 3e-3, stopped by patience (chosen on validation sections only,
+    # benchmarks/default_selection.py); bf16 autocast on CUDA
+    "cpnn": {},
 }
-#: The options a preset sets (each ``None`` in :func:`cpnn.tl.fit`'s signature means "the preset's").
-PRESET_OPTIONS = (
-    "residual",
-    "context_um",
-    "loss",
-    "comp_reg",
-    "standardise",
-    "batch_size",
-    "lr",
-    "epochs",
-    "patience",
-    "init",
-    "alpha_init",
-    "targets",
-)
-#: Allowed values of the preset options that are names.
-CHOICES = {
-    "loss": ("nb", "mse"),
-    "init": ("xavier", "torch"),
-    "alpha_init": ("scaling", "one"),
-    "targets": ("deconvolve", "given"),
+#: The keyword of :func:`cpnn.tl.fit` that carries each record's options.
+KEYWORDS = {"head": "head_kwargs", "train": "train_kwargs", "data": "data_kwargs", "encoder": "encoder_kwargs"}
+#: Old model files lack options that later cpnn added; they were trained with these values (the
+#: defaults of that time), which differ from today's. (A spot-level file before 0.4 also stored
+#: ``max_patches`` 0, read as unset: :meth:`FitConfig.from_dict`.)
+MIGRATION: dict[str, Any] = {
+    "preset": "paper",
+    "comp_reg": 1e3,
+    "epochs": 300,
+    "lr": 1e-3,
+    "standardise": True,
+    "targets": "given",
+    "context_um": None,
+    "loss": "nb",
 }
+
+
+def records(head: str) -> dict[str, type]:
+    """The options record of each group for ``head`` (its own record from the head registry)."""
+    return {"head": HEADS.get(head).Options, "train": TrainOptions, "data": DataOptions, "encoder": EncoderOptions}
+
+
+def owner(name: str) -> str | None:
+    """The group whose record has a field ``name`` (any registered head's options count), or ``None``."""
+    if name in EncoderOptions.names():
+        return "encoder"
+    for group, rec in (("train", TrainOptions), ("data", DataOptions)):
+        if name in rec.names():
+            return group
+    if any(name in HEADS.get(h).Options.names() for h in HEADS):
+        return "head"
+    return None
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Every setting of a fit, resolved (see :func:`cpnn.tl.fit` for their meaning), plus facts from the data.
+    """Every setting of a fit, resolved, in the records their consumers read, plus facts from the data.
 
-    Readable as a mapping (``config["head"]``), as the model files and ``uns`` store it.
+    Readable as a flat mapping (``config["lr"]``), as the model files and ``uns`` store it.
     """
 
-    head: str = "cpnn"
-    level: str = "spot"
-    encoder_config: dict = field(default_factory=dict)
-    finetune: bool = False
-    prototypes: str = "learn"
-    correction: bool = True
-    prototypes_key: str = PROTOTYPES
-    composition_key: str | None = None
-    unexplained: str | None = None
-    proto_reg: float = 1e3
-    comp_reg: float = 1e3
-    hidden: tuple[int, ...] = (1024, 512)
-    dropout: float = 0.0
-    preset: str = "paper"
-    residual: float = 0.0
-    context_um: float | None = None
-    loss: str = "nb"
-    sample_key: str | None = None
-    epochs: int = 300
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 30
-    standardise: bool = True
-    init: str = "torch"
-    alpha_init: str = "one"
-    targets: str = "given"
-    precision: str = "bf16"  # set by the preset only: "bf16" autocast on CUDA, or "fp32"
-    layer: str | None = None
-    seed: int = 0
-    max_patches: int = 0
-    tiles_key: str = TILES
-    slide_key: str = "slide"
-    embedding_key: str = EMBEDDING
-    image_key: str | None = None
-    spot_diameter_um: float | None = None
+    head: str
+    level: str
+    preset: str
+    seed: int
+    finetune: bool
+    encoder_config: dict
+    head_options: HeadOptions
+    training: TrainOptions
+    data: DataOptions
     # facts from the data, added once the inputs are built
     genes: tuple[str, ...] = ()
     cell_types: tuple[str, ...] = ()
@@ -137,22 +112,47 @@ class FitConfig:
     median_library: float = 1.0
     bin_um: float | None = None  # bin size of a Visium HD training table (from its name), else None
 
-    # ---- mapping access, as the stored form reads
+    # ---- the flat, stored form
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, flat (tuples as lists; the data's run settings, such as ``panel``, left out)."""
+        flat = {
+            "head": self.head, "level": self.level, "preset": self.preset, "seed": self.seed,
+            "finetune": self.finetune, "encoder_config": self.encoder_config,
+            **self.head_options.as_dict(), **self.training.as_dict(), **self.data.as_dict(),
+            "genes": self.genes, "cell_types": self.cell_types, "groups": self.groups, "samples": self.samples,
+            "in_dim": self.in_dim, "median_library": self.median_library, "bin_um": self.bin_um,
+        }  # fmt: skip
+        return json.loads(json.dumps(flat))
+
+    def _holder(self, key: str) -> Any:
+        """The object whose attribute ``key`` is: this record, or the options record that stores it."""
+        if key in _TOP:
+            return self
+        for record in (self.head_options, self.training, self.data):
+            if key in record.as_dict():
+                return record
+        raise KeyError(key)
+
     def __getitem__(self, key: str) -> Any:
-        if key not in _NAMES:
-            raise KeyError(key)
-        return getattr(self, key)
+        return getattr(self._holder(key), key)
 
     def get(self, key: str, default: Any = None) -> Any:
-        """``config[key]``, or ``default`` for an unknown key."""
-        return getattr(self, key) if key in _NAMES else default
+        """``config[key]``, or ``default`` for a key the stored form does not have."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __contains__(self, key: object) -> bool:
-        return key in _NAMES
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
 
     def keys(self) -> list[str]:
-        """The setting names."""
-        return list(_NAMES)
+        """The setting names of the stored form."""
+        return list(self.to_dict())
+
+    def to_uns(self) -> dict[str, Any]:
+        """The settings in a form ``uns`` can store (``None`` as ``""``)."""
+        return to_uns(self.to_dict())
 
     @property
     def head_class(self) -> type[Head]:
@@ -164,125 +164,143 @@ class FitConfig:
         """The :class:`~cpnn.tl._levels.Level` of :attr:`level`: what one training sample is."""
         return LEVELS[self.level]
 
-    @property
-    def inputs(self) -> str:
-        """Which inputs the head trains on: ``"slide"`` bags, ``"patches"`` (fine-tuning) or ``"embeddings"``."""
-        return self.unit.inputs(finetune=self.finetune)
+    def head_option(self, name: str, default: Any = None) -> Any:
+        """The head's option ``name``, or ``default`` for a head without it (``sample_key`` of the direct head)."""
+        return getattr(self.head_options, name, default)
 
     def with_data(self, **facts: Any) -> FitConfig:
         """A copy with the facts from the data (genes, cell types, input width, ...)."""
-        return replace(self, **_normalise(facts))
+        for k in ("genes", "cell_types", "samples"):
+            if facts.get(k) is not None:
+                facts[k] = tuple(facts[k])
+        return replace(self, **facts)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (tuples as lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    def to_uns(self) -> dict[str, Any]:
-        """The settings in a form ``uns`` can store (``None`` as ``""``)."""
-        return to_uns(self.to_dict())
+    def with_options(self, group: str, **values: Any) -> FitConfig:
+        """A copy with ``values`` set in the ``group`` record (``"head"``, ``"train"``, ``"data"``)."""
+        attr = {"head": "head_options", "train": "training", "data": "data"}[group]
+        return replace(self, **{attr: getattr(self, attr).replace(**values)})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FitConfig:
-        """The configuration stored by :meth:`to_dict` (or by an older cpnn: missing settings take defaults).
+        """The configuration stored by :meth:`to_dict`, older files migrated (:data:`MIGRATION`).
 
         Unknown keys are ignored; a value of the wrong kind is an error.
         """
         if not isinstance(values, dict):
             raise CpnnError(f"A model configuration must be a JSON object, got {type(values).__name__}.")
-        known = {k: v for k, v in values.items() if k in _NAMES}
-        if "samples" in known and known["samples"] is None:
-            known["samples"] = ()
+        v = {**MIGRATION, **values}
+        if v.get("max_patches") == 0:  # spot-level files before 0.4 stored 0 for this slide-level option
+            del v["max_patches"]
+        if v.get("samples") is None:
+            v["samples"] = ()
         try:
-            return cls(**_normalise(known))
-        except (TypeError, ValueError) as err:
+            head = str(v.get("head", "cpnn"))
+            recs = records(head)
+            parts = {g: recs[g].make({k: v[k] for k in recs[g].names() if k in v}) for g in ("head", "train", "data")}
+            return cls(
+                head=head, level=str(v.get("level", "spot")), preset=str(v["preset"]), seed=int(v.get("seed", 0)),
+                finetune=bool(v.get("finetune", False)), encoder_config=dict(v.get("encoder_config", {})),
+                head_options=parts["head"], training=parts["train"], data=parts["data"],
+                genes=tuple(v.get("genes", ())), cell_types=tuple(v.get("cell_types", ())),
+                groups=dict(v.get("groups") or {}), samples=tuple(v["samples"]), in_dim=int(v.get("in_dim", 0)),
+                median_library=float(v.get("median_library", 1.0)), bin_um=v.get("bin_um"),
+            )  # fmt: skip
+        except (TypeError, ValueError, CpnnError) as err:
             raise CpnnError(f"The model configuration is malformed ({err}).") from err
 
 
-_NAMES = tuple(f.name for f in fields(FitConfig))
-_TUPLES = ("hidden", "genes", "cell_types", "samples")
+_MISSING = object()
+_TOP = tuple(f.name for f in fields(FitConfig) if f.name not in ("head_options", "training", "data"))
 
 
-def _normalise(values: dict[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    for k in _TUPLES:
-        if k in out and out[k] is not None:
-            out[k] = tuple(out[k])
-    return out
+def route_flat(flat: dict[str, Any], head: str) -> dict[str, dict[str, Any]]:
+    """Options passed to ``fit`` as flat keywords (before 0.4), by the record that owns each; warns once.
 
-
-#: Options of :func:`cpnn.tl.fit` that say where the data is or how to run, not what is fitted.
-RUN_OPTIONS = (
-    "data",
-    "train",
-    "validation",
-    "device",
-    "num_workers",
-    "embed_batch_size",
-    "checkpoint_dir",
-    "resume",
-    "key_added",
-    "panel",
-    "table_key",
-)
-#: Options of :func:`cpnn.tl.fit` that become :attr:`FitConfig.encoder_config` (and ``slides``, which sets the level).
-ENCODER_OPTIONS = ("encoder", "encoder_kwargs", "encoder_weights", "pretrained", "patch_size_um", "patch_px")
-#: Fields of :class:`FitConfig` that are facts from the data or derived (``precision``: the preset's
-#: only), not options of :func:`cpnn.tl.fit`.
-DERIVED = (
-    "encoder_config", "genes", "cell_types", "groups", "samples", "in_dim", "median_library", "bin_um", "precision",
-)  # fmt: skip
-
-
-def resolve_config(options: dict[str, Any]) -> FitConfig:
-    """Validate every option of :func:`cpnn.tl.fit` and apply the preset; nothing is read from the data.
-
-    ``options``: ``fit``'s arguments but :data:`RUN_OPTIONS`, by name. Each option is written once
-    in ``fit``'s signature (and docstring) and once as a :class:`FitConfig` field: the options
-    needing no check pass through by name, the others are checked here.
+    A ``None`` meant "the preset's" and is dropped. An option of another head's record is an
+    error naming the fix (0.3 dropped some of them silently).
     """
-    o = dict(options)
-    expected = set(_NAMES) - set(DERIVED) | set(ENCODER_OPTIONS) | {"slides"}
-    if set(o) != expected:
-        raise TypeError(f"resolve_config: unexpected {sorted(set(o) - expected)}, missing {sorted(expected - set(o))}")
-    finetune, head = o["finetune"], o["head"]
-    unit = get_level(o["level"], slides=o["slides"])
-    unit.check(o)
-    if o["preset"] not in PRESETS:
-        raise CpnnError(f"preset={o['preset']!r}; use one of {list(PRESETS)}.")
-    chosen = {**PRESETS[o["preset"]], **unit.preset_overrides}
-    if finetune:  # a preset's spatial context needs cached spot embeddings
-        chosen["context_um"] = None
-    chosen.update({k: o[k] for k in PRESET_OPTIONS if o[k] is not None})
-    for name, allowed in CHOICES.items():
-        if chosen[name] not in allowed:
-            raise CpnnError(f"{name}={chosen[name]!r}; use one of {list(allowed)}.")
-    context_um = chosen["context_um"]
-    if context_um is not None:
-        context_um = check_number("context_um", context_um, low=0.0)
-        if context_um > 0 and (finetune or unit.bags):
-            raise CpnnError(
-                f"context_um={context_um} needs a frozen encoder and spot level; "
-                "pass context_um=0 to switch the spatial context off."
-            )
-    head_cls = HEADS.get(head)
-    check_unexplained(o["unexplained"])
-    if o["unexplained"] and not head_cls.composition:
+    routed: dict[str, dict[str, Any]] = {g: {} for g in KEYWORDS}
+    unknown = [k for k in flat if owner(k) is None]
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}")
+    own = HEADS.get(head).Options.names()
+    foreign = [k for k, v in flat.items() if owner(k) == "head" and k not in own and v is not None]
+    if foreign:
         raise CpnnError(
-            f"unexplained={o['unexplained']!r} adds a component to a composition, but head={head!r} has none; "
-            "use head='cpnn' or drop unexplained=."
+            f"{foreign} are options of another head; head={head!r} has none of them ({own} are its options). "
+            "Drop them, or choose the head they belong to (head='cpnn')."
         )
-    if o["prototypes"] not in ("learn", "freeze", "random"):
-        raise CpnnError(f"prototypes={o['prototypes']!r}; use 'learn', 'freeze' or 'random'.")
-    encoder = o["encoder"]
-    enc = encoder_config(
-        encoder,
-        weights=o["encoder_weights"],
-        pretrained=o["pretrained"],
-        seed=check_int("seed", o["seed"], minimum=0),
-        patch_size_um=check_number("patch_size_um", o["patch_size_um"], low=0.0, strict=True),
-        patch_px=None if o["patch_px"] is None else check_int("patch_px", o["patch_px"]),
-        kwargs=o["encoder_kwargs"],
+    if not flat:
+        return routed
+    moved: dict[str, list[str]] = {}
+    for name, value in flat.items():
+        group = owner(name)
+        moved.setdefault(KEYWORDS[group], []).append(name)
+        if value is not None and (group != "head" or name in own):
+            routed[group][name] = value
+    where = "; ".join(f"{', '.join(n + '=' for n in names)} -> {kw}={{...}}" for kw, names in moved.items())
+    warnings.warn(
+        f"fit's options moved into records (cpnn 0.4): {where}. The flat keywords work until cpnn 0.5.",
+        FutureWarning,
+        stacklevel=4,
     )
+    return routed
+
+
+def resolve_config(
+    *,
+    head: str,
+    head_kwargs: dict[str, Any] | None,
+    encoder: Any,
+    encoder_kwargs: dict[str, Any] | None,
+    finetune: bool,
+    train_kwargs: dict[str, Any] | None,
+    data_kwargs: dict[str, Any] | None,
+    preset: str,
+    level: str | None,
+    slides: Any,
+    seed: int,
+    flat: dict[str, Any],
+) -> FitConfig:
+    """Validate every option of :func:`cpnn.tl.fit`, apply the preset and the level; nothing is read from the data.
+
+    Each record's value is its default, then the preset's, then the level's, then the user's.
+    """
+    head_cls = HEADS.get(head)
+    if preset not in PRESETS:
+        raise CpnnError(f"preset={preset!r}; use one of {list(PRESETS)}.")
+    seed = check_int("seed", seed, minimum=0)
+    recs = records(head)
+    routed = route_flat(flat, head)
+    given = {"head": head_kwargs, "train": train_kwargs, "data": data_kwargs}
+    enc_kwargs = dict(encoder_kwargs or {})
+    given["encoder"] = {k: enc_kwargs.pop(k) for k in EncoderOptions.names() if k in enc_kwargs}
+    for group, values in given.items():
+        if values is not None and not isinstance(values, dict):
+            raise CpnnError(f"{KEYWORDS[group]} must be a dict of options, got {type(values).__name__}.")
+        twice = sorted(set(values or {}) & set(routed[group]))
+        if twice:
+            raise CpnnError(
+                f"{twice} passed both flat and in {KEYWORDS[group]}=; pass them in {KEYWORDS[group]}= only."
+            )
+    unit = get_level(level, slides=slides)
+    chosen: dict[str, dict[str, Any]] = {}
+    for group in KEYWORDS:
+        names = recs[group].names()
+        layer = {k: v for k, v in PRESETS[preset].get(group, {}).items() if k in names}
+        layer.update({k: v for k, v in unit.preset_overrides.items() if k in names})
+        if finetune and group == "data":  # a preset's spatial context needs cached spot embeddings
+            layer["context_um"] = None
+        chosen[group] = {**layer, **routed[group], **(given[group] or {})}
+    opts = {g: recs[g].make(chosen[g], argument=KEYWORDS[g]) for g in KEYWORDS}
+    unit.check(slides=slides, finetune=finetune, data=opts["data"], head=opts["head"])
+    context_um = opts["data"].context_um
+    if context_um and (finetune or unit.bags):
+        raise CpnnError(
+            f"context_um={context_um} needs a frozen encoder and spot level; "
+            "pass data_kwargs={'context_um': 0} to switch the spatial context off."
+        )
+    enc = opts["encoder"].spec(encoder, seed=seed, kwargs=enc_kwargs)
     trainable = encoder_class(enc["encoder"]).trainable
     if isinstance(encoder, nn.Module):
         trainable = any(p.requires_grad for p in encoder.parameters())
@@ -298,36 +316,21 @@ def resolve_config(options: dict[str, Any]) -> FitConfig:
         )
     if finetune and head_cls.closed_form:
         raise CpnnError(f"head={head!r} is fitted in closed form on cached embeddings; it cannot fine-tune an encoder.")
-    hidden = o["hidden"]
-    hidden = tuple(check_int("hidden", h) for h in hidden) if not isinstance(hidden, int) else (hidden,)
-    spot_um = o["spot_diameter_um"]
-    values = {k: o[k] for k in _NAMES if k in o}  # the options that need no check, by name
-    values.update(
-        level=unit.name,
-        encoder_config=enc,
-        finetune=bool(finetune),
-        correction=bool(o["correction"]),
-        proto_reg=check_number("proto_reg", o["proto_reg"], low=0.0),
-        comp_reg=check_number("comp_reg", chosen["comp_reg"], low=0.0),
-        hidden=hidden,
-        dropout=check_number("dropout", o["dropout"], low=0.0, high=1.0),
-        residual=check_number("residual", chosen["residual"], low=0.0),
-        context_um=context_um or None,
-        loss=chosen["loss"],
-        epochs=check_int("epochs", chosen["epochs"]),
-        batch_size=check_int("batch_size", chosen["batch_size"]),
-        lr=check_number("lr", chosen["lr"], low=0.0, strict=True),
-        weight_decay=check_number("weight_decay", o["weight_decay"], low=0.0),
-        patience=check_int("patience", chosen["patience"]),
-        standardise=bool(chosen["standardise"]),
-        init=chosen["init"],
-        alpha_init=chosen["alpha_init"],
-        targets=chosen["targets"],
-        precision=chosen["precision"],
-        seed=check_int("seed", o["seed"], minimum=0),
-        max_patches=check_int("max_patches", o["max_patches"]) * bool(unit.bags),
-        spot_diameter_um=None if spot_um is None else check_number("spot_diameter_um", spot_um, low=0.0, strict=True),
-    )
-    if not head_cls.composition:  # composition options mean nothing to a head without cell types
-        values.update(residual=0.0, sample_key=None)
-    return FitConfig(**values)
+    data = opts["data"].replace(context_um=context_um or None)
+    return FitConfig(
+        head=head, level=unit.name, preset=preset, seed=seed, finetune=bool(finetune), encoder_config=enc,
+        head_options=opts["head"], training=opts["train"], data=data,
+    )  # fmt: skip
+
+
+def fit_doc(template: str) -> str:
+    """:func:`cpnn.tl.fit`'s docstring: ``template`` with the records' fields written in (each option documented once)."""
+    parts = {
+        "{head_options}": HEADS.get("cpnn").Options,
+        "{encoder_options}": EncoderOptions,
+        "{train_options}": TrainOptions,
+        "{data_options}": DataOptions,
+    }
+    for marker, record in parts.items():
+        template = template.replace(marker, "\n".join(options_doc(record, indent="    ")))
+    return template

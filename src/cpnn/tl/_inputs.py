@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ from torch import nn
 
 from .._core import (
     UNEXPLAINED,
+    Rows,
     check_key,
     check_obs_mask,
     composition_columns,
@@ -41,20 +41,37 @@ from .._settings import settings
 from ..data import (
     BagDataset,
     Collection,
+    Shard,
+    ShardDataset,
     SlideBag,
     SpotDataset,
     add_context,
     slide_bags,
     spot_coordinates_um,
     spot_patches,
-    table_regions,
 )
-from ..data._shards import Shard, ShardDataset
 from ..models import Uint8Input
-from ..pp._embed import spot_embeddings
-from ..pp._store import disk_embeddings
-from ._config import FitConfig
+from ..pp import cached_embeddings
 from ._slides import open_slides
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._config import FitConfig
+
+
+@dataclass
+class Run:
+    """What ``fit`` hands its input kind besides the configuration: the encoder, the device, the slides.
+
+    ``table`` and ``targets`` are set by ``fit`` once the kind named its table: the AnnData the
+    training counts come from (``None`` for a kind reading many), and the table holding the fit's
+    own composition targets (written into ``table`` only when the fit succeeds).
+    """
+
+    encoder: nn.Module
+    device: str
+    slides: Any = None
+    table: AnnData | None = None
+    targets: AnnData | None = None
 
 
 @dataclass
@@ -109,20 +126,22 @@ def split_masks(adata: AnnData, train: Any, validation: Any) -> tuple[np.ndarray
 def model_prototypes(adata: AnnData, genes: list[str], config: FitConfig) -> tuple[np.ndarray | None, list[str]]:
     """The head's prototypes (K x G) and type names: the reference's, plus the unexplained component when asked.
 
-    ``config.unexplained``: one more row, ``"unexplained"``, a flat profile (every panel gene alike)
+    ``unexplained`` (head option): one more row, ``"unexplained"``, a flat profile (every panel gene alike)
     holding the median of the types' counts in the panel, so that its weight counts cells of a
     median RNA content, as :func:`cpnn.pp.deconvolve`'s component does.
     """
     if not config.head_class.composition:
         return None, []
-    protos, types = panel_prototypes(adata, genes, config.prototypes_key)
-    if not config.unexplained:
+    protos, types = panel_prototypes(adata, genes, config.head_options.prototypes_key)
+    if not config.head_options.unexplained:
         return protos, types
-    columns = composition_columns(types, config.unexplained, where=f"varm[{config.prototypes_key!r}]")
-    if prototype_groups(adata, config.prototypes_key):
+    columns = composition_columns(
+        types, config.head_options.unexplained, where=f"varm[{config.head_options.prototypes_key!r}]"
+    )
+    if prototype_groups(adata, config.head_options.prototypes_key):
         raise CpnnError(
-            f"unexplained={config.unexplained!r} needs prototypes of the shown cell types, but "
-            f"varm[{config.prototypes_key!r}] holds finer ones grouped for display (build_prototypes(groups=)); "
+            f"unexplained={config.head_options.unexplained!r} needs prototypes of the shown cell types, but "
+            f"varm[{config.head_options.prototypes_key!r}] holds finer ones grouped for display (build_prototypes(groups=)); "
             "build them without groups, or drop unexplained=."
         )
     flat = np.full((1, protos.shape[1]), float(np.median(protos.sum(1))) / protos.shape[1], dtype=protos.dtype)
@@ -136,21 +155,21 @@ def _reference_only(protos: np.ndarray, types: list[str]) -> tuple[np.ndarray, l
 
 
 def read_split(
-    adata: AnnData, config: FitConfig, train: Any, validation: Any, *, targets: AnnData | None = None
+    adata: AnnData, config: FitConfig, train: Rows, validation: Rows, *, targets: AnnData | None = None
 ) -> Split:
     """Masks, panel counts, prototypes and reference compositions of both sides, validated.
 
-    ``targets``: a table holding the composition targets under ``config.composition_key`` in place
+    ``targets``: a table holding the composition targets under the ``composition_key`` head option in place
     of ``adata`` (a fit's own targets, written into ``adata`` only when the fit succeeds).
     """
     head_cls = config.head_class
-    if config.sample_key is not None:
-        check_key(adata, config.sample_key, argument="sample_key")
+    if config.head_option("sample_key") is not None:
+        check_key(adata, config.head_option("sample_key"), argument="sample_key")
     genes = panel_genes(adata)
     protos, types = model_prototypes(adata, genes, config)
     train_mask, val_mask = split_masks(adata, train, validation)
-    integer = head_cls.composition and config.loss == "nb"
-    counts_tr = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=integer)
+    integer = head_cls.composition and config.head_options.loss == "nb"
+    counts_tr = panel_counts(adata, genes, train_mask, config.data.layer, argument="training", integer=integer)
     lib_tr = counts_tr.sum(1)
     if (lib_tr <= 0).any():
         keep = lib_tr > 0
@@ -162,7 +181,7 @@ def read_split(
         if not train_mask.any():
             raise CpnnError("No training spot has counts in the panel.")
     counts_va = (
-        panel_counts(adata, genes, val_mask, config.layer, argument="validation", integer=integer)
+        panel_counts(adata, genes, val_mask, config.data.layer, argument="validation", integer=integer)
         if val_mask.any()
         else None
     )
@@ -176,13 +195,13 @@ def read_split(
                 "look like other types', so their weights cannot be told apart. Add markers to the panel: "
                 "cp.pp.select_genes(data, ..., markers=5, reference=ref, cell_type_key=...), then build the prototypes again"
             )
-        split.groups = prototype_groups(adata, config.prototypes_key)
+        split.groups = prototype_groups(adata, config.head_options.prototypes_key)
         # targets of the training spots only: validation and test spots' targets are never read
         split.composition_train = reference_composition(
-            adata if targets is None else targets, config.composition_key, train_mask, types
+            adata if targets is None else targets, config.head_options.composition_key, train_mask, types
         )
-        if config.sample_key is not None:
-            samples_tr = adata.obs[config.sample_key].astype(str).to_numpy()[train_mask]
+        if config.head_option("sample_key") is not None:
+            samples_tr = adata.obs[config.head_option("sample_key")].astype(str).to_numpy()[train_mask]
             split.samples = sorted(set(samples_tr))
             split.sample_codes = np.searchsorted(split.samples, samples_tr).astype(np.int64)
     return split
@@ -206,7 +225,11 @@ def _finetuned(config: dict) -> dict:
     return {**config, "finetuned": uuid.uuid4().hex}
 
 
-def _spot_datasets(split: Split, x_tr: Any, x_va: Any) -> tuple[SpotDataset, SpotDataset | None]:
+def spot_datasets(
+    split: Split, x_tr: torch.Tensor | np.ndarray, x_va: torch.Tensor | np.ndarray | None
+) -> tuple[SpotDataset, SpotDataset | None]:
+    """Training and validation datasets of spot rows: inputs ``x_tr``/``x_va`` with the split's counts and targets."""
+
     def t(a):
         return None if a is None else torch.as_tensor(a)
 
@@ -226,61 +249,6 @@ def _spot_datasets(split: Split, x_tr: Any, x_va: Any) -> tuple[SpotDataset, Spo
             None,  # validation losses never see reference compositions
         )
     return train, val
-
-
-def model_inputs(
-    data: Any,
-    adata: AnnData,
-    mask: np.ndarray,
-    config: dict,
-    encoder: Any,
-    *,
-    context_um: float | None,
-    device: str,
-    batch_size: int,
-    num_workers: int,
-    image_key: str | None,
-    spot_diameter_um: float | None,
-    key: str,
-    cache: str = "obsm",
-) -> np.ndarray:
-    """Embeddings of the ``mask`` spots, with their neighbourhood's mean appended when ``context_um`` is set.
-
-    The neighbourhood is every spot of the same region within ``context_um`` micrometres, whether
-    or not it is selected (images only; no counts are used); only those spots are embedded, not
-    the whole region (300 tiles of a 27,604-tile section: 300 and their neighbours).
-    """
-    kw = {
-        "device": device,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-        "image_key": image_key,
-        "spot_diameter_um": spot_diameter_um,
-        "key": key,
-        "cache": cache,
-    }
-    if not context_um:
-        return spot_embeddings(data, adata, mask, config, encoder, **kw)
-    _, region_key, _ = table_regions(adata)
-    regions = adata.obs[region_key].astype(str)
-    around = regions.isin(set(regions[mask])).to_numpy()
-    xy, label = spot_coordinates_um(data, adata, around, image_key=image_key, spot_diameter_um=spot_diameter_um)
-    near = within_reach(xy, label.astype(str), mask[around], float(context_um))
-    around[np.flatnonzero(around)[~near]] = False
-    z = spot_embeddings(data, adata, around, config, encoder, **kw)
-    return add_context(z, xy[near], label[near], float(context_um))[mask[around]]
-
-
-def within_reach(xy: np.ndarray, label: np.ndarray, selected: np.ndarray, radius_um: float) -> np.ndarray:
-    """The spots that are selected or lie within ``radius_um`` of a selected spot of the same region."""
-    from scipy.spatial import cKDTree
-
-    near = selected.copy()
-    for lab in np.unique(label[selected]):
-        same = label == lab
-        d, _ = cKDTree(xy[same & selected]).query(xy[same], distance_upper_bound=radius_um * (1 + 1e-6) + 1e-6)
-        near[same] |= np.isfinite(d)
-    return near
 
 
 def bag_embeddings(
@@ -304,12 +272,12 @@ def bag_embeddings(
         union = np.zeros(first.table.n_obs, bool)
         for i in members:
             union |= bags[i].mask
-        z = spot_embeddings(
+        z = cached_embeddings(
             first.sdata,
             first.table,
-            union,
             config,
             encoder,
+            spots=union,
             device=device,
             batch_size=batch_size,
             num_workers=num_workers,
@@ -323,66 +291,63 @@ def bag_embeddings(
     return out  # type: ignore[return-value]
 
 
-def _embedding_inputs(
-    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
-) -> Inputs:
+def embedding_inputs(data: Any, config: FitConfig, split: Split, run: Run) -> Inputs:
     """Frozen encoder, spot level: cached embeddings (with spatial context when asked)."""
     both = split.train | split.validation
-    z = model_inputs(
+    d = config.data
+    z = cached_embeddings(
         data,
-        adata,
-        both,
+        run.table,
         config.encoder_config,
-        encoder,
-        context_um=config.context_um,
-        device=device,
-        batch_size=embed_batch_size,
-        num_workers=num_workers,
-        image_key=config.image_key,
-        spot_diameter_um=config.spot_diameter_um,
-        key=config.embedding_key,
+        run.encoder,
+        spots=both,
+        context_um=d.context_um,
+        device=run.device,
+        batch_size=d.embed_batch_size,
+        num_workers=d.workers,
+        image_key=d.image_key,
+        spot_diameter_um=d.spot_diameter_um,
+        key=d.embedding_key,
     )
     where = selection_positions(both)
     x_va = torch.as_tensor(z[where[split.validation]]) if split.validation.any() else None
-    train, val = _spot_datasets(split, torch.as_tensor(z[where[split.train]]), x_va)
+    train, val = spot_datasets(split, torch.as_tensor(z[where[split.train]]), x_va)
     return Inputs(train, val, int(z.shape[1]), nn.Identity(), config.encoder_config)
 
 
-def _patch_inputs(
-    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
-) -> Inputs:
+def patch_inputs(data: Any, config: FitConfig, split: Split, run: Run) -> Inputs:
     """Fine-tuning: every spot's patch as uint8, the encoder trained in front of the head."""
     enc = config.encoder_config
     kw = {
         "patch_size_um": enc["patch_size_um"],
         "patch_px": enc["patch_px"],
-        "image_key": config.image_key,
-        "spot_diameter_um": config.spot_diameter_um,
+        "image_key": config.data.image_key,
+        "spot_diameter_um": config.data.spot_diameter_um,
     }
-    x_tr = spot_patches(data, adata, split.train, **kw)
-    x_va = spot_patches(data, adata, split.validation, **kw) if split.validation.any() else None
-    train, val = _spot_datasets(split, x_tr, x_va)
+    x_tr = spot_patches(data, run.table, split.train, **kw)
+    x_va = spot_patches(data, run.table, split.validation, **kw) if split.validation.any() else None
+    train, val = spot_datasets(split, x_tr, x_va)
+    encoder = run.encoder
     return Inputs(train, val, int(encoder.out_dim), Uint8Input(encoder), _finetuned(enc), standardise=False)
 
 
-def _slide_inputs(
-    data, adata, config: FitConfig, split: Split, encoder, *, sources, device, num_workers, embed_batch_size
-) -> Inputs:
+def slide_inputs(data: Any, config: FitConfig, split: Split, run: Run) -> Inputs:
     """Slide level: each bulk sample's bag of tile embeddings (cached in its tiles table)."""
+    adata, d = run.table, config.data
     names = [str(n) for n in adata.obs_names]
     tile_um = config.encoder_config["patch_size_um"]
-    sources = open_slides(sources, names, tiles_key=config.tiles_key, tile_size_um=tile_um)
-    bags = slide_bags(adata, sources, tiles_key=config.tiles_key, slide_key=config.slide_key)
+    sources = open_slides(run.slides, names, tiles_key=d.tiles_key, tile_size_um=tile_um)
+    bags = slide_bags(adata, sources, tiles_key=d.tiles_key, slide_key=d.slide_key)
     used = split.train | split.validation
     z_bags = bag_embeddings(
         [b for b, u in zip(bags, used, strict=True) if u],
         config.encoder_config,
-        encoder,
-        device=device,
-        num_workers=num_workers,
-        image_key=config.image_key,
-        key=config.embedding_key,
-        batch_size=embed_batch_size,
+        run.encoder,
+        device=run.device,
+        num_workers=d.workers,
+        image_key=d.image_key,
+        key=d.embedding_key,
+        batch_size=d.embed_batch_size,
     )
     by_row = dict(zip(np.flatnonzero(used), z_bags, strict=True))
 
@@ -392,7 +357,7 @@ def _slide_inputs(
             torch.as_tensor(counts),
             torch.as_tensor(library),
             None if comp is None else torch.as_tensor(comp),
-            max_patches=config.max_patches,
+            max_patches=d.max_patches,
             seed=config.seed,
             eval_batch_size=eval_batch_size,
         )
@@ -401,43 +366,8 @@ def _slide_inputs(
     val = None
     if split.counts_validation is not None:
         cv = split.counts_validation
-        val = bags_of(split.validation, cv, None, cv.sum(1).clip(1.0), eval_batch_size=config.batch_size)
+        val = bags_of(split.validation, cv, None, cv.sum(1).clip(1.0), eval_batch_size=config.training.batch_size)
     return Inputs(train, val, int(z_bags[0].shape[1]), nn.Identity(), config.encoder_config)
-
-
-#: One builder per kind of input (:attr:`FitConfig.inputs`).
-BUILDERS: dict[str, Callable[..., Inputs]] = {
-    "embeddings": _embedding_inputs,
-    "patches": _patch_inputs,
-    "slide": _slide_inputs,
-}
-
-
-def build_inputs(
-    data: Any,
-    adata: AnnData,
-    config: FitConfig,
-    split: Split,
-    encoder: nn.Module,
-    *,
-    sources: Any,
-    device: str,
-    num_workers: int,
-    embed_batch_size: int = 64,
-) -> Inputs:
-    """The training and validation datasets of a fit (``sources``: the slides at slide level)."""
-    kind = "collection" if isinstance(split, CollectionSplit) else config.inputs
-    return BUILDERS[kind](
-        data,
-        adata,
-        config,
-        split,
-        encoder,
-        sources=sources,
-        device=device,
-        num_workers=num_workers,
-        embed_batch_size=embed_batch_size,
-    )
 
 
 # ---- collections: many samples, streamed from disk -------------------------------------------------
@@ -511,21 +441,10 @@ def _write_counts(path: Path, adata: AnnData, genes: list[str], rows: np.ndarray
     return np.load(path, mmap_mode="r")
 
 
-def read_collection(
-    data: Any,
-    config: FitConfig,
-    train: Any,
-    validation: Any,
-    *,
-    panel: AnnData | None,
-    encoder: nn.Module,
-    device: str,
-    num_workers: int,
-    embed_batch_size: int,
-    table_key: str,
-) -> CollectionSplit:
+def read_collection(data: Any, config: FitConfig, train: Any, validation: Any, run: Run) -> CollectionSplit:
     """Each training/validation sample's embeddings (disk cache) and panel counts (run folder), one at a time."""
-    coll = Collection(data, table_key=table_key)
+    d, encoder = config.data, run.encoder
+    coll = Collection(data, table_key=d.table_key)
     names = coll.names
     val = sample_selection(names, validation, "validation")
     tr = sample_selection(names, train, "train") if train is not None else ~val
@@ -539,19 +458,19 @@ def read_collection(
         raise CpnnError(
             "finetune=True trains on one SpatialData's patches; pass a single SpatialData, not a collection."
         )
-    reference = panel if panel is not None else coll.table(coll.open(names[0]))
+    reference = d.panel if d.panel is not None else coll.table(coll.open(names[0]))
     genes = panel_genes(reference)
     head_cls = config.head_class
     protos, types = model_prototypes(reference, genes, config)
     used = [n for n, u in zip(names, tr | val, strict=True) if u]
     enc = config.encoder_config
-    kw = {"device": device, "batch_size": embed_batch_size, "num_workers": num_workers}
+    kw = {"device": run.device, "batch_size": d.embed_batch_size, "num_workers": d.workers}
     # embeddings: each process computes its share of the samples once; the others read them from disk
     for i, name in enumerate(used):
         if i % dist.world() == dist.rank():
             sdata = coll.open(name)
-            disk_embeddings(sdata, coll.table(sdata), enc, encoder, image_key=config.image_key,
-                            spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
+            cached_embeddings(sdata, coll.table(sdata), enc, encoder, cache="disk", image_key=config.data.image_key,
+                              spot_diameter_um=config.data.spot_diameter_um, **kw)  # fmt: skip
     dist.barrier()
     run_dir = settings.cachedir / "runs" / uuid.uuid4().hex
     run_dir.mkdir(parents=True)
@@ -566,11 +485,11 @@ def read_collection(
                 raise CpnnError(
                     f"Sample {name!r} lacks {len(missing)} panel genes (e.g. {missing[:3]}); every sample needs them."
                 )
-            z = disk_embeddings(sdata, adata, enc, encoder, image_key=config.image_key,
-                                spot_diameter_um=config.spot_diameter_um, **kw)  # fmt: skip
+            z = cached_embeddings(sdata, adata, enc, encoder, cache="disk", image_key=config.data.image_key,
+                                  spot_diameter_um=config.data.spot_diameter_um, **kw)  # fmt: skip
             rows = np.arange(adata.n_obs)
             is_train = tr[names.index(name)]
-            counts = _write_counts(run_dir / f"{len(shards)}_counts.npy", adata, genes, rows, config.layer)
+            counts = _write_counts(run_dir / f"{len(shards)}_counts.npy", adata, genes, rows, config.data.layer)
             if is_train:
                 keep = np.asarray(counts.sum(1)) > 0
                 if not keep.all():
@@ -578,25 +497,25 @@ def read_collection(
                         f"sample {name!r}: {int((~keep).sum())} spots have no counts in the panel and are left out"
                     )
                     rows = rows[keep]
-                    counts = _write_counts(run_dir / f"{len(shards)}_kept.npy", adata, genes, rows, config.layer)
+                    counts = _write_counts(run_dir / f"{len(shards)}_kept.npy", adata, genes, rows, config.data.layer)
             x = z
-            if config.context_um:
-                xy, label = spot_coordinates_um(sdata, adata, np.ones(adata.n_obs, bool), image_key=config.image_key,
-                                                spot_diameter_um=config.spot_diameter_um)  # fmt: skip
+            if config.data.context_um:
+                xy, label = spot_coordinates_um(sdata, adata, np.ones(adata.n_obs, bool), image_key=config.data.image_key,
+                                                spot_diameter_um=config.data.spot_diameter_um)  # fmt: skip
                 x = np.lib.format.open_memmap(run_dir / f"{len(shards)}_x.npy", mode="w+", dtype=np.float16,
                                               shape=(adata.n_obs, 2 * z.shape[1]))  # fmt: skip
-                x[:] = add_context(np.asarray(z, np.float32), xy, label, float(config.context_um))
+                x[:] = add_context(np.asarray(z, np.float32), xy, label, float(config.data.context_um))
                 x.flush()
                 x = np.load(run_dir / f"{len(shards)}_x.npy", mmap_mode="r")
             comp = None
-            if is_train and config.composition_key and head_cls.composition:
+            if is_train and head_cls.composition and config.head_options.composition_key:
                 mask = np.zeros(adata.n_obs, bool)
                 mask[rows] = True
-                comp = reference_composition(adata, config.composition_key, mask, types)
+                comp = reference_composition(adata, config.head_options.composition_key, mask, types)
             labels = None
-            if is_train and config.sample_key is not None:
-                check_key(adata, config.sample_key, argument=f"sample_key (sample {name!r})")
-                labels = adata.obs[config.sample_key].astype(str).to_numpy()[rows]
+            if is_train and config.head_option("sample_key") is not None:
+                check_key(adata, config.head_option("sample_key"), argument=f"sample_key (sample {name!r})")
+                labels = adata.obs[config.head_option("sample_key")].astype(str).to_numpy()[rows]
             shards[name] = Shard(name, x, rows, counts, comp, labels)
             in_dim = int(x.shape[1])
             del sdata
@@ -613,24 +532,19 @@ def read_collection(
     except BaseException:  # a failed read leaves no run folder behind
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if config.sample_key is not None:  # codes over the training samples' sample_key values, as in memory
+    if config.head_option("sample_key") is not None:  # codes over the training samples' sample_key values, as in memory
         split.samples = sorted({str(v) for s in split.train_shards for v in s.sample})
         for s in split.train_shards:
             s.sample = np.searchsorted(split.samples, s.sample).astype(np.int64)
     if head_cls.composition:
         split.prototypes, split.cell_types = protos, types
-        split.groups = prototype_groups(reference, config.prototypes_key)
+        split.groups = prototype_groups(reference, config.head_options.prototypes_key)
         split.unmarked = unmarked_types(*_reference_only(protos, types))
     return split
 
 
-def _collection_inputs(
-    data, adata, config: FitConfig, split: CollectionSplit, encoder, *, sources, device, num_workers, embed_batch_size
-) -> Inputs:
+def collection_inputs(data: Any, config: FitConfig, split: CollectionSplit, run: Run) -> Inputs:
     """A collection: rows of every training (validation) sample, read from disk a batch at a time."""
     train = ShardDataset(split.train_shards)
     val = ShardDataset(split.val_shards, validation=True) if split.val_shards else None
     return Inputs(train, val, split.in_dim, nn.Identity(), config.encoder_config)
-
-
-BUILDERS["collection"] = _collection_inputs

@@ -27,9 +27,6 @@ class Level:
         The word for its samples in messages (``"spots"``, ``"slides"``).
     bags
         Each sample is a bag of tile embeddings (pooled by :class:`cpnn.models.SlideHead`).
-    builder
-        The key of ``tl._inputs.BUILDERS`` that builds its training inputs from frozen embeddings
-        (fine-tuning, spot level only, always builds ``"patches"``).
     preset_overrides
         Preset values the level replaces before the user's options apply (a slide fit takes the
         paper's 8 bags a step and has no spot neighbourhood to give a spatial context).
@@ -38,37 +35,29 @@ class Level:
     name: str
     samples: str
     bags: bool
-    builder: str
     preset_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, options: dict[str, Any]) -> None:
+    def check(self, *, slides: Any, finetune: bool, data: Any, head: Any) -> None:
         """Refuse the options of :func:`cpnn.tl.fit` that do not apply at this level, naming the fix."""
-        slides = options["slides"]
         if not self.bags:
             if slides is not None:
                 raise CpnnError("slides= is for level='slide'; drop it or pass level='slide'.")
             return
         if slides is None:
             raise CpnnError("level='slide' needs slides=: a dict {sample: SpatialData} or one SpatialData with tiles.")
-        if options["finetune"]:
+        if finetune:
             raise CpnnError("finetune=True is spot-level only; slide level trains on cached tile embeddings.")
-        if options["max_patches"] < 1:
-            raise CpnnError(f"max_patches={options['max_patches']} must be at least 1.")
-        if options["sample_key"] is not None:
+        if getattr(head, "sample_key", None) is not None:
             raise CpnnError("sample_key is spot level only; slides are the samples at slide level.")
-
-    def inputs(self, *, finetune: bool) -> str:
-        """The kind of training input (a key of ``tl._inputs.BUILDERS``)."""
-        return "patches" if finetune else self.builder
 
     def wrap(self, head: nn.Module) -> nn.Module:
         """The head as this level trains it (a slide level head pools its tiles)."""
         return SlideHead(head) if self.bags else head
 
 
-SPOT = Level("spot", "spots", bags=False, builder="embeddings")
-SLIDE = Level("slide", "slides", bags=True, builder="slide", preset_overrides={"context_um": None, "batch_size": 8})
-#: The levels by name (a new input kind adds its level here and its builder to ``tl._inputs.BUILDERS``).
+SPOT = Level("spot", "spots", bags=False)
+SLIDE = Level("slide", "slides", bags=True, preset_overrides={"context_um": None, "batch_size": 8})
+#: The levels by name (how each level's data is read is an input kind's, :data:`cpnn.tl.INPUT_KINDS`).
 LEVELS: dict[str, Level] = {level.name: level for level in (SPOT, SLIDE)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,8 +42,10 @@ from .._core import (
 )
 from .._errors import CpnnError
 from .._settings import settings
-from ..data import Collection, is_collection, slide_bags
-from ._inputs import bag_embeddings, model_inputs, sample_selection
+from ..data import Collection, slide_bags
+from ..pp import cached_embeddings
+from ._inputs import bag_embeddings, sample_selection
+from ._kinds import PredictRequest, kind_for
 from ._model import CPNN, model_summary
 from ._slides import open_slides
 
@@ -211,7 +214,6 @@ def predict(
     slide_key: str = "slide",
     measured_depth: bool = False,
     table_key: str = "table",
-    _cache: str = "obsm",
 ) -> None:
     """Predict the panel's expression and the cell-type composition of spots, tiles or slides.
 
@@ -288,50 +290,44 @@ def predict(
     """
     if not isinstance(model, CPNN):
         raise CpnnError(f"model must be a cpnn.CPNN (from cp.tl.fit or cp.CPNN.load), got {type(model).__name__}.")
-    if is_collection(data):
-        if regions is not None:
-            if samples is not None:
-                raise CpnnError("On a collection pass samples= only; regions= selects rows of one table.")
-            warn_renamed(
-                "predict(regions= on a collection names its samples)", "samples=", since="0.3", removed_in="0.4"
-            )
-            samples, regions = regions, None
-        coll = Collection(data, table_key=table_key)
-        for name in coll.names if samples is None else list(sample_names(coll, samples)):
-            # the store's table is read, predicted into and written back under its lock: a second writer
-            # waits and then starts from this one's table, so neither result is lost
-            with coll.writing(name, f"cp.tl.predict(key_added={key_added!r}) into sample {name!r}"):
-                sdata = coll.open(name)
-                predict(
-                    sdata, model, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
-                    num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um,
-                    embedding_key=embedding_key, measured_depth=measured_depth, table_key=table_key, _cache="disk",
-                )  # fmt: skip
-                coll.save_table(name, sdata)
-        return None
-    if samples is not None:
-        raise CpnnError("samples= selects the samples of a collection; for one table select rows with regions=.")
     check_int("batch_size", batch_size)
     if spot_diameter_um is not None:
         check_number("spot_diameter_um", spot_diameter_um, low=0.0, strict=True)
+    request = PredictRequest(
+        rows=regions, samples=samples, key_added=key_added, layer=layer, device=device, batch_size=batch_size,
+        num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um, embedding_key=embedding_key,
+        slides=slides, tiles_key=tiles_key, slide_key=slide_key, measured_depth=measured_depth, table_key=table_key,
+    )  # fmt: skip
+    kind_for(data, level=model.config.level).predict(data, model, request)
+
+
+def predict_collection(data: Any, model: CPNN, request: PredictRequest) -> None:
+    """Each sample of a collection in turn, from the disk cache of embeddings, written back into its own table."""
+    samples, rows = request.samples, request.rows
+    if rows is not None:
+        if samples is not None:
+            raise CpnnError("On a collection pass samples= only; regions= selects rows of one table.")
+        warn_renamed("predict(regions= on a collection names its samples)", "samples=", since="0.3", removed_in="0.4")
+        samples = rows
+    coll = Collection(data, table_key=request.table_key)
+    one = replace(request, rows=None, samples=None)
+    for name in coll.names if samples is None else list(sample_names(coll, samples)):
+        # the store's table is read, predicted into and written back under its lock: a second writer
+        # waits and then starts from this one's table, so neither result is lost
+        with coll.writing(name, f"cp.tl.predict(key_added={request.key_added!r}) into sample {name!r}"):
+            sdata = coll.open(name)
+            predict_table(sdata, model, one, cache="disk")
+            coll.save_table(name, sdata)
+
+
+def predict_table(data: Any, model: CPNN, request: PredictRequest, *, cache: str = "obsm") -> None:
+    """Spots (or tiles) of one table: embed them (``cache``: where the embeddings are kept) and predict."""
+    if request.samples is not None:
+        raise CpnnError("samples= selects the samples of a collection; for one table select rows with regions=.")
+    if request.slides is not None:
+        raise CpnnError(f"slides= is for a slide-level model; {model!r} predicts spots. Drop slides=.")
+    regions, table_key = request.rows, request.table_key
     start = logg.info(f"predicting with {model!r}")
-    if slides is not None:
-        return _predict_slides(
-            data,
-            model,
-            slides=slides,
-            regions=regions,
-            key_added=key_added,
-            layer=layer,
-            device=device,
-            num_workers=num_workers,
-            image_key=image_key,
-            embedding_key=embedding_key,
-            tiles_key=tiles_key,
-            slide_key=slide_key,
-            measured_depth=measured_depth,
-            start=start,
-        )
     if isinstance(regions, str) and is_spatialdata(data) and regions in data.tables and regions != table_key:
         if not is_tiles_table(data.tables[regions]):
             raise CpnnError(f"regions={regions!r} names a table that is not a tiles table; pass table_key= instead.")
@@ -347,31 +343,55 @@ def predict(
             f"{len(missing)} of the model's {len(genes)} genes are not in the table (e.g. {missing[:5]}); "
             "the table must hold the genes the model was trained on."
         )
-    mask = check_obs_mask(adata, regions, argument="regions")
-    if measured_depth:  # checked before anything is written
-        layer_matrix(adata, layer)
+    mask = row_mask(adata, regions)
+    if request.measured_depth:  # checked before anything is written
+        layer_matrix(adata, request.layer)
     _check_context(model, table_key)
-    dev = settings.resolve_device(device)
-    z = model_inputs(
+    dev = settings.resolve_device(request.device)
+    z = cached_embeddings(
         data,
         adata,
-        mask,
         model.config.encoder_config,
         model.encoder,
-        context_um=model.config.context_um,
+        spots=mask,
+        context_um=model.config.data.context_um,
         device=dev,
-        batch_size=batch_size,
-        num_workers=settings.num_workers if num_workers is None else num_workers,
-        image_key=image_key,
-        spot_diameter_um=spot_diameter_um,
-        key=embedding_key,
-        cache=_cache,
+        batch_size=request.batch_size,
+        num_workers=settings.num_workers if request.num_workers is None else request.num_workers,
+        image_key=request.image_key,
+        spot_diameter_um=request.spot_diameter_um,
+        key=request.embedding_key,
+        cache=cache,
     )
-    out = predict_embeddings(model, z, device=dev)
+    predict_rows(adata, model, z, mask, request, device=dev, start=start)
+
+
+def row_mask(adata: AnnData, rows: Rows) -> np.ndarray:
+    """``predict(regions=)``'s selection of ``adata``'s rows as a boolean mask (``None``: every row)."""
+    return check_obs_mask(adata, rows, argument="regions")
+
+
+def predict_rows(
+    adata: AnnData,
+    model: CPNN,
+    z: np.ndarray,
+    mask: np.ndarray,
+    request: PredictRequest,
+    *,
+    device: str = "cpu",
+    start: object = None,
+) -> None:
+    """Predict the ``mask`` rows of ``adata`` from their head inputs ``z`` and write every output.
+
+    The last step of every spot-level input kind: expression layer, composition, marks, record.
+    """
+    key_added, genes = request.key_added, model.genes
+    out = predict_embeddings(model, z, device=device)
     rows = np.flatnonzero(mask)
     where = _write_expression(
-        adata, rows, out["proportions"], model, layer=layer, key_added=key_added, measured_depth=measured_depth
-    )
+        adata, rows, out["proportions"], model, layer=request.layer, key_added=key_added,
+        measured_depth=request.measured_depth,
+    )  # fmt: skip
     col = _mark(adata, mask, key_added, model)
     off: list[str] = []
     if "weights" in out:
@@ -434,24 +454,17 @@ def _record(
     }
 
 
-def _predict_slides(
-    bulk: Any,
-    model: CPNN,
-    *,
-    slides: Any,
-    regions: Any,
-    key_added: str,
-    layer: str | None,
-    device: str,
-    num_workers: int | None,
-    image_key: str | None,
-    embedding_key: str,
-    tiles_key: str,
-    slide_key: str,
-    measured_depth: bool,
-    start: Any,
-) -> None:
+def predict_slides(bulk: Any, model: CPNN, request: PredictRequest) -> None:
     """Slide level: bulk expression and mean composition per sample, composition per tile."""
+    if request.samples is not None:
+        raise CpnnError(
+            "samples= selects the samples of a collection; at slide level select bulk samples with regions=."
+        )
+    if request.slides is None:
+        raise CpnnError(f"{model!r} is a slide-level model: pass slides= (where each bulk sample's tiles are).")
+    start = logg.info(f"predicting with {model!r}")
+    regions, layer, key_added, measured_depth = request.rows, request.layer, request.key_added, request.measured_depth
+    tiles_key, slide_key = request.tiles_key, request.slide_key
     if not isinstance(bulk, AnnData):
         raise CpnnError(f"With slides=, data is the bulk AnnData (obs = slides); got {type(bulk).__name__}.")
     missing = [g for g in model.genes if g not in bulk.var_names]
@@ -464,18 +477,18 @@ def _predict_slides(
     if measured_depth:  # checked before anything is written
         layer_matrix(bulk, layer)
     tile_um = float(model.config.encoder_config["patch_size_um"])
-    slides = open_slides(slides, [str(n) for n in bulk.obs_names], tiles_key=tiles_key, tile_size_um=tile_um)
+    slides = open_slides(request.slides, [str(n) for n in bulk.obs_names], tiles_key=tiles_key, tile_size_um=tile_um)
     every = slide_bags(bulk, slides, tiles_key=tiles_key, slide_key=slide_key)
     bags = [b for b, m in zip(every, mask, strict=True) if m]
-    dev = settings.resolve_device(device)
+    dev = settings.resolve_device(request.device)
     zs = bag_embeddings(
         bags,
         model.config.encoder_config,
         model.encoder,
         device=dev,
-        num_workers=settings.num_workers if num_workers is None else num_workers,
-        image_key=image_key,
-        key=embedding_key,
+        num_workers=settings.num_workers if request.num_workers is None else request.num_workers,
+        image_key=request.image_key,
+        key=request.embedding_key,
     )
     outs = [predict_bag(model, z, device=dev) for z in zs]
     rows = np.flatnonzero(mask)
@@ -507,10 +520,10 @@ def _predict_slides(
 
 def _check_context(model: CPNN, table_key: str) -> None:
     """Warn when a model's spatial context was learned on bins of another size than the table's."""
-    trained, here = model.config.bin_um, bin_size_um(table_key)
-    if model.config.context_um and trained and here and trained != here:
+    trained, here, context_um = model.config.bin_um, bin_size_um(table_key), model.config.data.context_um
+    if context_um and trained and here and trained != here:
         logg.warning(
-            f"the model's spatial context (context_um={model.config.context_um:g}) was learned on {trained:g} um bins, "
+            f"the model's spatial context (context_um={context_um:g}) was learned on {trained:g} um bins, "
             f"but table {table_key!r} holds {here:g} um bins: each spot's neighbourhood now averages patches of "
-            "another size. Refit with context_um=0 to predict at any bin size."
+            "another size. Refit with data_kwargs={'context_um': 0} to predict at any bin size."
         )

@@ -43,8 +43,7 @@ def _open(value: Any, name: str, opened: dict[str, Any], tiles_key: str, tile_si
     key = str(path.resolve())
     if key in opened:
         return opened[key]
-    from ..io import read_wsi
-    from ..io._wsi import NoPixelSizeError, is_wsi_path
+    from ..io import NoPixelSizeError, is_wsi_path, read_wsi
     from ..pp import tile
 
     if is_wsi_path(path):

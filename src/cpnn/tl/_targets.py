@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,10 +100,9 @@ def source_digest(
 
 def _deconvolve_rows(adata: AnnData, rows: np.ndarray, key: str, config: FitConfig) -> Targets:
     """Deconvolve ``rows`` (NB, the fit's seed) on a light copy of the table: nothing is written into ``adata``."""
-    pkey = config.prototypes_key
-    light = AnnData(
-        X=layer_matrix(adata, config.layer), obs=pd.DataFrame(index=adata.obs_names), var=adata.var[[]].copy()
-    )
+    h, layer = config.head_options, config.data.layer
+    pkey = h.prototypes_key
+    light = AnnData(X=layer_matrix(adata, layer), obs=pd.DataFrame(index=adata.obs_names), var=adata.var[[]].copy())
     light.varm[pkey] = adata.varm[pkey]
     column = in_reference_column(pkey)
     if column in adata.var:
@@ -111,11 +110,9 @@ def _deconvolve_rows(adata: AnnData, rows: np.ndarray, key: str, config: FitConf
     light.uns["cpnn"] = {k: v for k, v in uns_cpnn(adata).items() if k in ("prototype_sets", "cell_types")}
     mask = np.zeros(adata.n_obs, bool)
     mask[rows] = True
-    deconvolve(
-        light, regions=mask, key_added=key, prototypes_key=pkey, seed=config.seed, unexplained=config.unexplained
-    )
+    deconvolve(light, regions=mask, key_added=key, prototypes_key=pkey, seed=config.seed, unexplained=h.unexplained)
     record = dict(uns_cpnn(light)["deconvolution"][key])
-    record.update(layer=config.layer, made_by=MADE_BY)
+    record.update(layer=layer, made_by=MADE_BY)
     light.obsm = {k: v for k, v in light.obsm.items() if k in (key, f"{key}_fine")}
     return Targets(key, light, record, reused=False)
 
@@ -133,28 +130,30 @@ def composition_targets(
     are computed anew. A key holding results that no fit wrote is never touched. A collection of
     samples gets no automatic targets (said in a warning).
     """
-    head = config.head_class
-    if not head.composition or config.targets != "deconvolve" or not config.comp_reg or config.composition_key:
+    if not config.head_class.composition:
+        return config, None
+    h, layer = config.head_options, config.data.layer
+    if h.targets != "deconvolve" or not h.comp_reg or h.composition_key:
         return config, None
     if adata is None:
         logg.warning(
             "targets='deconvolve': a collection of samples is not deconvolved automatically, so this fit has no "
-            "composition loss. Run cp.pp.deconvolve on each sample's training spots and pass composition_key=, "
-            "or pass comp_reg=0 to silence this."
+            "composition loss. Run cp.pp.deconvolve on each sample's training spots and pass "
+            "head_kwargs={'composition_key': ...}, or head_kwargs={'comp_reg': 0} to silence this."
         )
         return config, None
     # the panel and prototypes are checked first, with the messages read_split gives
     genes = panel_genes(adata)
-    panel_prototypes(adata, genes, config.prototypes_key)
+    panel_prototypes(adata, genes, h.prototypes_key)
     train_mask, _ = split_masks(adata, train, validation)
     # the counts are checked with read_split's messages (whole numbers for the NB loss); deconvolving
     # needs whole numbers whatever the loss
-    block = panel_counts(adata, genes, train_mask, config.layer, argument="training", integer=config.loss == "nb")
+    block = panel_counts(adata, genes, train_mask, layer, argument="training", integer=h.loss == "nb")
     if block.size and not np.allclose(block, np.round(block)):
         raise CpnnError(
             "the counts of the training spots are not whole numbers, but targets='deconvolve' deconvolves raw "
-            "counts for the composition loss: pass the raw counts (layer= naming them), your own targets "
-            "(composition_key=), or comp_reg=0 for no composition loss."
+            "counts for the composition loss: pass the raw counts (data_kwargs={'layer': ...} naming them), your own "
+            "targets (head_kwargs={'composition_key': ...}), or head_kwargs={'comp_reg': 0} for no composition loss."
         )
     key = targets_key(key_added)
     rows = np.flatnonzero(train_mask)
@@ -163,9 +162,9 @@ def composition_targets(
     if (key in adata.obsm or record) and record.get("made_by") != MADE_BY:
         raise CpnnError(
             f"obsm[{key!r}] holds a composition that cp.tl.fit did not make, and fit(key_added={key_added!r}) keeps its "
-            f"own targets there. Pass composition_key={key!r} to train on it, or another key_added=."
+            f"own targets there. Pass head_kwargs={{'composition_key': {key!r}}} to train on it, or another key_added=."
         )
-    digest = source_digest(adata, rows, config.layer, config.prototypes_key, config.seed, config.unexplained)
+    digest = source_digest(adata, rows, layer, h.prototypes_key, config.seed, h.unexplained)
     if record.get("source_digest") == digest and key in adata.obsm:
         logg.info(f"    composition targets: obsm[{key!r}] (a deconvolution of these training spots' counts)")
         light = AnnData(obs=pd.DataFrame(index=adata.obs_names))
@@ -176,12 +175,12 @@ def composition_targets(
     else:
         logg.info(
             f"    composition targets: deconvolving the {len(rows)} training spots (NB) into obsm[{key!r}] (written "
-            "when the fit succeeds); validation and test spots are never deconvolved. Pass composition_key= for your "
-            "own targets, or comp_reg=0 for none."
+            "when the fit succeeds); validation and test spots are never deconvolved. Pass "
+            "head_kwargs={'composition_key': ...} for your own targets, or head_kwargs={'comp_reg': 0} for none."
         )
         targets = _deconvolve_rows(adata, rows, key, config)
         targets.record["source_digest"] = digest
-    return replace(config, composition_key=key), targets
+    return config.with_options("head", composition_key=key), targets
 
 
 def gene_scaling(
@@ -192,14 +191,17 @@ def gene_scaling(
     ``None`` when ``alpha_init`` is not ``"scaling"``, the head has no correction, or the targets
     carry no scaling (e.g. targets from another method); the last is logged.
     """
-    if config.alpha_init != "scaling" or not config.head_class.composition or not config.correction:
+    if not config.head_class.composition:
+        return None
+    h = config.head_options
+    if h.alpha_init != "scaling" or not h.correction:
         return None
     if targets is not None:
         record = targets.record
-    elif adata is None or not config.composition_key:
+    elif adata is None or not h.composition_key:
         record = None
     else:
-        record = uns_cpnn(adata).get("deconvolution", {}).get(config.composition_key)
+        record = uns_cpnn(adata).get("deconvolution", {}).get(h.composition_key)
     values = None if not isinstance(record, dict) else record.get("gene_scaling")
     if values is None or len(values) != len(record.get("genes", ())):
         logg.info(

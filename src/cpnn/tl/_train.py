@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -13,12 +13,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._core import (
+    Options,
     autocast,
     columnwise_spearman,
     dist,
     lognorm,
     nanmean,
     near_constant,
+    option,
     remove_stale_temporaries,
     save_atomic,
 )
@@ -26,6 +28,30 @@ from .._errors import CpnnError
 from .._settings import settings
 from ..data import Batch, PermutationSampler, RankBatchSampler, batch_loader
 from ..models.heads._base import sum_parts
+
+
+@dataclass(frozen=True)
+class TrainOptions(Options):
+    """How the head (and a fine-tuned encoder) is trained: :func:`run_training` takes the record whole.
+
+    ``fit(train_kwargs=)``; the defaults are ``preset="cpnn"``'s (``"paper"``: 8 a step, lr 1e-3, float32).
+    """
+
+    epochs: int = option(1000, "Most epochs to train (training usually stops earlier, by ``patience``).")
+    batch_size: int = option(256, "Rows a step (spots, or slides at slide level; the paper: 8).")
+    lr: float = option(
+        3e-3,
+        "Learning rate of AdamW (StepLR(50, 0.9) per epoch, gradient clipping at 0.5; the paper: 1e-3).",
+        low=0.0,
+        strict=True,
+    )
+    weight_decay: float = option(1e-2, "Weight decay of AdamW.", low=0.0)
+    patience: int = option(
+        30, "Epochs without a better validation criterion (the head's data term) before training stops."
+    )
+    precision: Literal["bf16", "fp32"] = option(
+        "bf16", "``'bf16'``: bf16 autocast on CUDA (no effect on the CPU); ``'fp32'``: float32, as the authors' code."
+    )
 
 
 @dataclass
@@ -56,13 +82,13 @@ def training_warnings(result: TrainResult, *, epochs: int, validated: bool, pati
         out.append(
             f"the validation loss was still improving near the last epoch (best epoch {result.best_epoch} of {epochs}, "
             f"within the last {max(patience, 1)}, the patience): training stopped at its cap, not at a minimum. "
-            "Raise epochs= (or lr=) and fit again."
+            "Raise train_kwargs={'epochs': ...} (or 'lr') and fit again."
         )
     if ran >= 10 and result.best_epoch <= 3:
         out.append(
             f"the validation loss was lowest at epoch {result.best_epoch} of {ran}: the model barely trained before "
-            "it got worse on the validation spots. Lower lr=, check that the validation spots resemble the training "
-            "ones, and look at the composition (cp.pl.proportions) before trusting it."
+            "it got worse on the validation spots. Lower train_kwargs={'lr': ...}, check that the validation spots "
+            "resemble the training ones, and look at the composition (cp.pl.proportions) before trusting it."
         )
     return out
 
@@ -172,19 +198,14 @@ def run_training(
     head: nn.Module,
     train_data: Any,
     val_data: Any | None,
+    options: TrainOptions,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 1e-2,
-    patience: int = 30,
     seed: int = 0,
     device: str = "cpu",
     desc: str = "training",
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
-    mixed_precision: bool = True,
 ) -> TrainResult:
     """Train ``head(model(x))``; ``model`` is the encoder when fine-tuning, else ``nn.Identity``.
 
@@ -198,9 +219,11 @@ def run_training(
     written atomically after every epoch, and ``resume=True`` continues from it to the same
     result as an uninterrupted run. Ctrl-C stops after the current batch and keeps the best
     weights so far; a non-finite loss raises :class:`TrainingDiverged` with the last good
-    weights loaded. ``mixed_precision``: bf16 autocast on CUDA (``preset="cpnn"``); ``False`` trains
+    weights loaded. ``options.precision``: ``"bf16"`` autocasts on CUDA (``preset="cpnn"``); ``"fp32"`` trains
     in float32 as the authors' code does (``preset="paper"``).
     """
+    epochs, batch_size, patience = options.epochs, options.batch_size, options.patience
+    mixed_precision = options.precision == "bf16"
     gen = torch.Generator().manual_seed(seed)
     train_data.generator = gen  # random tile draws of slide bags come from the loop's stream
     sampler = PermutationSampler(len(train_data), gen)
@@ -217,7 +240,7 @@ def run_training(
         len(train_data),
         mixed_precision,
     )
-    opt = adamw(params, lr=lr, weight_decay=weight_decay)
+    opt = adamw(params, lr=options.lr, weight_decay=options.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=LR_STEP_EPOCHS, gamma=LR_STEP_FACTOR)
     run = _Progress()
     ckpt = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -340,7 +363,7 @@ class _Step:
                 _unwrap(self.model).load_state_dict(last_good[0])
                 raise TrainingDiverged(
                     f"The training loss became {float(loss.detach())} at epoch {epoch}; the model keeps the weights "
-                    f"of epoch {epoch - 1}. Lower lr= or check the inputs for extreme values."
+                    f"of epoch {epoch - 1}. Lower train_kwargs={{'lr': ...}} or check the inputs for extreme values."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -8,12 +8,13 @@ else a timm architecture or ``hf-hub:`` id. Any ``nn.Module`` or callable works 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..._core import renamed_arguments, sha256_file, stat_key
+from ..._core import Options, option, renamed_arguments, sha256_file, stat_key
 from ..._errors import CpnnError
 from ...data._stain import stain_config
 from .._registry import Registry
@@ -86,6 +87,38 @@ def default_input_px(
         return int(timm.models.get_pretrained_cfg(name).input_size[-1])
     except (RuntimeError, AttributeError, KeyError):
         return 224
+
+
+@dataclass(frozen=True)
+class EncoderOptions(Options):
+    """Where an encoder's weights come from and what patch it reads (``fit(encoder_kwargs=)`` takes these by name).
+
+    :meth:`spec` resolves them, with the encoder and its constructor settings, into the one
+    encoder spec whose identity keys the embedding cache.
+    """
+
+    encoder_weights: str | Path | None = option(
+        None,
+        "Local checkpoint of the encoder (safetensors, ``pytorch_model.bin``, a state dict, or a downloaded hub "
+        "folder with ``config.json``), loaded strictly.",
+    )
+    pretrained: bool = option(False, "Use the hub's pretrained weights (networked machines); a preset name implies it.")
+    patch_size_um: float = option(112.0, "Side of the patch around each spot, in micrometres.", low=0.0, strict=True)
+    patch_px: int | None = option(
+        None, "Encoder input size in pixels (default: the encoder's own, e.g. 224 for UNI, 448 for CONCH)."
+    )
+
+    def spec(self, encoder: Any, *, seed: int, kwargs: Mapping[str, Any] | None = None) -> dict:
+        """The encoder spec of ``encoder`` with these options (:func:`encoder_config`)."""
+        return encoder_config(
+            encoder,
+            weights=self.encoder_weights,
+            pretrained=self.pretrained,
+            seed=seed,
+            patch_size_um=self.patch_size_um,
+            patch_px=self.patch_px,
+            kwargs=kwargs,
+        )
 
 
 def encoder_config(
@@ -198,6 +231,7 @@ __all__ = [
     "PRESETS",
     "ConchEncoder",
     "Encoder",
+    "EncoderOptions",
     "HandcraftedEncoder",
     "ModuleEncoder",
     "NucleiEncoder",

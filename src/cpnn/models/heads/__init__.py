@@ -1,8 +1,8 @@
 """Heads: embeddings -> panel expression (and a cell-type composition), registered by name."""
 
 from .._registry import Registry
-from ._base import Head, SlideHead, Standardise, mlp
-from ._cpnn import CPNNHead
+from ._base import Head, HeadOptions, MLPOptions, SlideHead, Standardise, mlp
+from ._cpnn import CPNNHead, CPNNOptions
 from ._direct import DirectHead, LogNormHead
 from ._ridge import RidgeHead
 
@@ -17,9 +17,12 @@ register_head("ridge")(RidgeHead)
 __all__ = [
     "HEADS",
     "CPNNHead",
+    "CPNNOptions",
     "DirectHead",
     "Head",
+    "HeadOptions",
     "LogNormHead",
+    "MLPOptions",
     "RidgeHead",
     "SlideHead",
     "Standardise",

@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..._core import Options, option
+
+
+@dataclass(frozen=True)
+class HeadOptions(Options):
+    """A head's own options (:attr:`Head.Options`; ``fit(head_kwargs=)``); every head has these."""
+
+    standardise: bool = option(
+        False,
+        "z-score the input features with the training spots' mean and sd (heads trained by gradient; the paper "
+        "feeds raw features).",
+    )
+
+
+@dataclass(frozen=True)
+class MLPOptions(HeadOptions):
+    """Options of a head with an MLP trained by gradient (direct, and the base of the cpnn head's)."""
+
+    hidden: tuple[int, ...] = option((1024, 512), "Hidden layer sizes of the MLP (the paper: 1024, 512).")
+    dropout: float = option(0.0, "Dropout rate between the MLP's layers, in [0, 1).", low=0.0, high=1.0)
+    init: Literal["xavier", "torch"] = option(
+        "torch",
+        "``'xavier'``: xavier-normal MLP weights and log-dispersion ~ N(0, 1), as the authors' code; "
+        "``'torch'``: PyTorch's default and log-dispersion 2.",
+    )
 
 
 def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -75,6 +102,8 @@ class Head(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: the record of the head's own options (``fit(head_kwargs=)``), read by :meth:`from_config`
+    Options: ClassVar[type[HeadOptions]] = HeadOptions
     composition: ClassVar[bool] = False
     per_tile: ClassVar[bool] = False
     closed_form: ClassVar[bool] = False

@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..._core import lognorm_torch
+from ..._core import PROTOTYPES, lognorm_torch, option
 from .._losses import gene_softmax_mse, nb_log_prob
-from ._base import Head, Standardise, mlp, sum_parts, xavier_init
+from ._base import Head, MLPOptions, Standardise, mlp, sum_parts, xavier_init
+
+
+@dataclass(frozen=True)
+class CPNNOptions(MLPOptions):
+    """Options of the cpnn head: its prototypes, its losses, and the composition targets it learns from."""
+
+    prototypes: Literal["learn", "freeze", "random"] = option(
+        "learn", "``'learn'`` (initialised from the atlas), ``'freeze'`` or ``'random'`` (from scratch)."
+    )
+    correction: bool = option(True, "Learn the per-gene modality correction ``exp(alpha) * e + exp(beta)``.")
+    prototypes_key: str = option(PROTOTYPES, "``varm`` key of the prototypes.")
+    composition_key: str | None = option(
+        None,
+        "``obsm`` key of reference compositions of the training spots (cell types as columns, in the units of "
+        "cp.pp.deconvolve's) to regularise the weights towards; only training rows are read.",
+    )
+    unexplained: Literal["flat", "learned"] | None = option(
+        None,
+        "Add an *unexplained* component (flat profile over the panel, cells of median RNA content): "
+        "``'flat'`` keeps its profile, ``'learned'`` learns it; targets then need an ``'unexplained'`` column.",
+    )
+    proto_reg: float = option(1e3, "Weight of the regulariser keeping learned prototypes near the atlas.", low=0.0)
+    comp_reg: float = option(
+        1e4, "Weight of the composition loss (paper 1e3; 1e4 for the squared-error loss on log-scale genes).", low=0.0
+    )
+    residual: float = option(
+        0.0,
+        "Strength of a per-gene log-scale residual ``y * exp(r)`` (penalty ``sum r^2 / residual``); 0: the paper's.",
+        low=0.0,
+    )
+    loss: Literal["nb", "mse"] = option(
+        "mse", "``'nb'``: negative binomial on counts (the paper); ``'mse'``: squared error on log1p CP10k."
+    )
+    sample_key: str | None = option(
+        None, "``obs`` column naming each spot's sample: each training sample gets its own per-gene scaling."
+    )
+    alpha_init: Literal["scaling", "one"] = option(
+        "one",
+        "``'scaling'``: initialise ``alpha`` at the deconvolution's per-gene scaling (the paper's code); "
+        "``'one'``: at log 1.",
+    )
+    targets: Literal["deconvolve", "given"] = option(
+        "deconvolve",
+        "``'deconvolve'``: without ``composition_key``, supervise the composition with a deconvolution of the "
+        "training spots (written to ``obsm[key_added + '_targets']``); ``'given'``: only ``composition_key``'s.",
+    )
 
 
 class CPNNHead(Head):
@@ -64,6 +111,7 @@ class CPNNHead(Head):
         other prototypes; ``None``: every row is a cell type.
     """
 
+    Options = CPNNOptions
     composition = True
     per_tile = True
     loss_parts = ("data", "residual", "sample_offset", "prototypes", "composition")  # summed in this order

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..._core import lognorm_torch
-from ._base import Head, Standardise, mlp, xavier_init
+from ._base import Head, MLPOptions, Standardise, mlp, xavier_init
 
 
 class LogNormHead(Head):
@@ -53,6 +53,8 @@ class DirectHead(LogNormHead):
     init
         ``"xavier"`` (xavier-normal weights, as the authors' code) or ``"torch"`` (PyTorch's default).
     """
+
+    Options = MLPOptions
 
     def __init__(
         self,
