@@ -30,7 +30,6 @@ from _util import fit_options, table
 from her2st import agreement, panels
 
 import cpnn as cp
-from cpnn.tl._fit import PRESETS
 
 #: the switches, each with its candidate values (chosen per fold on validation when several)
 SWITCHES: dict[str, list[dict]] = {
@@ -180,7 +179,11 @@ def main() -> None:
             where = {"protocol": proto, "fold": fold.name, "panel": panel}
             if todo(where, "cpnn defaults"):
                 kw = {"head": "cpnn", "preset": "cpnn", "prototypes_key": "proto_nb"}
-                record(where, "cpnn defaults", run(adata, fold, genes, kw, stereo, args), PRESETS["cpnn"])
+                shipped = {
+                    **cp.models.CPNNOptions().as_dict(), **cp.tl.TrainOptions().as_dict(),
+                    "context_um": cp.tl.DataOptions().context_um,
+                }  # fmt: skip
+                record(where, "cpnn defaults", run(adata, fold, genes, kw, stereo, args), shipped)
 
     res = pd.DataFrame(rows)
     res.to_csv(out / "ablation.csv", index=False)

@@ -81,7 +81,7 @@ def private_imports(src: Path) -> list[str]:
                 parts = node.module.split(".")
                 up = len(path.relative_to(root).parts) - node.level
                 target = parts[0] if up == 0 else own
-                if up == 0 and target != own and len(parts) > 1 and parts[1].startswith("_"):
+                if up == 0 and target != own and any(p.startswith("_") for p in parts[1:]):
                     out.append(f"{path.relative_to(root)} -> {node.module}")
     return out
 

@@ -132,7 +132,7 @@ def test_a_head_knob_is_one_field_of_the_heads_own_record(synthetic, tmp_path):
         assert np.allclose(layer[:, layer.sum(0) > 0], layer[0, layer.sum(0) > 0])  # gain 0: every spot alike
         model.save(tmp_path / "gain.pt")
         assert cp.CPNN.load(tmp_path / "gain.pt").head.gain == 0.0
-        with pytest.warns(FutureWarning, match="gain= -> head_kwargs="):
+        with pytest.warns(FutureWarning, match=r"pass head_kwargs=\{'gain': 0.5\}"):
             flat = cp.tl.fit(sdata, head="toy_gain", gain=0.5, train_kwargs={"epochs": 1}, **kw)
         assert flat.config["gain"] == 0.5
         with pytest.raises(cp.CpnnError, match=r"gain=-1.0 must be"):

@@ -9,6 +9,7 @@ option is checked in two places, and :func:`options_doc` writes the docstring li
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -32,6 +33,21 @@ def option(default: Any, doc: str, **rules: Any) -> Any:
 @dataclass(frozen=True)
 class Options:
     """Base of the options records (frozen; built and checked with :meth:`make`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Write the record's fields (each one's ``doc``) into its docstring, as a Parameters section."""
+        super().__init_subclass__(**kwargs)
+        docs: dict[str, str] = {}
+        for parent in reversed(cls.__mro__[1:]):
+            if dataclasses.is_dataclass(parent):
+                docs.update({f.name: f.metadata["doc"] for f in fields(parent) if "doc" in f.metadata})
+        for name in inspect.get_annotations(cls):
+            value = cls.__dict__.get(name)
+            if isinstance(value, dataclasses.Field) and "doc" in value.metadata:
+                docs[name] = value.metadata["doc"]
+        if docs:
+            lines = [f"{name}\n    {doc} Default ``{_default_of(cls, name)!r}``." for name, doc in docs.items()]
+            cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\nParameters\n----------\n" + "\n".join(lines) + "\n"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -68,6 +84,17 @@ class Options:
         }
 
 
+def _default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of ``cls`` (a ``dataclasses.Field`` not yet processed, or a parent's)."""
+    for klass in cls.__mro__:
+        value = klass.__dict__.get(name, dataclasses.MISSING)
+        if isinstance(value, dataclasses.Field):
+            return value.default
+        if value is not dataclasses.MISSING:
+            return value
+    return None
+
+
 def check_value(name: str, value: Any, hint: Any, rules: Any) -> Any:
     """``value`` checked against a field's type ``hint`` and its ``rules``; an error names ``name`` and the fix."""
     args = get_args(hint)
@@ -75,7 +102,7 @@ def check_value(name: str, value: Any, hint: Any, rules: Any) -> Any:
     if value is None:
         if optional or hint is type(None):
             return None
-        raise CpnnError(f"{name}=None is not allowed; pass a value (default {_default_text(rules)}).")
+        raise CpnnError(f"{name}=None is not allowed; pass a value or leave {name} out for its default.")
     inner = [a for a in args if a is not type(None)] if optional else [hint]
     base = inner[0] if len(inner) == 1 else hint
     if get_origin(base) is Literal:
@@ -99,10 +126,6 @@ def check_value(name: str, value: Any, hint: Any, rules: Any) -> Any:
     if base is str and not isinstance(value, str):
         raise CpnnError(f"{name}={value!r} must be a string.")
     return value
-
-
-def _default_text(rules: Any) -> str:
-    return str(rules.get("default_text", "see the docstring"))
 
 
 def options_doc(record: type[Options], *, indent: str = "    ") -> list[str]:

@@ -29,7 +29,10 @@ from .encoders import (
     encoder_class,
     encoder_config,
     file_digest,
+    is_module_key,
     make_encoder,
+    module_class,
+    module_key,
     register_encoder,
 )
 from .heads import (
@@ -79,7 +82,10 @@ __all__ = [
     "file_digest",
     "fit_nb_regression",
     "gene_softmax_mse",
+    "is_module_key",
     "make_encoder",
+    "module_class",
+    "module_key",
     "nb_log_prob",
     "option",
     "register_encoder",

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._core import check_int, options_doc, to_uns
 from .._errors import CpnnError
-from ..models import HEADS, EncoderOptions, encoder_class
+from ..models import HEADS, EncoderOptions, encoder_class, module_class
 from ..models.heads import Head, HeadOptions
 from ._data_options import DataOptions
 from ._levels import LEVELS, Level, get_level
@@ -232,19 +232,26 @@ def route_flat(flat: dict[str, Any], head: str) -> dict[str, dict[str, Any]]:
         )
     if not flat:
         return routed
-    moved: dict[str, list[str]] = {}
+    moved: dict[str, dict[str, Any]] = {}
     for name, value in flat.items():
         group = owner(name)
-        moved.setdefault(KEYWORDS[group], []).append(name)
+        moved.setdefault(KEYWORDS[group], {})[name] = value
         if value is not None and (group != "head" or name in own):
             routed[group][name] = value
-    where = "; ".join(f"{', '.join(n + '=' for n in names)} -> {kw}={{...}}" for kw, names in moved.items())
+    new = ", ".join(f"{kw}={{{', '.join(f'{k!r}: {_short(v)}' for k, v in kv.items())}}}" for kw, kv in moved.items())
     warnings.warn(
-        f"fit's options moved into records (cpnn 0.4): {where}. The flat keywords work until cpnn 0.5.",
+        f"fit's options moved into records (cpnn 0.4): pass {new} instead of "
+        f"{', '.join(n + '=' for n in flat)}. The flat keywords work until cpnn 0.5.",
         FutureWarning,
-        stacklevel=4,
+        stacklevel=6,  # the caller of fit (through fit's two decorators and resolve_config)
     )
     return routed
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` for a plain value, ``...`` for anything else (an AnnData, a path object)."""
+    plain = value is None or isinstance(value, str | int | float | bool | tuple | list)
+    return repr(value) if plain and len(repr(value)) <= 40 else "..."
 
 
 def resolve_config(
@@ -307,7 +314,7 @@ def resolve_config(
     elif not isinstance(encoder, str):
         trainable = False
     if finetune and not trainable:
-        name = enc["encoder"].split(":")[1] if not isinstance(encoder, str) else encoder
+        name = module_class(enc["encoder"]) if not isinstance(encoder, str) else encoder
         raise CpnnError(f"encoder={name!r} has no weights to fine-tune; use a timm encoder or finetune=False.")
     if finetune and "stain" in enc:
         raise CpnnError(

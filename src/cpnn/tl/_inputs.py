@@ -162,9 +162,9 @@ def read_split(
     ``targets``: a table holding the composition targets under the ``composition_key`` head option in place
     of ``adata`` (a fit's own targets, written into ``adata`` only when the fit succeeds).
     """
-    head_cls = config.head_class
-    if config.head_option("sample_key") is not None:
-        check_key(adata, config.head_option("sample_key"), argument="sample_key")
+    head_cls, sample_key = config.head_class, config.head_option("sample_key")
+    if sample_key is not None:
+        check_key(adata, sample_key, argument="sample_key")
     genes = panel_genes(adata)
     protos, types = model_prototypes(adata, genes, config)
     train_mask, val_mask = split_masks(adata, train, validation)
@@ -200,8 +200,8 @@ def read_split(
         split.composition_train = reference_composition(
             adata if targets is None else targets, config.head_options.composition_key, train_mask, types
         )
-        if config.head_option("sample_key") is not None:
-            samples_tr = adata.obs[config.head_option("sample_key")].astype(str).to_numpy()[train_mask]
+        if sample_key is not None:
+            samples_tr = adata.obs[sample_key].astype(str).to_numpy()[train_mask]
             split.samples = sorted(set(samples_tr))
             split.sample_codes = np.searchsorted(split.samples, samples_tr).astype(np.int64)
     return split
@@ -443,7 +443,7 @@ def _write_counts(path: Path, adata: AnnData, genes: list[str], rows: np.ndarray
 
 def read_collection(data: Any, config: FitConfig, train: Any, validation: Any, run: Run) -> CollectionSplit:
     """Each training/validation sample's embeddings (disk cache) and panel counts (run folder), one at a time."""
-    d, encoder = config.data, run.encoder
+    d, encoder, sample_key = config.data, run.encoder, config.head_option("sample_key")
     coll = Collection(data, table_key=d.table_key)
     names = coll.names
     val = sample_selection(names, validation, "validation")
@@ -513,9 +513,9 @@ def read_collection(data: Any, config: FitConfig, train: Any, validation: Any, r
                 mask[rows] = True
                 comp = reference_composition(adata, config.head_options.composition_key, mask, types)
             labels = None
-            if is_train and config.head_option("sample_key") is not None:
-                check_key(adata, config.head_option("sample_key"), argument=f"sample_key (sample {name!r})")
-                labels = adata.obs[config.head_option("sample_key")].astype(str).to_numpy()[rows]
+            if is_train and sample_key is not None:
+                check_key(adata, sample_key, argument=f"sample_key (sample {name!r})")
+                labels = adata.obs[sample_key].astype(str).to_numpy()[rows]
             shards[name] = Shard(name, x, rows, counts, comp, labels)
             in_dim = int(x.shape[1])
             del sdata
@@ -532,7 +532,7 @@ def read_collection(data: Any, config: FitConfig, train: Any, validation: Any, r
     except BaseException:  # a failed read leaves no run folder behind
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if config.head_option("sample_key") is not None:  # codes over the training samples' sample_key values, as in memory
+    if sample_key is not None:  # codes over the training samples' sample_key values, as in memory
         split.samples = sorted({str(v) for s in split.train_shards for v in s.sample})
         for s in split.train_shards:
             s.sample = np.searchsorted(split.samples, s.sample).astype(np.int64)

@@ -14,8 +14,8 @@ from torch import nn
 
 from .._core import UNEXPLAINED, renamed_arguments, save_atomic, state_digest
 from .._errors import CpnnError
-from ..models import build_encoder, file_digest
-from ..models.encoders._module import module_key, register_module
+from ..models import build_encoder, file_digest, is_module_key, module_class, module_key
+from ..models.encoders import register_module
 from ..models.heads import HEADS, Head, SlideHead
 from ._config import FitConfig
 
@@ -111,7 +111,7 @@ class CPNN:
     def encoder_is_external(self) -> bool:
         """Whether the encoder can be rebuilt from where it came from: pretrained (hub) or a local weights file."""
         c = self.config.encoder_config
-        user_module = str(c["encoder"]).startswith("module:")
+        user_module = is_module_key(c["encoder"])
         return not self.config.finetune and bool(c.get("pretrained") or c.get("weights") or user_module)
 
     def save(self, path: str | os.PathLike, *, encoder_weights: bool | None = None) -> None:
@@ -264,14 +264,14 @@ def _read_config(payload: dict, path: Path) -> tuple[FitConfig, list]:
 def _attach_module(module: Any, config: FitConfig, saved: bool) -> None:
     """Make a user's encoder module available under the key its model recorded."""
     recorded = str(config.encoder_config["encoder"])
-    if not recorded.startswith("module:"):
+    if not is_module_key(recorded):
         raise CpnnError("encoder= is for models trained with a user module; this one used " + repr(recorded) + ".")
     key = module_key(module)
     if key != recorded:
-        same_class = key.split(":")[1] == recorded.split(":")[1]
+        same_class = module_class(key) == module_class(recorded)
         if not (saved and same_class):
             raise CpnnError(
-                f"encoder= is not the module this model was trained with (recorded {recorded.split(':')[1]} with "
+                f"encoder= is not the module this model was trained with (recorded {module_class(recorded)} with "
                 "another weights digest); pass that module."
             )
         register_module(recorded, module)

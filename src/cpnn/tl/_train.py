@@ -27,7 +27,7 @@ from .._core import (
 from .._errors import CpnnError
 from .._settings import settings
 from ..data import Batch, PermutationSampler, RankBatchSampler, batch_loader
-from ..models.heads._base import sum_parts
+from ..models.heads import sum_parts
 
 
 @dataclass(frozen=True)

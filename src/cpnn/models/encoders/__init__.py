@@ -21,7 +21,7 @@ from .._registry import Registry
 from ._base import Encoder, Uint8Input
 from ._handcrafted import HandcraftedEncoder
 from ._hub_families import ConchEncoder, TransformersEncoder
-from ._module import ModuleEncoder, module_key
+from ._module import ModuleEncoder, is_module_key, module_class, module_key, register_module
 from ._nuclei_encoder import NucleiEncoder
 from ._presets import PRESETS, Preset
 from ._timm import TimmEncoder, storable
@@ -44,7 +44,7 @@ CPNN_KWARGS = ("mean", "std", "token", "stain")
 
 def encoder_class(name: str) -> type[Encoder]:
     """The class that builds encoder ``name``: a registered family, a preset's family, a module, else timm."""
-    if isinstance(name, str) and name.startswith("module:"):
+    if is_module_key(name):
         return ModuleEncoder
     if name in ENCODERS:
         return ENCODERS.get(name)
@@ -79,7 +79,7 @@ def default_input_px(
         size = folder_config(weights).get("pretrained_cfg", {}).get("input_size")
         if size:
             return int(size[-1])
-    if name in ENCODERS or name.startswith(("hf-hub:", "hf_hub:", "module:")):
+    if name in ENCODERS or is_module_key(name) or name.startswith(("hf-hub:", "hf_hub:")):
         return 224
     try:
         import timm  # timm (and torchvision) load on first use, not at import
@@ -244,7 +244,11 @@ __all__ = [
     "encoder_class",
     "encoder_config",
     "file_digest",
+    "is_module_key",
     "make_encoder",
+    "module_class",
+    "module_key",
     "register_encoder",
+    "register_module",
     "same_embedding",
 ]

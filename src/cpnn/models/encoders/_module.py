@@ -34,6 +34,16 @@ def module_key(module: Any) -> str:
     return key
 
 
+def is_module_key(name: object) -> bool:
+    """Whether an encoder name is a user module's key (:func:`module_key`)."""
+    return isinstance(name, str) and name.startswith("module:")
+
+
+def module_class(key: str) -> str:
+    """The class (qualified name) a user module's key records."""
+    return key.split(":")[1]
+
+
 def register_module(key: str, module: Any) -> None:
     """Make ``module`` the one a configuration recording ``key`` builds."""
     if isinstance(module, nn.Module):

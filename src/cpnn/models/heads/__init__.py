@@ -1,7 +1,7 @@
 """Heads: embeddings -> panel expression (and a cell-type composition), registered by name."""
 
 from .._registry import Registry
-from ._base import Head, HeadOptions, MLPOptions, SlideHead, Standardise, mlp
+from ._base import Head, HeadOptions, MLPOptions, SlideHead, Standardise, mlp, sum_parts
 from ._cpnn import CPNNHead, CPNNOptions
 from ._direct import DirectHead, LogNormHead
 from ._ridge import RidgeHead
@@ -28,4 +28,5 @@ __all__ = [
     "Standardise",
     "mlp",
     "register_head",
+    "sum_parts",
 ]
