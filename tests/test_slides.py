@@ -141,6 +141,10 @@ def test_slide_level_one_spatialdata_equals_dict(slides_data):
     cp.tl.predict(sub, b, slides={n: slides[n] for n in names}, key_added="dict")
     np.testing.assert_allclose(sub.layers["one"].toarray(), sub.layers["dict"].toarray(), rtol=1e-5)
     assert tiles.obsm["one_proportions"].notna().all().all()
+    # without slides= a slide-level model maps any table's tiles one by one (tutorial 02's tile map)
+    cp.tl.predict(one, a, table_key="cpnn_tiles", key_added="tile_map")
+    np.testing.assert_allclose(tiles.obsm["tile_map_proportions"], tiles.obsm["one_proportions"], rtol=1e-5)
+    assert list(tiles.obsm["tile_map_expression"].columns) == a.genes
 
 
 def test_slide_level_direct_head_and_errors(slides_data):

@@ -46,6 +46,7 @@ from ..data import Collection, slide_bags
 from ..pp import cached_embeddings
 from ._inputs import bag_embeddings, sample_selection
 from ._kinds import PredictRequest, kind_for
+from ._levels import SPOT
 from ._model import CPNN, model_summary
 from ._slides import open_slides
 
@@ -298,7 +299,10 @@ def predict(
         num_workers=num_workers, image_key=image_key, spot_diameter_um=spot_diameter_um, embedding_key=embedding_key,
         slides=slides, tiles_key=tiles_key, slide_key=slide_key, measured_depth=measured_depth, table_key=table_key,
     )  # fmt: skip
-    kind_for(data, level=model.config.level).predict(data, model, request)
+    # a slide-level model predicts bulk samples when told where their slides are, and any table's
+    # tiles one by one otherwise (its tile head: composition and expression maps over a section)
+    level = model.config.level if slides is not None or not model.config.unit.bags else SPOT.name
+    kind_for(data, level=level).predict(data, model, request)
 
 
 def predict_collection(data: Any, model: CPNN, request: PredictRequest) -> None:
