@@ -3,7 +3,7 @@
 A kind owns its checks, its two sides of the split, its training datasets and its prediction.
 ``fit`` and ``predict`` ask the registry which kind reads the data they were given
 (:func:`kind_for`); they never test the data's type themselves. Register one from outside with
-:func:`register_input_kind` (docs/architecture.md, "Add an input kind").
+:func:`register_input_kind` (docs/architecture.md, "How to add an input kind").
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from anndata import AnnData
 
+from .._core import EMBEDDING, PREDICTION, TILES
 from .._errors import CpnnError
 from ..models import Registry
 from ._inputs import Inputs, Run, Split
@@ -28,16 +29,16 @@ class PredictRequest:
 
     rows: Any = None
     samples: Any = None
-    key_added: str = "cpnn"
+    key_added: str = PREDICTION
     layer: str | None = None
     device: str = "auto"
     batch_size: int = 64
     num_workers: int | None = None
     image_key: str | None = None
     spot_diameter_um: float | None = None
-    embedding_key: str = ""
+    embedding_key: str = EMBEDDING
     slides: Any = None
-    tiles_key: str = ""
+    tiles_key: str = TILES
     slide_key: str = "slide"
     measured_depth: bool = False
     table_key: str = "table"
