@@ -139,23 +139,18 @@ def fit_options(head: str = "cpnn", **flat) -> dict:
     dropped, so one configuration serves every head compared on it; ``None`` means the preset's.
     """
     import cpnn as cp
+    from cpnn.tl._config import KEYWORDS, owner  # fit's own routing of flat keywords
 
-    records = {
-        "head_kwargs": cp.models.HEADS.get(head).Options,
-        "train_kwargs": cp.tl.TrainOptions,
-        "data_kwargs": cp.tl.DataOptions,
-        "encoder_kwargs": cp.models.EncoderOptions,
-    }
-    out: dict = {"head": head, **{k: dict(flat.pop(k)) for k in records if flat.get(k) is not None}}
-    every_head = {n for h in cp.models.HEADS for n in cp.models.HEADS.get(h).Options.names()}
+    own = cp.models.HEADS.get(head).Options.names()
+    out: dict = {"head": head, **{k: dict(flat.pop(k)) for k in KEYWORDS.values() if flat.get(k) is not None}}
     for name, value in flat.items():
+        group = owner(name)
         if value is None:  # the preset's
             continue
-        keyword = next((k for k, rec in records.items() if name in rec.names()), None)
-        if keyword is not None:
-            out.setdefault(keyword, {})[name] = value
-        elif name not in every_head:
+        if group is None:
             out[name] = value  # fit's own keywords (preset, seed, encoder, ...)
+        elif group != "head" or name in own:
+            out.setdefault(KEYWORDS[group], {})[name] = value
     return out
 
 

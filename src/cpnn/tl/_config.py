@@ -220,21 +220,22 @@ def route_flat(flat: dict[str, Any], head: str) -> dict[str, dict[str, Any]]:
     error naming the fix (0.3 dropped some of them silently).
     """
     routed: dict[str, dict[str, Any]] = {g: {} for g in KEYWORDS}
-    unknown = [k for k in flat if owner(k) is None]
+    if not flat:
+        return routed
+    groups = {name: owner(name) for name in flat}
+    unknown = [k for k, g in groups.items() if g is None]
     if unknown:
         raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}")
     own = HEADS.get(head).Options.names()
-    foreign = [k for k, v in flat.items() if owner(k) == "head" and k not in own and v is not None]
+    foreign = [k for k, v in flat.items() if groups[k] == "head" and k not in own and v is not None]
     if foreign:
         raise CpnnError(
             f"{foreign} are options of another head; head={head!r} has none of them ({own} are its options). "
             "Drop them, or choose the head they belong to (head='cpnn')."
         )
-    if not flat:
-        return routed
     moved: dict[str, dict[str, Any]] = {}
     for name, value in flat.items():
-        group = owner(name)
+        group = groups[name]
         moved.setdefault(KEYWORDS[group], {})[name] = value
         if value is not None and (group != "head" or name in own):
             routed[group][name] = value
@@ -300,7 +301,7 @@ def resolve_config(
             layer["context_um"] = None
         chosen[group] = {**layer, **routed[group], **(given[group] or {})}
     opts = {g: recs[g].make(chosen[g], argument=KEYWORDS[g]) for g in KEYWORDS}
-    unit.check(slides=slides, finetune=finetune, data=opts["data"], head=opts["head"])
+    unit.check(slides=slides, finetune=finetune, head=opts["head"])
     context_um = opts["data"].context_um
     if context_um and (finetune or unit.bags):
         raise CpnnError(

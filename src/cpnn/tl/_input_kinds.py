@@ -32,7 +32,7 @@ def _one_table(data: Any) -> bool:
 
 
 class _OneTable(InputKind):
-    """Spots (or tiles) of one table: a SpatialData with images, or an AnnData with cached embeddings."""
+    """Rows of one AnnData table: spots or tiles (a SpatialData's table, or an AnnData), or bulk samples."""
 
     def table(self, data: Any, config: FitConfig) -> AnnData:
         return get_table(data, config.data.table_key)
@@ -71,11 +71,7 @@ class CollectionKind(InputKind):
     """Many samples (``{name: SpatialData or zarr path}`` or paths), streamed from the disk cache, never concatenated."""
 
     def claims(self, data: Any, *, finetune: bool) -> bool:
-        if is_collection(data) and finetune:
-            raise CpnnError(
-                "finetune=True trains on one SpatialData's patches; pass a single SpatialData, not a collection."
-            )
-        return is_collection(data)
+        return is_collection(data)  # read_collection refuses finetune=True, naming the fix
 
     def read(self, data: Any, config: FitConfig, train: Any, validation: Any, run: Run) -> CollectionSplit:
         return read_collection(data, config, train, validation, run)
@@ -88,7 +84,7 @@ class CollectionKind(InputKind):
 
 
 @register_input_kind("slides")
-class SlidesKind(InputKind):
+class SlidesKind(_OneTable):
     """Slide level: the bulk AnnData (obs = slides), each sample the bag of its slide's tissue tiles."""
 
     level = "slide"
@@ -100,9 +96,6 @@ class SlidesKind(InputKind):
         if not isinstance(data, AnnData):
             raise CpnnError(f"At slide level data is the bulk AnnData (obs = slides); got {type(data).__name__}.")
         return data
-
-    def read(self, data: Any, config: FitConfig, train: Any, validation: Any, run: Run) -> Split:
-        return read_split(run.table, config, train, validation, targets=run.targets)
 
     def inputs(self, data: Any, config: FitConfig, split: Split, run: Run) -> Inputs:
         return slide_inputs(data, config, split, run)

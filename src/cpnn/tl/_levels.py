@@ -37,7 +37,7 @@ class Level:
     bags: bool
     preset_overrides: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, *, slides: Any, finetune: bool, data: Any, head: Any) -> None:
+    def check(self, *, slides: Any, finetune: bool, head: Any) -> None:
         """Refuse the options of :func:`cpnn.tl.fit` that do not apply at this level, naming the fix."""
         if not self.bags:
             if slides is not None:
